@@ -1,0 +1,25 @@
+# Every install step lives here: a clean clone needs only python3 (3.11), a JDK 17 and mvn.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test bench soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## run: broker (KAFKA_BROKERS, else testcontainers, else an embedded KRaft broker) + the service on :8080
+run: $(STAMP)
+	$(PY) -m contacts_streams.embedded_kafka -- $(PY) -m api
+
+## test: the whole suite on a real broker
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) state .pytest_cache .hypothesis

@@ -1,0 +1,278 @@
+"""A real Apache Kafka broker for `make run` and the tests.
+
+Resolution order (DESIGN.md, "Real parts, everywhere"):
+1. ``KAFKA_BROKERS`` set: used as it is, nothing is started.
+2. a Docker engine answers: a testcontainers Kafka.
+3. otherwise: a single-node KRaft broker run from Apache Kafka's own jars, resolved once from
+   Maven Central with ``mvn`` (``kafka-pom.xml`` beside this file) into the per-user XDG cache,
+   so CI and later runs reuse them.
+
+Run as a program it starts a broker, exports ``KAFKA_BROKERS`` and runs the command after ``--``,
+stopping the broker when the command ends:  ``python -m contacts_streams.embedded_kafka -- CMD``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+KAFKA_VERSION = "4.1.1"
+POM = Path(__file__).with_name("kafka-pom.xml")
+START_TIMEOUT_S = 60.0
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be provided; the message says why."""
+
+
+@dataclass
+class Broker:
+    bootstrap_servers: str
+    kind: str  # "external", "testcontainers" or "kraft"
+    log_file: Path | None = None
+    _stop: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def stop(self) -> None:
+        self._stop()
+        self._stop = lambda: None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "contacts-streams"
+
+
+def kafka_jars() -> Path:
+    """The folder of Kafka's runtime jars, resolved with Maven on first use."""
+    libs = cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("no KAFKA_BROKERS, no Docker engine, and no `mvn` to fetch Kafka's jars")
+    staging = Path(tempfile.mkdtemp(prefix="kafka-jars-", dir=_ensure(libs.parent)))
+    cmd = [
+        mvn, "-q", "-B", "-f", str(POM), f"-Dkafka.version={KAFKA_VERSION}",
+        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerError(f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+    (staging / ".complete").touch()
+    # A concurrent first run may have won the race; either copy is complete.
+    try:
+        staging.rename(libs)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # The JVM gets SIGTERM if the Python process that started it dies, even by SIGKILL: no orphans.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java:
+        raise BrokerError("no `java` on PATH (Kafka needs a JDK 17 or newer)")
+    return java
+
+
+LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <File name="file" fileName="{log}">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="file"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="org.apache.kafka.controller" level="WARN"/>
+  </Loggers>
+</Configuration>
+"""
+
+
+def start_kraft(log_dir: Path | None = None) -> Broker:
+    """Start a single-node KRaft broker on free loopback ports; its data folder goes on stop."""
+    libs = kafka_jars()
+    java = _java()
+    classpath = str(libs / "*")
+    data = Path(tempfile.mkdtemp(prefix="contacts-kafka-"))
+    port, controller_port = _free_port(), _free_port()
+    log_file = _ensure(log_dir or Path(tempfile.gettempdir())) / f"contacts-kafka-{port}.log"
+    props = data / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data / 'logs'}",
+                # Single node: internal topics with one replica, or transactions and groups hang.
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=4",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "num.partitions=1",
+                "auto.create.topics.enable=false",
+                "log.cleaner.backoff.ms=1000",
+            ]
+        )
+        + "\n"
+    )
+    (data / "log4j2.xml").write_text(LOG4J2.replace("{log}", str(log_file)))
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    jvm = [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={data / 'log4j2.xml'}", "-cp", classpath]
+    fmt = subprocess.run(
+        jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        capture_output=True, text=True,
+    )
+    if fmt.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            jvm + ["kafka.Kafka", str(props)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        _wait_ready(bootstrap, proc, log_file)
+    except BaseException:
+        stop()
+        raise
+    return Broker(bootstrap, "kraft", log_file, stop)
+
+
+def _wait_ready(bootstrap: str, proc: subprocess.Popen | None, log_file: Path | None) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"Kafka exited with {proc.returncode} while starting; log: {log_file}\n{_tail(log_file)}")
+        try:
+            meta = admin.list_topics(timeout=1)
+            if meta.brokers:
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise BrokerError(f"Kafka did not answer within {START_TIMEOUT_S:.0f}s; log: {log_file}\n{_tail(log_file)}")
+
+
+def _tail(path: Path | None, lines: int = 40) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def docker_available() -> bool:
+    try:
+        import docker  # installed with testcontainers
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+def start_testcontainers() -> Broker:
+    from testcontainers.kafka import KafkaContainer
+
+    container = KafkaContainer().with_kraft()
+    container.start()
+    bootstrap = container.get_bootstrap_server()
+    _wait_ready(bootstrap, None, None)
+    return Broker(bootstrap, "testcontainers", None, container.stop)
+
+
+def resolve(log_dir: Path | None = None) -> Broker:
+    """A running broker, from the first source that answers (see the module docstring)."""
+    external = os.environ.get("KAFKA_BROKERS")
+    if external:
+        return Broker(external, "external")
+    if docker_available():
+        return start_testcontainers()
+    return start_kraft(log_dir)
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        print("usage: python -m contacts_streams.embedded_kafka -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    command = argv[argv.index("--") + 1 :]
+    started = time.monotonic()
+    broker = resolve()
+    print(f"kafka ({broker.kind}) at {broker.bootstrap_servers} in {time.monotonic() - started:.1f}s", flush=True)
+    if broker.log_file:
+        print(f"kafka log: {broker.log_file}", flush=True)
+    child = subprocess.Popen(command, env={**os.environ, "KAFKA_BROKERS": broker.bootstrap_servers})
+
+    def forward(signum, _frame):
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        return child.wait()
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

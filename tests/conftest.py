@@ -1,0 +1,52 @@
+"""Shared fixtures: one real Kafka broker per test session, and topics no other test sees."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from contacts_streams import embedded_kafka
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """The bootstrap servers of a real broker (see contacts_streams.embedded_kafka.resolve)."""
+    try:
+        broker = embedded_kafka.resolve(log_dir=Path(__file__).resolve().parent.parent / "build")
+    except embedded_kafka.BrokerError as err:
+        pytest.fail(f"no Kafka broker for the tests: {err}", pytrace=False)
+    yield broker.bootstrap_servers
+    broker.stop()
+
+
+@pytest.fixture
+def unique():
+    """A name prefix of this test's own, so tests never read each other's topics or groups."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def new_topic(kafka, unique):
+    """Create a topic of this test's own: new_topic("contacts", partitions=3, compacted=True)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka})
+    made = []
+
+    def create(name: str = "topic", partitions: int = 1, compacted: bool = False) -> str:
+        full = f"{unique}.{name}"
+        config = {"cleanup.policy": "compact"} if compacted else {}
+        for future in admin.create_topics([NewTopic(full, partitions, 1, config=config)]).values():
+            future.result(timeout=30)
+        made.append(full)
+        return full
+
+    yield create
+    if made:
+        for future in admin.delete_topics(made).values():
+            try:
+                future.result(timeout=30)
+            except Exception:
+                pass
