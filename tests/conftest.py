@@ -50,3 +50,56 @@ def new_topic(kafka, unique):
                 future.result(timeout=30)
             except Exception:
                 pass
+
+
+@pytest.fixture
+def make_config(kafka, unique, tmp_path):
+    """A service config of this test's own: its own topics, group, transactional ids and state."""
+    from contacts_streams.config import Config
+
+    def make(**overrides) -> Config:
+        settings = dict(
+            kafka_brokers=kafka,
+            contacts_topic=f"{unique}.contacts",
+            messages_topic=f"{unique}.messages",
+            metadata_topic=f"{unique}.metadata",
+            contacts_partitions=3,
+            application_id=unique,
+            instance_id="test",
+            state_dir=str(tmp_path / "state"),
+            auto_create_enabled=False,
+            write_timeout_ms=10_000,
+        )
+        settings.update(overrides)
+        return Config(**settings)
+
+    return make
+
+
+@pytest.fixture
+def start_service():
+    """Start services that are closed when the test ends: start_service(config) -> Service."""
+    from contacts_streams.service import Service
+
+    started = []
+
+    def start(config, wait: bool = True):
+        service = Service(config)
+        started.append(service)
+        return service.start(wait=wait, timeout=60)
+
+    yield start
+    for service in reversed(started):
+        service.close()
+
+
+@pytest.fixture
+def service(make_config, start_service):
+    return start_service(make_config())
+
+
+@pytest.fixture
+def client(service):
+    from api.app import create_app
+
+    return create_app(service.config, service).test_client()

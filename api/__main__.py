@@ -1,0 +1,71 @@
+"""Entry point: `python -m api` serves the Contacts API with gunicorn (`--help` lists the settings).
+
+One gunicorn worker process owns the RocksDB store and serves HTTP with threads; SIGTERM drains
+in-flight requests, then closes the service (producer flushed, store closed) and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from contacts_streams import logs
+from contacts_streams.config import Config, ConfigError, describe
+
+log = logging.getLogger("contacts_streams")
+
+
+def _close_service(worker) -> None:
+    app = getattr(worker, "wsgi", None)
+    service = app.extensions.get("contacts_service") if app is not None else None
+    if service is not None:
+        service.close()
+
+
+class Server(BaseApplication):
+    def __init__(self, config: Config):
+        self.config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings = {
+            "bind": f"0.0.0.0:{self.config.port}",
+            "workers": 1,  # one process owns the store
+            "worker_class": "gthread",
+            "threads": self.config.http_threads,
+            "graceful_timeout": 30,
+            "timeout": 60,
+            "keepalive": 30,
+            "backlog": 2048,
+            "worker_exit": lambda server, worker: _close_service(worker),
+            "loglevel": self.config.log_level.lower(),
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from api.app import create_app
+
+        logs.setup(self.config.log_format, self.config.log_level)
+        return create_app(self.config)
+
+
+def main(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__.strip() + "\n\n" + describe())
+        return 0
+    try:
+        config = Config.from_env()
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    logs.setup(config.log_format, config.log_level)
+    log.info("serving the Contacts API on http://localhost:%d (state in %s)", config.port, config.state_dir)
+    Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,201 @@
+"""The HTTP layer: validation, status codes and JSON shapes. Stream and store logic live in
+`contacts_streams/`; this module only translates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from api import security
+from api.openapi import OPENAPI
+from contacts_streams import model
+from contacts_streams.config import Config
+from contacts_streams.contacts import Conflict, NotFound
+from contacts_streams.publisher import Unavailable
+from contacts_streams.service import Service
+from contacts_streams.store import BadCursor
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _json(body, status: int) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def _message(message: str, status: int, **extra) -> Response:
+    return _json({"message": message, **extra}, status)
+
+
+def _empty(status: int) -> Response:
+    return Response(status=status)
+
+
+def create_app(config: Config, service: Service | None = None) -> Flask:
+    """Build the app from a config; without a service, one is made and started in the background."""
+    if service is None:
+        service = Service(config).start()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["contacts_service"] = service
+    metrics = service.metrics
+    contacts = service.contacts
+    guard = security.Guard(config)
+
+    def body():
+        # Parsed whatever the content type says: clients that forget the header still work,
+        # and anything that is not JSON is a 400 below.
+        data = request.get_data(cache=False)
+        if not data.strip():
+            return {}
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise _BadBody() from None
+
+    @app.before_request
+    def before():
+        g.started = time.perf_counter()
+        if request.method == "OPTIONS":
+            return guard.preflight(request)
+        if request.path.startswith("/contacts."):
+            denied = guard.check(request)
+            if denied:
+                return _message(denied, 403)
+
+    @app.after_request
+    def after(response: Response):
+        guard.cors(request, response)
+        endpoint = request.path if request.url_rule is not None else "unmatched"
+        metrics.http_requests.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
+        metrics.http_latency.labels(endpoint=endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.errorhandler(_BadBody)
+    def bad_body(_err):
+        return _message("body: the request body must be valid JSON", 400)
+
+    @app.errorhandler(model.ValidationError)
+    def invalid(err: model.ValidationError):
+        return _message(err.message, 400, field=err.field)
+
+    @app.errorhandler(BadCursor)
+    def bad_cursor(err: BadCursor):
+        return _message(f"cursor: {err}", 400, field="cursor")
+
+    @app.errorhandler(NotFound)
+    def not_found(err: NotFound):
+        extra = {"merged_into": err.merged_into} if err.merged_into else {}
+        return _message(err.message, 404, **extra)
+
+    @app.errorhandler(Conflict)
+    def conflict(err: Conflict):
+        return _message(err.message, 409, field=err.field)
+
+    @app.errorhandler(Unavailable)
+    def unavailable(err: Unavailable):
+        return _message(f"contacts are not writable right now, retry later: {err}", 503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        if err.code == 413:
+            return _message(f"the request body is larger than {MAX_BODY_BYTES} bytes", 413)
+        return _message(err.description or err.name, err.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unexpected error on %s", request.path)
+        return _message("internal error", 500)
+
+    # --- the Contacts API ----------------------------------------------------------------------
+
+    @app.post("/contacts.create")
+    def create():
+        contact = contacts.create(model.validate_create(body()))
+        return _json(contact, 201)
+
+    @app.post("/contacts.import")
+    def import_():
+        payloads = model.validate_import(body())
+        metrics.import_size.observe(len(payloads))
+        return _json({"data": contacts.import_(payloads)}, 201)
+
+    @app.post("/contacts.list")
+    def list_():
+        cursor, page_size = model.validate_list(body())
+        page = contacts.list(cursor, page_size)
+        return _json(
+            {
+                "data": page.contacts,
+                "pagination_data": {
+                    "previous_cursor": page.previous_cursor,
+                    "next_cursor": page.next_cursor,
+                    "total": page.total,
+                },
+            },
+            200,
+        )
+
+    @app.post("/contacts.info")
+    def info():
+        kind, value = model.validate_info(body())
+        contact = contacts.info(value) if kind == "id" else contacts.info_by_conversation(value)
+        return _json(_with_history(contact), 200)
+
+    @app.post("/contacts.update")
+    def update():
+        contact_id, changes = model.validate_update(body())
+        contacts.update(contact_id, changes)
+        return _empty(202)
+
+    @app.post("/contacts.delete")
+    def delete():
+        contacts.delete(model.validate_id(body()))
+        return _empty(202)
+
+    @app.post("/contacts.merge")
+    def merge():
+        source_id, destination_id = model.validate_merge(body())
+        return _json(_with_history(contacts.merge(source_id, destination_id)), 200)
+
+    # --- operations ----------------------------------------------------------------------------
+
+    def health(check) -> Response:
+        ok, reason = check()
+        return _json({"status": "UP" if ok else "DOWN", "reason": reason}, 200 if ok else 503)
+
+    @app.get("/actuator/health")
+    @app.get("/actuator/health/readiness")
+    def readiness():
+        alive, reason = service.alive()
+        return health(service.ready if alive else service.alive)
+
+    @app.get("/actuator/health/liveness")
+    def liveness():
+        return health(service.alive)
+
+    @app.get("/metrics")
+    @app.get("/actuator/prometheus")
+    def prometheus():
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json")
+    def openapi():
+        return _json(OPENAPI, 200)
+
+    return app
+
+
+class _BadBody(Exception):
+    pass
+
+
+def _with_history(contact: dict) -> dict:
+    return {**contact, "merge_history": contact.get("merge_history", [])}

@@ -1,0 +1,181 @@
+"""Materializes the contacts topic into the store, and tells writers when their record is applied.
+
+It reads every partition ``read_committed`` from the offsets stored with the data (no consumer
+group: the store is the source of truth for where to resume), so a restart resumes where the last
+write batch stopped and never replays the topic. A store whose offsets do not fit the topic (beyond
+its end, before its start, another topic, partitions that no longer exist) is rebuilt from the
+beginning. Until every partition has been read to its end once, the service is not ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from contacts_streams.config import Config
+from contacts_streams.metrics import Metrics
+from contacts_streams.store import Record, Store
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 2000
+POLL_TIMEOUT_S = 0.05
+
+
+class Materializer:
+    def __init__(self, config: Config, store: Store, metrics: Metrics):
+        self._config = config
+        self._store = store
+        self._metrics = metrics
+        self._topic = config.contacts_topic
+        self._applied: dict[int, int] = {}
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._caught_up: set[int] = set()
+        self._partitions: list[int] = []
+        self.failure: BaseException | None = None
+        self.applied_since_start = 0
+        self.rebuild_reason: str | None = None
+
+    # --- what others ask ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._partitions) and self._caught_up.issuperset(self._partitions) and self.failure is None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
+
+    def status(self) -> str:
+        if self.failure is not None:
+            return f"materializer failed: {self.failure}"
+        if not self._partitions:
+            return "connecting to the contacts topic"
+        if not self.ready:
+            behind = len(set(self._partitions) - self._caught_up)
+            return f"catching up with the contacts topic ({behind} of {len(self._partitions)} partitions behind)"
+        return "up to date"
+
+    def wait_applied(self, positions: dict[int, int], timeout: float) -> bool:
+        """Wait until the record at each partition -> offset is in the store; False on time-out."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not all(self._applied.get(p, 0) > offset for p, offset in positions.items()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.failure is not None:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="materializer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            self._config.kafka(
+                **{
+                    # Required by the client, never joined: partitions are assigned by hand.
+                    "group.id": f"{self._config.application_id}-materializer-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 100,
+                    "queued.min.messages": 20000,
+                }
+            )
+        )
+        try:
+            self._assign(consumer)
+            while not self._stopping.is_set():
+                self._poll_once(consumer)
+        except BaseException as err:  # a store that cannot be written is fatal: liveness reports it
+            log.exception("materializer stopped")
+            self.failure = err
+            with self._changed:
+                self._changed.notify_all()
+        finally:
+            consumer.close()
+
+    def _assign(self, consumer: Consumer) -> None:
+        while not self._stopping.is_set():
+            metadata = consumer.list_topics(self._topic, timeout=5)
+            topic = metadata.topics.get(self._topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                break
+            log.info("waiting for the contacts topic %s", self._topic)
+            time.sleep(0.5)
+        partitions = sorted(topic.partitions)
+        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
+        stored = self._store.offsets()
+        reason = self._rebuild_reason(stored, watermarks)
+        if reason:
+            log.warning("rebuilding the store from %s: %s", self._topic, reason)
+            self.rebuild_reason = reason
+            self._metrics.store_rebuilds.labels(reason=reason.split(":")[0]).inc()
+            self._store.reset()
+            stored = {}
+        with self._changed:
+            self._applied = {p: stored.get(p, 0) for p in partitions}
+        self._partitions = partitions
+        consumer.assign([TopicPartition(self._topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
+        self._metrics.store_contacts.set(self._store.count())
+        log.info("materializing %s from %s", self._topic, {p: stored.get(p, 0) for p in partitions})
+
+    def _rebuild_reason(self, stored: dict[int, int], watermarks: dict[int, tuple[int, int]]) -> str | None:
+        built_from = self._store.topic()
+        if built_from is not None and built_from != self._topic:
+            return f"topic changed: the store was built from {built_from}"
+        if not stored and self._store.count():
+            return "offsets missing: the store has contacts but no offsets"
+        for partition, offset in stored.items():
+            if partition not in watermarks:
+                return f"partition missing: partition {partition} is no longer in the topic"
+            low, high = watermarks[partition]
+            if offset > high:
+                return f"ahead of the topic: partition {partition} stored {offset}, topic ends at {high}"
+            if offset < low:
+                return f"behind the topic start: partition {partition} stored {offset}, topic starts at {low}"
+        return None
+
+    def _poll_once(self, consumer: Consumer) -> None:
+        messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
+        records: list[Record] = []
+        reached_end: list[int] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    reached_end.append(msg.partition())
+                else:
+                    log.warning("contacts topic: %s", error)
+                continue
+            headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (msg.headers() or [])}
+            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
+        if records:
+            applied = self._store.apply(self._topic, records, on_poison=self._poisoned)
+            self.applied_since_start += applied
+            self._metrics.records_applied.inc(applied)
+            self._metrics.store_contacts.set(self._store.count())
+        if records or reached_end:
+            with self._changed:
+                for record in records:
+                    self._applied[record.partition] = record.offset + 1
+                self._caught_up.update(reached_end)
+                self._changed.notify_all()
+
+    def _poisoned(self, record: Record, _err: Exception) -> None:
+        self._metrics.poison_records.labels(topic=self._topic).inc()

@@ -1,0 +1,45 @@
+"""The service's Prometheus metrics, in a registry of its own (no process globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "contacts_http_requests", "HTTP requests served", ["endpoint", "method", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "contacts_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.records_applied = Counter(
+            "contacts_materializer_records_applied", "Contacts-topic records applied to the store", registry=r
+        )
+        self.poison_records = Counter(
+            "contacts_poison_records", "Records skipped because they could not be decoded", ["topic"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "contacts_consumer_lag_records", "Records behind the end of a partition", ["topic", "partition"], registry=r
+        )
+        self.auto_created = Counter("contacts_auto_created", "Contacts created for new conversations", registry=r)
+        self.auto_updated = Counter(
+            "contacts_auto_updated", "Auto-created contacts filled from later conversation metadata", registry=r
+        )
+        self.store_contacts = Gauge("contacts_store_contacts", "Live contacts in the store", registry=r)
+        self.produce_errors = Counter(
+            "contacts_produce_errors", "Writes the broker did not acknowledge", ["reason"], registry=r
+        )
+        self.import_size = Histogram(
+            "contacts_import_size_contacts",
+            "Contacts in one /contacts.import request",
+            buckets=(1, 10, 100, 1000, 5000, 10000),
+            registry=r,
+        )
+        self.store_rebuilds = Counter("contacts_store_rebuilds", "Store rebuilds from the contacts topic", ["reason"], registry=r)

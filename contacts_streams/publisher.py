@@ -1,0 +1,244 @@
+"""Publishes contact records and returns once they are acknowledged and applied to the own store.
+
+``Publisher`` is the one interface writers use (DESIGN.md, "Scaling out"): swapping it for a
+commands topic applied by a transactional consumer group is a local change.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from confluent_kafka import KafkaException, Producer
+
+from contacts_streams.config import Config
+from contacts_streams.materializer import Materializer
+from contacts_streams.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+OPERATION, MERGED_INTO, MERGED_FROM = "operation", "merged_into", "merged_from"
+TRANSACTIONAL_PRODUCERS = 2
+
+
+class Unavailable(RuntimeError):
+    """The broker did not acknowledge the write in time: nothing is promised, the client may retry."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record for the contacts topic: key = contact id, value None = tombstone."""
+
+    contact_id: str
+    value: bytes | None
+    operation: str
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [(OPERATION, self.operation.encode())] + [(k, v.encode()) for k, v in self.extra_headers.items()]
+
+
+class KeyLocks:
+    """Striped locks: writes to one contact (or conversation) are serialized, others run in parallel."""
+
+    def __init__(self, stripes: int = 1024):
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    @contextmanager
+    def hold(self, keys: Sequence[str], timeout: float) -> Iterator[None]:
+        # Sorted stripe order: two writers that need overlapping stripes cannot deadlock.
+        stripes = sorted({hash(k) % len(self._locks) for k in keys})
+        held = []
+        try:
+            deadline = time.monotonic() + timeout
+            for stripe in stripes:
+                if not self._locks[stripe].acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    raise Unavailable("another write to the same contact is taking too long")
+                held.append(stripe)
+            yield
+        finally:
+            for stripe in reversed(held):
+                self._locks[stripe].release()
+
+
+class Publisher:
+    def __init__(self, config: Config, materializer: Materializer, metrics: Metrics):
+        self._config = config
+        self._topic = config.contacts_topic
+        self._materializer = materializer
+        self._metrics = metrics
+        self._timeout = config.write_timeout_ms / 1000
+        self.locks = KeyLocks()
+        self._producer = Producer(
+            config.kafka(
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 1,
+                    # Java's partitioner, so JVM services of the platform agree on partitions.
+                    "partitioner": "murmur2_random",
+                    "message.timeout.ms": config.write_timeout_ms,
+                }
+            )
+        )
+        self._transactional: queue.Queue[Producer] = queue.Queue()
+        self._transactional_lock = threading.Lock()
+        # Slot numbers name transactional ids: a replaced producer's slot is reused, never shared.
+        self._free_slots = list(range(TRANSACTIONAL_PRODUCERS))
+        self._slot_of: dict[int, int] = {}
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(0.05)
+
+    def publish(self, records: Sequence[Outgoing]) -> None:
+        """Write records; several are one transaction (all or nothing). Returns once applied locally."""
+        if len(records) == 1:
+            positions = self._produce_one(records[0])
+        else:
+            positions = self._produce_transaction(records)
+        if not self._materializer.wait_applied(positions, self._timeout):
+            self._metrics.produce_errors.labels(reason="apply_timeout").inc()
+            raise Unavailable("the write was acknowledged but the store did not apply it in time")
+
+    def _produce_one(self, record: Outgoing) -> dict[int, int]:
+        done = threading.Event()
+        outcome: list = []
+
+        def delivered(err, msg):
+            outcome.append((err, msg.partition(), msg.offset()))
+            done.set()
+
+        try:
+            self._producer.produce(
+                self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
+            )
+        except (BufferError, KafkaException) as err:
+            self._metrics.produce_errors.labels(reason="enqueue").inc()
+            raise Unavailable(f"the broker cannot take writes now: {err}") from err
+        # message.timeout.ms bounds delivery; the margin covers the callback's trip.
+        if not done.wait(self._timeout + 5):
+            self._metrics.produce_errors.labels(reason="timeout").inc()
+            raise Unavailable("the broker did not acknowledge the write in time")
+        err, partition, offset = outcome[0]
+        if err is not None:
+            self._metrics.produce_errors.labels(reason="delivery").inc()
+            raise Unavailable(f"the broker did not acknowledge the write: {err.str()}")
+        return {partition: offset}
+
+    def _produce_transaction(self, records: Sequence[Outgoing]) -> dict[int, int]:
+        producer = self._take_transactional()
+        positions: dict[int, int] = {}
+        failures: list = []
+
+        def delivered(err, msg):
+            if err is not None:
+                failures.append(err)
+            else:
+                positions[msg.partition()] = max(positions.get(msg.partition(), -1), msg.offset())
+
+        healthy = True
+        try:
+            producer.begin_transaction()
+            for record in records:
+                producer.produce(
+                    self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
+                )
+                producer.poll(0)
+            producer.commit_transaction(self._timeout)
+            if failures or not positions:
+                raise Unavailable(f"the transaction committed without every acknowledgement: {failures}")
+            return positions
+        except (KafkaException, BufferError) as err:
+            self._metrics.produce_errors.labels(reason="transaction").inc()
+            healthy = self._abort(producer, err)
+            raise Unavailable(f"the broker did not commit the write: {err}") from err
+        finally:
+            if healthy:
+                self._transactional.put(producer)
+            else:
+                self._release_slot(producer)
+
+    def _abort(self, producer: Producer, err: Exception) -> bool:
+        """Abort after a failure; False when the producer is unusable and must be replaced."""
+        kafka_error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+        if kafka_error is not None and kafka_error.fatal():
+            return False
+        try:
+            producer.abort_transaction(self._timeout)
+            return True
+        except KafkaException as abort_err:
+            log.warning("abort failed, replacing the transactional producer: %s", abort_err)
+            return False
+
+    def start(self) -> None:
+        """Open the transactional producers now: their init fences transactions a crashed
+        predecessor left open, which would otherwise hold back every read_committed reader."""
+        opened = []
+        while (slot := self._reserve_slot()) is not None:
+            opened.append(self._new_transactional(slot))
+        for producer in opened:
+            self._transactional.put(producer)
+
+    def _reserve_slot(self) -> int | None:
+        with self._transactional_lock:
+            return self._free_slots.pop() if self._free_slots else None
+
+    def _release_slot(self, producer: Producer) -> None:
+        with self._transactional_lock:
+            self._free_slots.append(self._slot_of[id(producer)])
+
+    def _take_transactional(self) -> Producer:
+        try:
+            return self._transactional.get_nowait()
+        except queue.Empty:
+            pass
+        slot = self._reserve_slot()
+        if slot is not None:
+            return self._new_transactional(slot)
+        try:
+            return self._transactional.get(timeout=self._timeout)
+        except queue.Empty:
+            raise Unavailable("all transactional producers are busy") from None
+
+    def _new_transactional(self, slot: int) -> Producer:
+        producer = Producer(
+            self._config.kafka(
+                **{
+                    # A stable id per instance and slot: a restarted instance fences the
+                    # transactions its crashed predecessor left open.
+                    "transactional.id": f"{self._config.application_id}-{self._config.instance_id}-writer-{slot}",
+                    "acks": "all",
+                    "linger.ms": 1,
+                    "partitioner": "murmur2_random",
+                    "transaction.timeout.ms": max(60_000, self._config.write_timeout_ms * 2),
+                    "message.timeout.ms": self._config.write_timeout_ms,
+                }
+            )
+        )
+        self._slot_of[id(producer)] = slot
+        try:
+            producer.init_transactions(self._timeout)
+        except KafkaException as err:
+            self._release_slot(producer)
+            self._metrics.produce_errors.labels(reason="init_transactions").inc()
+            raise Unavailable(f"the broker cannot start transactions now: {err}") from err
+        return producer
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._poller.join(timeout)
+        self._producer.flush(timeout)
+        while True:
+            try:
+                self._transactional.get_nowait()
+            except queue.Empty:
+                break

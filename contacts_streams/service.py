@@ -1,0 +1,102 @@
+"""The running service: store, materializer, publisher and auto-create, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from contacts_streams.config import Config
+from contacts_streams.contacts import Contacts
+from contacts_streams.materializer import Materializer
+from contacts_streams.metrics import Metrics
+from contacts_streams.serialization import ContactCodec
+from contacts_streams.publisher import Publisher, Unavailable
+from contacts_streams.store import Store
+from contacts_streams.topics import ensure_contacts_topic
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config: Config, metrics: Metrics | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.codec = ContactCodec(registry_url=config.schema_registry_url, subject=f"{config.contacts_topic}-value")
+        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec)
+        if wiped:
+            self.metrics.store_rebuilds.labels(reason="corrupt").inc()
+        self.materializer = Materializer(config, self.store, self.metrics)
+        self.publisher = Publisher(config, self.materializer, self.metrics)
+        self.contacts = Contacts(self.store, self.publisher, self.codec, lock_timeout=config.write_timeout_ms / 1000)
+        self.auto_create = None
+        if config.auto_create_enabled:
+            from contacts_streams.auto_create import AutoCreate
+
+            self.auto_create = AutoCreate(config, self.store, self.publisher, self.materializer, self.metrics)
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._closed = False
+
+    def start(self, wait: bool = False, timeout: float = 120.0) -> "Service":
+        """Start in the background (HTTP may serve health meanwhile); wait=True blocks until ready."""
+        threading.Thread(target=self._start, name="service-start", daemon=True).start()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def _start(self) -> None:
+        try:
+            while True:
+                try:
+                    ensure_contacts_topic(self.config)
+                    self.publisher.start()
+                    break
+                except Exception as err:  # broker not there yet: keep trying, health says why
+                    self._start_error = err
+                    log.warning("waiting for Kafka: %s", err)
+                    time.sleep(1)
+            self._start_error = None
+            self.materializer.start()
+            if self.auto_create is not None:
+                self.auto_create.start()
+        finally:
+            self._started.set()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready()[0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service not ready after {timeout}s: {self.ready()[1]}")
+            time.sleep(0.05)
+
+    def ready(self) -> tuple[bool, str]:
+        if self._start_error is not None:
+            return False, f"broker unreachable: {self._start_error}"
+        if not self.materializer.ready:
+            return False, self.materializer.status()
+        if self.auto_create is not None and not self.auto_create.ready:
+            return False, self.auto_create.status()
+        return True, "up"
+
+    def alive(self) -> tuple[bool, str]:
+        if self.materializer.failure is not None:
+            return False, self.materializer.status()
+        if self.auto_create is not None and self.auto_create.failure is not None:
+            return False, self.auto_create.status()
+        return True, "alive"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.auto_create is not None:
+            self.auto_create.stop()
+        self.publisher.close()
+        self.materializer.stop()
+        self.store.close()
+        log.info("closed")
+
+
+__all__ = ["Service", "Unavailable"]

@@ -1,0 +1,374 @@
+"""The RocksDB store materialized from the contacts topic.
+
+Column families (DESIGN.md, "store"):
+- ``contacts``: contact id -> the record's value bytes exactly as on the topic, so a store rebuilt
+  from the topic equals the old one byte for byte;
+- ``conversations``: conversation id -> contact id;
+- ``merged``: merged-away contact id -> destination id;
+- ``names``: ``model.sort_key(contact)`` -> contact id, the order of ``contacts.list``;
+- ``counters``: ``contacts`` -> number of live contacts, so ``total`` costs one read;
+- ``offsets``: partition -> next offset to read, written in the same batch as the data it covers;
+- ``meta``: the topic the store was built from;
+- ``conversation_metadata``: the display name / avatar of conversations that auto-create joins
+  (fed by the metadata topic, not the contacts topic, so a rebuild does not clear it).
+
+Every index changes in the same ``WriteBatch`` as the contact and the offset: a crash leaves the
+store at one batch boundary or the next, never between.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shutil
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch
+
+from contacts_streams import model
+from contacts_streams.serialization import ContactCodec, DecodeError
+
+log = logging.getLogger(__name__)
+
+CONTACTS, CONVERSATIONS, MERGED, NAMES = "contacts", "conversations", "merged", "names"
+COUNTERS, OFFSETS, META, CONVERSATION_METADATA = "counters", "offsets", "meta", "conversation_metadata"
+FAMILIES = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA)
+# What a rebuild from the contacts topic recreates; conversation metadata comes from elsewhere.
+TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META)
+
+CONTACT_COUNT = b"contacts"
+TOPIC_KEY = b"topic"
+MAX_MERGE_CHAIN = 32
+
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+_PARTITION = struct.Struct(">I")
+
+FORWARD, BACKWARD = b"n", b"p"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or is inconsistent; the caller rebuilds it."""
+
+
+class BadCursor(ValueError):
+    """A list cursor this store did not hand out."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of the contacts topic as the materializer hands it over."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Page:
+    contacts: list[dict]
+    previous_cursor: str | None
+    next_cursor: str | None
+    total: int
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    return options
+
+
+class Store:
+    """One process owns the store; its threads may read while the materializer writes."""
+
+    def __init__(self, path: str | Path, codec: ContactCodec):
+        self.path = Path(path)
+        self.codec = codec
+        self._write_lock = threading.Lock()
+        self._open()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = Rdict(str(self.path), options=_options(), column_families={f: Options(raw_mode=True) for f in FAMILIES})
+        except Exception as err:  # rocksdict raises plain Exception on corruption and lock errors
+            raise StoreError(f"cannot open the store at {self.path}: {err}") from err
+        self._cf = {f: self._db.get_column_family(f) for f in FAMILIES}
+        self._handle = {f: self._db.get_column_family_handle(f) for f in FAMILIES}
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        # Column-family handles keep the database alive: drop them all before close, or a
+        # reopen in this process fails on RocksDB's lock.
+        self._cf.clear()
+        self._handle.clear()
+        self._db.close()
+        self._db = None
+
+    @classmethod
+    def open_or_rebuild(cls, path: str | Path, codec: ContactCodec) -> tuple["Store", str | None]:
+        """Open the store; a corrupt one is wiped. Returns the store and why it was wiped, if it was."""
+        try:
+            return cls(path, codec), None
+        except StoreError as err:
+            log.warning("store unusable, rebuilding from the topic: %s", err)
+            shutil.rmtree(path, ignore_errors=True)
+            return cls(path, codec), str(err)
+
+    def reset(self) -> None:
+        """Forget everything the contacts topic produced (a rebuild follows)."""
+        with self._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            for family in TOPIC_STATE:
+                for key in list(self._cf[family].keys()):
+                    batch.delete(key, self._handle[family])
+            self._db.write(batch)
+
+    # --- what the materializer writes ------------------------------------------------------
+
+    def topic(self) -> str | None:
+        raw = self._cf[META].get(TOPIC_KEY)
+        return raw.decode() if raw is not None else None
+
+    def offsets(self) -> dict[int, int]:
+        """partition -> the next offset to read."""
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._cf[OFFSETS].items()}
+
+    def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
+        """Apply records of the contacts topic and their offsets in one write batch; returns how many were applied."""
+        with self._write_lock:
+            batch = _Batch(self)
+            batch.put(META, TOPIC_KEY, topic.encode())
+            applied = 0
+            for record in records:
+                try:
+                    batch.apply(record)
+                    applied += 1
+                except (DecodeError, ValueError) as err:
+                    log.error("skipping undecodable record at partition %s offset %s: %s", record.partition, record.offset, err)
+                    if on_poison:
+                        on_poison(record, err)
+                batch.put(OFFSETS, _PARTITION.pack(record.partition), _U64.pack(record.offset + 1))
+            batch.write()
+            return applied
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get_bytes(self, contact_id: str) -> bytes | None:
+        return self._cf[CONTACTS].get(contact_id.encode())
+
+    def get(self, contact_id: str) -> dict | None:
+        raw = self.get_bytes(contact_id)
+        return self.codec.decode_contact(raw) if raw is not None else None
+
+    def contact_id_for_conversation(self, conversation_id: str) -> str | None:
+        raw = self._cf[CONVERSATIONS].get(conversation_id.encode())
+        return raw.decode() if raw is not None else None
+
+    def merged_into(self, contact_id: str) -> str | None:
+        """Where a merged-away contact lives now (following merges of merges), if it still does."""
+        current, seen = contact_id, 0
+        while seen < MAX_MERGE_CHAIN:
+            raw = self._cf[MERGED].get(current.encode())
+            if raw is None:
+                break
+            current, seen = raw.decode(), seen + 1
+        if current == contact_id or self.get_bytes(current) is None:
+            return None
+        return current
+
+    def count(self) -> int:
+        raw = self._cf[COUNTERS].get(CONTACT_COUNT)
+        return _I64.unpack(raw)[0] if raw is not None else 0
+
+    def all_ids(self) -> Iterable[str]:
+        return (k.decode() for k in self._cf[CONTACTS].keys())
+
+    def items_bytes(self) -> Iterable[tuple[bytes, bytes]]:
+        return self._cf[CONTACTS].items()
+
+    def page(self, cursor: str | None, page_size: int) -> Page:
+        """A page of contacts in name order; the cost does not grow with the page's position."""
+        direction, after = _decode_cursor(cursor) if cursor else (FORWARD, None)
+        names = self._cf[NAMES]
+        it = names.iter(ReadOptions(raw_mode=True))
+        keys: list[bytes] = []
+        ids: list[bytes] = []
+        if direction == FORWARD:
+            if after is None:
+                it.seek_to_first()
+            else:
+                it.seek(after)
+                if it.valid() and it.key() == after:
+                    it.next()
+            while it.valid() and len(keys) < page_size + 1:
+                keys.append(it.key())
+                ids.append(it.value())
+                it.next()
+            more_after = len(keys) > page_size
+            keys, ids = keys[:page_size], ids[:page_size]
+            more_before = after is not None and self._has_before(keys[0] if keys else after, inclusive=not keys)
+        else:
+            it.seek_for_prev(after)
+            if it.valid() and it.key() == after:
+                it.prev()
+            while it.valid() and len(keys) < page_size + 1:
+                keys.append(it.key())
+                ids.append(it.value())
+                it.prev()
+            more_before = len(keys) > page_size
+            keys, ids = keys[:page_size][::-1], ids[:page_size][::-1]
+            more_after = self._has_after(keys[-1] if keys else after, inclusive=not keys)
+        del it
+        contacts = []
+        for contact_id in ids:
+            raw = self._cf[CONTACTS].get(contact_id)
+            if raw is not None:
+                contacts.append(self.codec.decode_contact(raw))
+        return Page(
+            contacts=contacts,
+            previous_cursor=_encode_cursor(BACKWARD, keys[0]) if keys and more_before else None,
+            next_cursor=_encode_cursor(FORWARD, keys[-1]) if keys and more_after else None,
+            total=self.count(),
+        )
+
+    def _has_before(self, key: bytes, inclusive: bool) -> bool:
+        it = self._cf[NAMES].iter(ReadOptions(raw_mode=True))
+        it.seek_for_prev(key)
+        if it.valid() and it.key() == key and not inclusive:
+            it.prev()
+        return it.valid()
+
+    def _has_after(self, key: bytes, inclusive: bool) -> bool:
+        it = self._cf[NAMES].iter(ReadOptions(raw_mode=True))
+        it.seek(key)
+        if it.valid() and it.key() == key and not inclusive:
+            it.next()
+        return it.valid()
+
+    # --- conversation metadata (auto-create's join) -----------------------------------------
+
+    def conversation_metadata(self, conversation_id: str) -> dict:
+        raw = self._cf[CONVERSATION_METADATA].get(conversation_id.encode())
+        return json.loads(raw) if raw is not None else {}
+
+    def put_conversation_metadata(self, entries: dict[str, dict]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for conversation_id, values in entries.items():
+            batch.put(conversation_id.encode(), json.dumps(values).encode(), self._handle[CONVERSATION_METADATA])
+        self._db.write(batch)
+
+
+def _encode_cursor(direction: bytes, key: bytes) -> str:
+    return base64.urlsafe_b64encode(direction + key).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, TypeError):
+        raise BadCursor("cursor is not a cursor this service handed out") from None
+    direction, key = raw[:1], raw[1:]
+    if direction not in (FORWARD, BACKWARD) or not _is_sort_key(key):
+        raise BadCursor("cursor is not a cursor this service handed out")
+    return direction, key
+
+
+def _is_sort_key(key: bytes) -> bool:
+    # The shapes model.sort_key makes: 0x01 + folded name + 0x00 + id, or 0x02 + id.
+    if key[:1] == b"\x01" and b"\x00" in key:
+        contact_id = key.rsplit(b"\x00", 1)[1]
+    elif key[:1] == b"\x02":
+        contact_id = key[1:]
+    else:
+        return False
+    return len(contact_id) == 36 and contact_id.count(b"-") == 4
+
+
+class _Batch:
+    """A write batch that reads its own pending writes, so one batch may touch a contact twice."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._batch = WriteBatch(raw_mode=True)
+        self._pending: dict[tuple[str, bytes], bytes | None] = {}
+
+    def get(self, family: str, key: bytes) -> bytes | None:
+        if (family, key) in self._pending:
+            return self._pending[(family, key)]
+        return self._store._cf[family].get(key)
+
+    def put(self, family: str, key: bytes, value: bytes) -> None:
+        self._pending[(family, key)] = value
+        self._batch.put(key, value, self._store._handle[family])
+
+    def delete(self, family: str, key: bytes) -> None:
+        self._pending[(family, key)] = None
+        self._batch.delete(key, self._store._handle[family])
+
+    def delete_if(self, family: str, key: bytes, expected: bytes) -> None:
+        # Indexes are shared across partitions, whose records arrive in no fixed order: drop an
+        # entry only while it still points where the removed contact left it.
+        if self.get(family, key) == expected:
+            self.delete(family, key)
+
+    def write(self) -> None:
+        self._store._db.write(self._batch)
+
+    def _add_count(self, delta: int) -> None:
+        raw = self.get(COUNTERS, CONTACT_COUNT)
+        current = _I64.unpack(raw)[0] if raw is not None else 0
+        self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + delta))
+
+    def apply(self, record: Record) -> None:
+        if record.key is None:
+            raise ValueError("record without a key")
+        key = record.key
+        contact_id = key.decode()
+        old_raw = self.get(CONTACTS, key)
+        decode = self._store.codec.decode_contact
+        old = decode(old_raw) if old_raw is not None else None
+        new = decode(record.value) if record.value is not None else None
+        if new is not None and new.get("id") != contact_id:
+            raise ValueError(f"record key {contact_id} does not match its contact id {new.get('id')}")
+
+        if old is not None:
+            self.delete(NAMES, model.sort_key(old))
+            for conversation_id in old.get("conversations", {}):
+                self.delete_if(CONVERSATIONS, conversation_id.encode(), key)
+            if new is None:
+                for merged in old.get("merge_history", []):
+                    self.delete_if(MERGED, merged["id"].encode(), key)
+
+        if new is None:
+            if old_raw is not None:
+                self.delete(CONTACTS, key)
+                self._add_count(-1)
+            merged_into = record.headers.get("merged_into")
+            if merged_into:
+                self.put(MERGED, key, merged_into.encode())
+            return
+
+        self.put(CONTACTS, key, record.value)
+        if old_raw is None:
+            self._add_count(1)
+        self.delete(MERGED, key)
+        self.put(NAMES, model.sort_key(new), key)
+        for conversation_id in new.get("conversations", {}):
+            self.put(CONVERSATIONS, conversation_id.encode(), key)
+        for merged in new.get("merge_history", []):
+            # The destination's history names every contact merged into it, so the merged-into
+            # hint survives compaction of the merged-away tombstones.
+            if merged.get("id") and self.get(CONTACTS, merged["id"].encode()) is None:
+                self.put(MERGED, merged["id"].encode(), key)
