@@ -20,8 +20,13 @@ die() { echo "scripts/helm.sh: $*" >&2; exit 1; }
 
 cache_dir="${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}/contacts-streams/helm/${HELM_VERSION}"
 helm_bin="${cache_dir}/bin/helm"
+# Bump when the build recipe below changes: a binary built by an older recipe is rebuilt.
+RECIPE=2
+recipe_file="${cache_dir}/bin/.recipe"
 
-if [[ -x "${helm_bin}" ]]; then
+built() { [[ -x "${helm_bin}" && -f "${recipe_file}" && "$(<"${recipe_file}")" == "${RECIPE}" ]]; }
+
+if built; then
     echo "${helm_bin}"
     exit 0
 fi
@@ -45,7 +50,7 @@ mkdir -p "${cache_dir}"
 if command -v flock >/dev/null 2>&1; then
     exec 9>"${cache_dir}/.lock"
     flock 9
-    if [[ -x "${helm_bin}" ]]; then
+    if built; then
         echo "${helm_bin}"
         exit 0
     fi
@@ -58,9 +63,28 @@ trap 'rm -rf "${scratch}"' EXIT
 
 echo "scripts/helm.sh: building helm ${HELM_VERSION} with $("${go_bin}" version) (once; cached in ${cache_dir})" >&2
 start=$(date +%s)
-# CGO_ENABLED=0 as in helm's own release builds; the ldflag makes `helm version` report the tag.
-if ! GOBIN="${scratch}" CGO_ENABLED=0 "${go_bin}" install \
-        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+
+# Build it the way helm's release Makefile does, so this binary behaves like a downloaded one:
+# besides the version, the release sets the default Kubernetes version that `helm template` and
+# `helm lint` assume (.Capabilities.KubeVersion, chart kubeVersion checks) from the client-go
+# module it is built with (client-go v0.X.Y -> Kubernetes 1.X). Without it that default is 1.20.
+gomod="$(cd "${scratch}" && "${go_bin}" mod download -json "helm.sh/helm/v3@${HELM_VERSION}" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')" \
+    || die "could not download helm.sh/helm/v3@${HELM_VERSION} from the Go module proxy"
+[[ -f "${gomod}" ]] || die "helm.sh/helm/v3@${HELM_VERSION}: no go.mod found in the module download"
+client_go="$(sed -n 's/^[[:space:]]*k8s.io\/client-go v\([0-9]*\)\.\([0-9]*\)\..*/\1 \2/p' "${gomod}" | head -n 1)"
+[[ -n "${client_go}" ]] || die "helm.sh/helm/v3@${HELM_VERSION}: no k8s.io/client-go requirement in ${gomod}"
+read -r cg_major cg_minor <<<"${client_go}"
+k8s_major=$((cg_major + 1))
+k8s_minor="${cg_minor}"
+
+ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X ${pkg}.k8sVersionMajor=${k8s_major} -X ${pkg}.k8sVersionMinor=${k8s_minor}"
+done
+
+# CGO_ENABLED=0 and -trimpath as in helm's own release builds.
+if ! GOBIN="${scratch}" CGO_ENABLED=0 "${go_bin}" install -trimpath -ldflags "${ldflags}" \
         "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2; then
     die "go install helm.sh/helm/v3/cmd/helm@${HELM_VERSION} failed (see above; helm ${HELM_VERSION} needs the Go version named in its go.mod, and the Go module proxy must be reachable)"
 fi
@@ -68,6 +92,8 @@ fi
 "${scratch}/helm" version --short >/dev/null 2>&1 || die "the built helm does not run: $("${scratch}/helm" version --short 2>&1 || true)"
 
 mkdir -p "${cache_dir}/bin"
+rm -f "${recipe_file}"
 mv -f "${scratch}/helm" "${helm_bin}"
+echo "${RECIPE}" >"${recipe_file}"
 echo "scripts/helm.sh: built ${helm_bin} in $(( $(date +%s) - start ))s" >&2
 echo "${helm_bin}"
