@@ -32,7 +32,8 @@ class Conflict(ValueError):
         self.field = field
 
 
-def _conversation_key(conversation_id: str) -> str:
+def conversation_lock_key(conversation_id: str) -> str:
+    """The lock name of a conversation: claiming one serializes with every other claim of it."""
     return f"conversation:{conversation_id}"
 
 
@@ -76,7 +77,7 @@ class Contacts:
         now = model.now_ms()
         contacts = [model.new_contact(fields, str(uuid.uuid4()), now) for fields in payloads]
         conversations = [c for contact in contacts for c in contact.get("conversations", {})]
-        keys = [c["id"] for c in contacts] + [_conversation_key(c) for c in conversations]
+        keys = [c["id"] for c in contacts] + [conversation_lock_key(c) for c in conversations]
         with self._publisher.locks.hold(keys, self._lock_timeout):
             seen: dict[str, int] = {}
             for index, contact in enumerate(contacts):
@@ -93,7 +94,7 @@ class Contacts:
     def update(self, contact_id: str, changes: dict) -> dict:
         given = changes.get("conversations")
         added = list(given) if isinstance(given, dict) else []
-        keys = [contact_id] + [_conversation_key(c) for c in added]
+        keys = [contact_id] + [conversation_lock_key(c) for c in added]
         with self._publisher.locks.hold(keys, self._lock_timeout):
             current = self._store.get(contact_id)
             if current is None:

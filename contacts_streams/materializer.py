@@ -73,6 +73,10 @@ class Materializer:
                 self._changed.wait(remaining)
             return True
 
+    def wait_reached(self, ends: dict[int, int], timeout: float) -> bool:
+        """Wait until every partition is read up to its end offset (its next offset) in `ends`."""
+        return self.wait_applied({p: end - 1 for p, end in ends.items() if end > 0}, timeout)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -154,12 +158,12 @@ class Materializer:
     def _poll_once(self, consumer: Consumer) -> None:
         messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
         records: list[Record] = []
-        reached_end: list[int] = []
+        reached_end: list[tuple[int, int]] = []
         for msg in messages:
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    reached_end.append(msg.partition())
+                    reached_end.append((msg.partition(), msg.offset()))
                 else:
                     log.warning("contacts topic: %s", error)
                 continue
@@ -174,7 +178,10 @@ class Materializer:
             with self._changed:
                 for record in records:
                     self._applied[record.partition] = record.offset + 1
-                self._caught_up.update(reached_end)
+                # The end offset lies past transaction markers, which no record reports.
+                for partition, end in reached_end:
+                    self._applied[partition] = max(self._applied.get(partition, 0), end)
+                    self._caught_up.add(partition)
                 self._changed.notify_all()
 
     def _poisoned(self, record: Record, _err: Exception) -> None:

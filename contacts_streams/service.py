@@ -34,7 +34,7 @@ class Service:
         if config.auto_create_enabled:
             from contacts_streams.auto_create import AutoCreate
 
-            self.auto_create = AutoCreate(config, self.store, self.publisher, self.materializer, self.metrics)
+            self.auto_create = AutoCreate(config, self.store, self.publisher, self.materializer, self.metrics, self.codec)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._closed = False
