@@ -1,0 +1,709 @@
+"""The contact model: payload validation and the rules of contacts, as functions of plain data.
+
+A contact is a plain dict in the HTTP API's JSON shape (snake_case). Absent fields are omitted,
+never None, and so are empty maps. Keys, in this order::
+
+    id, display_name, avatar_url, title, timezone, gender, locale, organization_name,
+    via, address, conversations, metadata, created_at, updated_at, merge_history
+
+``timezone`` is a str (possibly ""), an int or a float, served back as sent; ``via`` is
+str -> str; ``address`` has a subset of ADDRESS_FIELDS (str values); ``conversations`` is
+conversation id (lowercase UUID) -> source; ``metadata`` is any JSON object without arrays;
+``created_at`` / ``updated_at`` are ISO 8601 UTC with milliseconds (``2021-11-16T13:21:03.580Z``);
+``merge_history`` is a list of contacts, each without its own ``merge_history``.
+
+Validation (``validate_*``) raises only :class:`ValidationError`, whatever the input: its
+``field`` is the path of the offending value (``via.email``, ``address.postcode``,
+``[3].display_name`` inside an import, ``""`` for the request body as a whole) and its message
+names that path. The API layer turns it into ``400 {"message": ...}``.
+
+Limits (each refused with a ValidationError naming the field; lengths count characters):
+
+=============================  ===========  ==================================================
+name                           value        applies to
+=============================  ===========  ==================================================
+MAX_STRING_LENGTH              2048         every string field, via/address values,
+                                            conversation sources, timezone strings
+MAX_KEY_LENGTH                 256          via and metadata keys (at any depth)
+MAX_VIA_KEYS                   100          keys in via (also after an update)
+MAX_CONVERSATIONS              1000         conversations in one create/import/update payload
+                                            (merges and auto-creation may grow a contact past
+                                            it: conversations are never refused there)
+MAX_METADATA_BYTES             65536        metadata as compact UTF-8 JSON (also after update)
+MAX_METADATA_DEPTH             8            nesting of objects inside metadata (metadata
+                                            itself is depth 1)
+MAX_METADATA_STRING_LENGTH     16384        a string value inside metadata
+MAX_TIMEZONE_OFFSET            86400        absolute value of a numeric timezone (any unit up
+                                            to seconds fits)
+metadata integers              int64        -2**63 .. 2**63-1
+MAX_IMPORT                     10000        contacts in one import
+MAX_PAGE_SIZE                  1000         contacts.list page_size (DEFAULT_PAGE_SIZE 20)
+MAX_CURSOR_LENGTH              1024         contacts.list cursor
+=============================  ===========  ==================================================
+
+No string (value or key, at any depth) may contain U+0000 (the sort key uses it as a separator)
+or an unpaired surrogate (it could not be encoded as UTF-8). Numbers must be finite.
+
+Rules worth knowing, where DESIGN.md leaves room:
+
+- create/import store values as sent, "" included (the seed's ``"timezone": ""`` comes back
+  as ""); only an update reads "" as "remove". Empty maps are dropped.
+- update: a field set to "" is removed; ``via``, ``address``, ``metadata`` *and*
+  ``conversations`` update key by key (top-level keys of metadata; a nested object value
+  replaces the previous value whole), "" removes a key, and a map set to "" is removed whole.
+  Conversations follow the same rule so that linking one conversation never drops the others.
+- merge: a destination value that is present and not "" wins; "" counts as a gap the source
+  fills (that is what "" means to an update). Maps key by key with the same rule (top-level
+  metadata keys), conversations united (the destination's source string wins a conflict).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import re
+import time
+import unicodedata
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+__all__ = [
+    "ADDRESS_FIELDS",
+    "CONTACT_FIELDS",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_CONVERSATIONS",
+    "MAX_CURSOR_LENGTH",
+    "MAX_IMPORT",
+    "MAX_KEY_LENGTH",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_STRING_LENGTH",
+    "MAX_PAGE_SIZE",
+    "MAX_STRING_LENGTH",
+    "MAX_TIMEZONE_OFFSET",
+    "MAX_VIA_KEYS",
+    "SERVED_FIELDS",
+    "ValidationError",
+    "apply_update",
+    "contact_id_for_conversation",
+    "default_display_name",
+    "iso_to_millis",
+    "merge_contacts",
+    "millis_to_iso",
+    "new_contact",
+    "normalize_uuid",
+    "now_ms",
+    "sort_key",
+    "validate_create",
+    "validate_id",
+    "validate_import",
+    "validate_info",
+    "validate_list",
+    "validate_merge",
+    "validate_update",
+]
+
+# --- fields and limits --------------------------------------------------------------------------
+
+SCALAR_FIELDS = (
+    "display_name",
+    "avatar_url",
+    "title",
+    "timezone",
+    "gender",
+    "locale",
+    "organization_name",
+)
+MAP_FIELDS = ("via", "address", "conversations", "metadata")
+#: The fields a client may write (create, import, update).
+CONTACT_FIELDS = SCALAR_FIELDS + MAP_FIELDS
+#: The fields only the service sets; sent by a client they are refused.
+SERVED_FIELDS = ("id", "created_at", "updated_at", "merge_history")
+ADDRESS_FIELDS = (
+    "organization_name",
+    "address_line1",
+    "address_line2",
+    "postcode",
+    "city",
+    "state",
+    "country",
+)
+_ORDER = ("id",) + CONTACT_FIELDS + ("created_at", "updated_at", "merge_history")
+
+MAX_STRING_LENGTH = 2048
+MAX_KEY_LENGTH = 256
+MAX_VIA_KEYS = 100
+MAX_CONVERSATIONS = 1000
+MAX_METADATA_BYTES = 65_536
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_STRING_LENGTH = 16_384
+MAX_TIMEZONE_OFFSET = 86_400
+MAX_IMPORT = 10_000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 20
+MAX_CURSOR_LENGTH = 1024
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+class ValidationError(ValueError):
+    """Bad input. ``field`` is the path of the offending value, ``message`` a sentence naming it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"ValidationError({self.field!r}, {self.message!r})"
+
+
+# --- paths and primitive checks -----------------------------------------------------------------
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _key_path(prefix: str, key: Any) -> str:
+    text = key if isinstance(key, str) else repr(key)
+    if len(text) > 64:
+        text = text[:64] + "..."
+    return _join(prefix, text)
+
+
+def _where(prefix: str) -> str:
+    return prefix if prefix else "the request body"
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_text(value: Any, path: str, max_length: int = MAX_STRING_LENGTH) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(path, f"{path} must be a string, not {_type_name(value)}")
+    if len(value) > max_length:
+        raise ValidationError(path, f"{path} must be at most {max_length} characters long")
+    if "\x00" in value:
+        raise ValidationError(path, f"{path} must not contain the character U+0000")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(path, f"{path} must be valid Unicode (it has an unpaired surrogate)") from None
+    return value
+
+
+def _check_key(key: Any, path: str, max_length: int = MAX_KEY_LENGTH) -> str:
+    """A map key: a non-empty string; ``path`` is the map's path."""
+    if not isinstance(key, str):
+        raise ValidationError(path, f"{path} keys must be strings")
+    if key == "":
+        raise ValidationError(path, f"{path} keys must not be empty")
+    if len(key) > max_length:
+        raise ValidationError(path, f"{path} keys must be at most {max_length} characters long")
+    if "\x00" in key:
+        raise ValidationError(path, f"{path} keys must not contain the character U+0000")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(path, f"{path} keys must be valid Unicode (unpaired surrogate)") from None
+    return key
+
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
+def normalize_uuid(value: Any, path: str = "id") -> str:
+    """A UUID string (any version, hyphenated 8-4-4-4-12, any case) in lowercase canonical form."""
+    if not isinstance(value, str):
+        raise ValidationError(path, f"{path} must be a UUID string, not {_type_name(value)}")
+    if len(value) != 36 or not _UUID_RE.match(value):
+        raise ValidationError(path, f"{path} must be a UUID (like 6b80b10c-ae6e-4995-844d-c56c4da11623)")
+    return value.lower()
+
+
+def _require_object(payload: Any, prefix: str) -> dict:
+    if not isinstance(payload, dict):
+        raise ValidationError(prefix, f"{_where(prefix)} must be a JSON object, not {_type_name(payload)}")
+    return payload
+
+
+def _refuse_unknown(payload: dict, allowed: tuple[str, ...], prefix: str) -> None:
+    unknown = [key for key in payload if key not in allowed]
+    if not unknown:
+        return
+    paths = [_key_path(prefix, key) for key in unknown]
+    first = unknown[0]
+    if len(unknown) == 1 and first in SERVED_FIELDS:
+        message = f"{paths[0]} is set by the service and cannot be sent"
+    elif len(unknown) == 1:
+        message = f"unknown field {paths[0]} (allowed: {', '.join(allowed)})"
+    else:
+        message = f"unknown fields {', '.join(paths)} (allowed: {', '.join(allowed)})"
+    raise ValidationError(paths[0], message)
+
+
+# --- field values -------------------------------------------------------------------------------
+
+
+def _check_timezone(value: Any, path: str) -> str | int | float:
+    if isinstance(value, str):
+        return _check_text(value, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(path, f"{path} must be a string or a number, not {_type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(path, f"{path} must be a finite number")
+    if abs(value) > MAX_TIMEZONE_OFFSET:
+        raise ValidationError(path, f"{path} must be between -{MAX_TIMEZONE_OFFSET} and {MAX_TIMEZONE_OFFSET}")
+    return value
+
+
+def _check_scalar(name: str, value: Any, path: str):
+    if name == "timezone":
+        return _check_timezone(value, path)
+    return _check_text(value, path)
+
+
+def _check_via(value: Any, path: str, removals: bool) -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(path, f"{path} must be an object of strings, not {_type_name(value)}")
+    if len(value) > MAX_VIA_KEYS:
+        raise ValidationError(path, f"{path} must have at most {MAX_VIA_KEYS} keys")
+    out = {}
+    for key, item in value.items():
+        _check_key(key, path)
+        out[key] = _check_text(item, _key_path(path, key))
+    return out
+
+
+def _check_address(value: Any, path: str, removals: bool) -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(path, f"{path} must be an object, not {_type_name(value)}")
+    out = {}
+    for key, item in value.items():
+        item_path = _key_path(path, key)
+        if key not in ADDRESS_FIELDS:
+            raise ValidationError(item_path, f"{item_path} is not an address field (allowed: {', '.join(ADDRESS_FIELDS)})")
+        out[key] = _check_text(item, item_path)
+    return out
+
+
+def _check_conversations(value: Any, path: str, removals: bool) -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(
+            path, f"{path} must be an object of conversation id -> source, not {_type_name(value)}"
+        )
+    if len(value) > MAX_CONVERSATIONS:
+        raise ValidationError(path, f"{path} must have at most {MAX_CONVERSATIONS} conversations")
+    out = {}
+    for key, source in value.items():
+        item_path = _key_path(path, key)
+        if not isinstance(key, str) or len(key) != 36 or not _UUID_RE.match(key):
+            raise ValidationError(item_path, f"{item_path}: conversation ids must be UUIDs")
+        conversation_id = key.lower()
+        if conversation_id in out:
+            raise ValidationError(item_path, f"{item_path}: conversation {conversation_id} is given twice")
+        _check_text(source, item_path)
+        if source == "" and not removals:
+            raise ValidationError(item_path, f"{item_path} must name the conversation's source (e.g. facebook)")
+        out[conversation_id] = source
+    return out
+
+
+def _check_json_object(obj: dict, path: str, depth: int) -> None:
+    """Checks a JSON object of metadata in place (nothing is copied); depth 1 is metadata itself."""
+    for key, item in obj.items():
+        _check_key(key, path)
+        item_path = _key_path(path, key)
+        if item is None or item is True or item is False:
+            continue
+        if isinstance(item, str):
+            _check_text(item, item_path, MAX_METADATA_STRING_LENGTH)
+        elif isinstance(item, int):
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                raise ValidationError(item_path, f"{item_path} must be an integer that fits in 64 bits")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValidationError(item_path, f"{item_path} must be a finite number")
+        elif isinstance(item, dict):
+            if depth >= MAX_METADATA_DEPTH:
+                raise ValidationError(item_path, f"{item_path} nests objects deeper than {MAX_METADATA_DEPTH} levels")
+            _check_json_object(item, item_path, depth + 1)
+        elif isinstance(item, (list, tuple)):
+            raise ValidationError(item_path, f"{item_path} is an array; arrays are not allowed in metadata")
+        else:
+            raise ValidationError(item_path, f"{item_path} must be a JSON value, not {_type_name(item)}")
+
+
+def _metadata_size(value: dict) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _check_metadata(value: Any, path: str, removals: bool) -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(path, f"{path} must be an object, not {_type_name(value)}")
+    _check_json_object(value, path, 1)
+    if _metadata_size(value) > MAX_METADATA_BYTES:
+        raise ValidationError(path, f"{path} must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return _copy_json(value)
+
+
+_MAP_CHECKS = {
+    "via": _check_via,
+    "address": _check_address,
+    "conversations": _check_conversations,
+    "metadata": _check_metadata,
+}
+
+
+def _copy_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    return value
+
+
+def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
+    """The contact fields of an (already key-checked) payload, checked, in canonical order.
+
+    With ``removals`` (an update), "" is kept as a removal marker for any field and any key of
+    the four maps; without, "" is an ordinary value and empty maps are dropped.
+    """
+    out: dict[str, Any] = {}
+    for name in CONTACT_FIELDS:
+        if name not in payload:
+            continue
+        value = payload[name]
+        path = _join(prefix, name)
+        if name in _MAP_CHECKS:
+            if removals and value == "":
+                out[name] = ""
+                continue
+            checked = _MAP_CHECKS[name](value, path, removals)
+            if checked or removals:
+                out[name] = checked
+        else:
+            out[name] = _check_scalar(name, value, path)
+    return out
+
+
+# --- payload validators -------------------------------------------------------------------------
+
+
+def _validate_contact_payload(payload: Any, prefix: str) -> dict:
+    _require_object(payload, prefix)
+    if not payload:
+        raise ValidationError(prefix, f"{_where(prefix)} must not be empty: give at least one contact field")
+    _refuse_unknown(payload, CONTACT_FIELDS, prefix)
+    fields = _check_fields(payload, prefix, removals=False)
+    if not fields:
+        raise ValidationError(prefix, f"{_where(prefix)} sets no field (its maps are all empty)")
+    return fields
+
+
+def validate_create(payload: Any) -> dict:
+    """The writable fields of a ``contacts.create`` payload, checked and normalized."""
+    return _validate_contact_payload(payload, "")
+
+
+def validate_import(payload: Any) -> list[dict]:
+    """The contacts of a ``contacts.import`` payload (a non-empty JSON array of create payloads)."""
+    if not isinstance(payload, list):
+        raise ValidationError("", f"the request body must be a JSON array of contacts, not {_type_name(payload)}")
+    if not payload:
+        raise ValidationError("", "the request body must not be an empty array: give at least one contact")
+    if len(payload) > MAX_IMPORT:
+        raise ValidationError("", f"an import may hold at most {MAX_IMPORT} contacts, not {len(payload)}")
+    return [_validate_contact_payload(item, f"[{index}]") for index, item in enumerate(payload)]
+
+
+def validate_update(payload: Any) -> tuple[str, dict]:
+    """(id, changes) of a ``contacts.update`` payload; changes keep "" as removal markers."""
+    _require_object(payload, "")
+    if "id" not in payload:
+        raise ValidationError("id", "id is required")
+    contact_id = normalize_uuid(payload["id"], "id")
+    _refuse_unknown(payload, ("id",) + CONTACT_FIELDS, "")
+    return contact_id, _check_fields(payload, "", removals=True)
+
+
+def _ids(payload: Any, names: tuple[str, ...]) -> list[str]:
+    _require_object(payload, "")
+    _refuse_unknown(payload, names, "")
+    out = []
+    for name in names:
+        if name not in payload:
+            raise ValidationError(name, f"{name} is required")
+        out.append(normalize_uuid(payload[name], name))
+    return out
+
+
+def validate_id(payload: Any) -> str:
+    """The id of a ``{"id"}`` payload (``contacts.delete``)."""
+    return _ids(payload, ("id",))[0]
+
+
+def validate_info(payload: Any) -> tuple[str, str]:
+    """``("id", id)`` or ``("conversation_id", id)`` for ``contacts.info``: exactly one of them."""
+    _require_object(payload, "")
+    _refuse_unknown(payload, ("id", "conversation_id"), "")
+    if "id" in payload and "conversation_id" in payload:
+        raise ValidationError("conversation_id", "give either id or conversation_id, not both")
+    if "conversation_id" in payload:
+        return "conversation_id", normalize_uuid(payload["conversation_id"], "conversation_id")
+    if "id" in payload:
+        return "id", normalize_uuid(payload["id"], "id")
+    raise ValidationError("id", "id or conversation_id is required")
+
+
+_SELF_MERGE = "destination_id must differ from source_id: a contact cannot be merged into itself"
+
+
+def validate_merge(payload: Any) -> tuple[str, str]:
+    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ."""
+    source_id, destination_id = _ids(payload, ("source_id", "destination_id"))
+    if source_id == destination_id:
+        raise ValidationError("destination_id", _SELF_MERGE)
+    return source_id, destination_id
+
+
+def validate_list(payload: Any = None) -> tuple[str | None, int]:
+    """(cursor or None, page_size) of a ``contacts.list`` payload; an empty body or {} is fine.
+
+    The cursor is opaque here (the store checks it); "" counts as no cursor.
+    """
+    if payload is None:
+        return None, DEFAULT_PAGE_SIZE
+    _require_object(payload, "")
+    _refuse_unknown(payload, ("cursor", "page_size"), "")
+    cursor = payload.get("cursor")
+    if cursor is not None:
+        if not isinstance(cursor, str):
+            raise ValidationError("cursor", f"cursor must be a string or null, not {_type_name(cursor)}")
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValidationError("cursor", "cursor is not a cursor this service gave out")
+        cursor = cursor or None
+    page_size = payload.get("page_size")
+    if page_size is None:
+        return cursor, DEFAULT_PAGE_SIZE
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise ValidationError("page_size", f"page_size must be an integer, not {_type_name(page_size)}")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValidationError("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    return cursor, page_size
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def _ordered(contact: dict) -> dict:
+    return {name: contact[name] for name in _ORDER if name in contact}
+
+
+def new_contact(fields: dict, contact_id: str, now_ms: int) -> dict:
+    """A new contact of validated ``fields`` (from validate_create/validate_import)."""
+    stamp = millis_to_iso(now_ms)
+    contact: dict[str, Any] = {"id": normalize_uuid(contact_id, "id")}
+    for name in CONTACT_FIELDS:
+        if name in fields:
+            value = fields[name]
+            if isinstance(value, dict):
+                if not value:
+                    continue
+                value = _copy_json(value)
+            contact[name] = value
+    contact["created_at"] = stamp
+    contact["updated_at"] = stamp
+    return contact
+
+
+def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
+    """The contact after validated ``changes`` (from validate_update), as a new dict.
+
+    A field (or map key) set to "" is removed; maps update key by key; a map left empty is
+    removed. ``id``, ``created_at`` and ``merge_history`` never change. ``updated_at`` is set
+    when anything changed; an update that changes nothing returns a dict equal to ``contact``
+    (so the caller can tell and skip publishing). Raises ValidationError when the result would
+    break a size limit (``via`` keys, ``metadata`` bytes).
+    """
+    updated = dict(contact)
+    for name, value in changes.items():
+        if name not in CONTACT_FIELDS:
+            raise ValidationError(name, f"{name} cannot be updated")
+        if name in MAP_FIELDS:
+            if value == "":
+                updated.pop(name, None)
+                continue
+            merged = dict(updated.get(name) or {})
+            for key, item in value.items():
+                if item == "":
+                    merged.pop(key, None)
+                else:
+                    merged[key] = _copy_json(item)
+            if merged:
+                updated[name] = merged
+            else:
+                updated.pop(name, None)
+        elif value == "":
+            updated.pop(name, None)
+        else:
+            updated[name] = value
+    if len(updated.get("via") or ()) > MAX_VIA_KEYS:
+        raise ValidationError("via", f"via would have more than {MAX_VIA_KEYS} keys")
+    if "metadata" in changes and "metadata" in updated and _metadata_size(updated["metadata"]) > MAX_METADATA_BYTES:
+        raise ValidationError("metadata", f"metadata would be larger than {MAX_METADATA_BYTES} bytes as JSON")
+    if updated == contact:
+        return _ordered(updated)
+    updated["updated_at"] = millis_to_iso(now_ms)
+    return _ordered(updated)
+
+
+def _present(value: Any) -> bool:
+    """Whether a value counts as set for a merge: present and not ""."""
+    return value is not None and not (isinstance(value, str) and value == "")
+
+
+def _merge_maps(destination: dict | None, source: dict | None) -> dict:
+    merged = _copy_json(destination) if destination else {}
+    for key, item in (source or {}).items():
+        if key not in merged or (not _present(merged[key]) and _present(item)):
+            merged[key] = _copy_json(item)
+    return merged
+
+
+def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
+    """The destination after merging ``source`` into it (DESIGN.md's merge paragraph).
+
+    The destination keeps ``id`` and ``created_at``; each field it has (present, not "") wins
+    and the source fills the gaps; ``via``, ``address`` and ``metadata`` the same way key by
+    key; conversations are united (shared ones allowed, the destination's source wins);
+    ``merge_history`` = destination's + source's + the source as it was (without its own
+    history). Deleting the source is the caller's job. Merging a contact into itself raises
+    ValidationError (field ``destination_id``).
+    """
+    if str(destination["id"]).lower() == str(source["id"]).lower():
+        raise ValidationError("destination_id", _SELF_MERGE)
+    merged: dict[str, Any] = {"id": destination["id"]}
+    for name in SCALAR_FIELDS:
+        mine, theirs = destination.get(name), source.get(name)
+        if _present(mine):
+            merged[name] = mine
+        elif theirs is not None:
+            merged[name] = theirs
+        elif mine is not None:
+            merged[name] = mine
+    for name in ("via", "address", "metadata"):
+        value = _merge_maps(destination.get(name), source.get(name))
+        if value:
+            merged[name] = value
+    conversations = dict(destination.get("conversations") or {})
+    for conversation_id, channel in (source.get("conversations") or {}).items():
+        conversations.setdefault(conversation_id, channel)
+    if conversations:
+        merged["conversations"] = conversations
+    merged["created_at"] = destination["created_at"]
+    merged["updated_at"] = millis_to_iso(now_ms)
+    snapshot = {name: value for name, value in source.items() if name != "merge_history"}
+    merged["merge_history"] = (
+        list(destination.get("merge_history") or ()) + list(source.get("merge_history") or ()) + [snapshot]
+    )
+    return merged
+
+
+def default_display_name(conversation_id: str, source: str) -> str:
+    """Airy's default name of an auto-created contact: ``"<Source> <last 5 chars of the id>"``.
+
+    Source is the last dot-separated part of the source with its first letter capitalised
+    (``facebook`` -> ``Facebook 4ecb3``, ``twilio.sms`` -> ``Sms 4ecb3``); an empty source gives
+    ``Contact``.
+    """
+    part = (source or "").rsplit(".", 1)[-1]
+    name = part[:1].upper() + part[1:] if part else "Contact"
+    return f"{name} {conversation_id[-5:]}"
+
+
+def contact_id_for_conversation(conversation_id: str) -> str:
+    """The id of the contact auto-created for a conversation: Airy's ``UUIDv5.fromName``.
+
+    SHA-1 over the UTF-8 bytes of the name with no namespace (unlike ``uuid.uuid5``), the first
+    16 bytes with version 5 and the RFC 4122 variant set.
+    ``"testtest"`` -> ``51abb963-6078-5efb-b888-d8457a7c76f8``.
+    """
+    digest = bytearray(hashlib.sha1(conversation_id.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def sort_key(contact: dict) -> bytes:
+    """The ``contacts.list`` order as bytes: display name case-folded, then id; unnamed last.
+
+    Case folds: the name is NFKC-normalized, stripped of surrounding white space and
+    ``str.casefold()``-ed, so "anna", "Anna" and "ANNA" sort together (ties by id). Named
+    contacts get ``0x01 + name (UTF-8) + 0x00 + id``, so "ab" sorts before "abc" (validation
+    refuses U+0000, the separator); contacts without a display name (absent, "" or only white
+    space) get ``0x02 + id`` and come after every named one. UTF-8 byte order is code point
+    order.
+    """
+    contact_id = str(contact.get("id", "")).lower().encode("utf-8")
+    name = contact.get("display_name")
+    if isinstance(name, str) and name:
+        folded = unicodedata.normalize("NFKC", name).strip().casefold()
+        if folded:
+            return b"\x01" + folded.encode("utf-8", "surrogatepass") + b"\x00" + contact_id
+    return b"\x02" + contact_id
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, now."""
+    return time.time_ns() // 1_000_000
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_date(days: int) -> str:
+    return (_EPOCH_NAIVE + timedelta(days=days)).date().isoformat()
+
+
+def millis_to_iso(ms: int) -> str:
+    """``1637068863580`` -> ``"2021-11-16T13:21:03.580Z"`` (UTC, always with milliseconds)."""
+    seconds, millis = divmod(int(ms), 1000)
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_iso_date(days)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
+
+
+def iso_to_millis(text: str) -> int:
+    """An ISO 8601 timestamp (``Z`` or an offset; none means UTC) -> milliseconds since the epoch."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _ONE_MS

@@ -1,0 +1,445 @@
+"""Avro serialization of contacts and of Airy's Message / Metadata records (fastavro).
+
+Two framings, and readers accept both whatever the configuration:
+
+- **single-object encoding** (no schema registry configured): ``C3 01`` + the writer schema's
+  8-byte CRC-64-AVRO fingerprint (little-endian, as the Avro spec and Java write it) + the Avro
+  binary body. A codec keeps a table fingerprint -> writer schema: the current schema, the
+  older versions the project ships (``schemas/history/<name>-v*.avsc``, loaded by
+  ContactCodec) and whatever ``add_writer_schema`` registered.
+- **Confluent wire format** (``registry_url`` given, the platform's ``KAFKA_SCHEMA_REGISTRY_URL``):
+  magic byte ``0`` + the 4-byte big-endian schema id + the body. ``encode`` registers the
+  current schema under the codec's subject once (``POST /subjects/{subject}/versions``);
+  ``decode`` fetches an unknown id's writer schema once (``GET /schemas/ids/{id}``) through
+  confluent-kafka's SchemaRegistryClient and caches it. The framing is done here, not by
+  confluent-kafka's AvroSerializer, so that both framings share one fast code path.
+
+A writer schema other than the current one is resolved against the current (reader) schema by
+Avro's rules (fields added since get their defaults; removed ones are skipped).
+
+Logical types are not converted: schemas are parsed once with ``logicalType`` stripped (it is
+not part of the canonical form, so fingerprints and bytes are unchanged), and timestamps stay
+int milliseconds; ContactCodec turns them into the API's ISO strings itself.
+
+Errors: anything undecodable (bad magic, unknown fingerprint or schema id, truncated or
+trailing bytes, bytes that do not fit the schema) raises :class:`DecodeError`. A registry that
+cannot be reached (or answers 5xx) raises :class:`RegistryError` instead: the record may be
+fine, so a consumer should retry rather than skip it. A record that does not fit the schema
+on encode raises :class:`EncodeError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint as _fingerprint_of
+from fastavro.schema import to_parsing_canonical_form
+
+from . import model
+
+__all__ = [
+    "CONTACTS_SUBJECT",
+    "ContactCodec",
+    "DecodeError",
+    "EncodeError",
+    "AvroCodec",
+    "RegistryError",
+    "SCHEMA_DIR",
+    "contact_to_record",
+    "decode_contact",
+    "encode_contact",
+    "message_codec",
+    "metadata_codec",
+    "record_to_contact",
+    "shared_registry_client",
+]
+
+#: Where the .avsc files live: $CONTACTS_SCHEMA_DIR, else the repository's schemas/.
+SCHEMA_DIR = Path(os.environ.get("CONTACTS_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schemas")
+
+#: Default registry subjects (TopicNameStrategy of the default topics).
+CONTACTS_SUBJECT = "application.communication.contacts-value"
+MESSAGES_SUBJECT = "application.communication.messages-value"
+METADATA_SUBJECT = "application.communication.metadata-value"
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+
+
+class DecodeError(ValueError):
+    """The bytes are not a record this codec can read."""
+
+
+class EncodeError(ValueError):
+    """The record does not fit the schema."""
+
+
+class RegistryError(RuntimeError):
+    """The schema registry could not be reached, or refused (e.g. an incompatible schema)."""
+
+
+# --- schemas ------------------------------------------------------------------------------------
+
+
+def _load_schema(schema: Any) -> Any:
+    """A schema given as a dict, a path to an .avsc file, or JSON text."""
+    if isinstance(schema, dict):
+        return schema
+    if isinstance(schema, Path) or (isinstance(schema, str) and not schema.lstrip().startswith(("{", "[", '"'))):
+        with open(schema, encoding="utf-8") as handle:
+            return json.load(handle)
+    if isinstance(schema, str):
+        return json.loads(schema)
+    raise TypeError(f"a schema must be a dict, a path or JSON text, not {type(schema).__name__}")
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            key: (value if key == "default" else _strip_logical_types(value))
+            for key, value in schema.items()
+            if key != "logicalType"
+        }
+    if isinstance(schema, list):
+        return [_strip_logical_types(item) for item in schema]
+    return schema
+
+
+def _parse(schema: dict) -> dict:
+    return parse_schema(_strip_logical_types(schema))
+
+
+def _fingerprint(parsed: dict) -> bytes:
+    return bytes.fromhex(_fingerprint_of(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_registry_client(url: str, **conf: Any):
+    """A SchemaRegistryClient for ``url`` (one per URL and configuration, shared by codecs)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    key = json.dumps([url, sorted(conf.items())], default=str)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = SchemaRegistryClient({"url": url, **conf})
+        return client
+
+
+# --- the codec ----------------------------------------------------------------------------------
+
+
+class AvroCodec:
+    """Encodes and decodes records of one Avro schema, single-object or Confluent-framed.
+
+    ``schema`` is a dict, a path to an .avsc file or JSON text. With ``registry_url`` (or a
+    ready ``registry_client``) ``encode`` writes the Confluent wire format under ``subject``
+    (default ``<record full name>-value``); without, single-object encoding. ``history`` lists
+    older writer schemas of the same record for single-object decoding.
+    """
+
+    def __init__(
+        self,
+        schema: Any,
+        registry_url: str | None = None,
+        subject: str | None = None,
+        *,
+        registry_client: Any = None,
+        history: Iterable[Any] = (),
+    ):
+        self.schema = _load_schema(schema)
+        self.parsed = _parse(self.schema)
+        parsed = self.parsed
+        self.name = parsed.get("name", parsed.get("type")) if isinstance(parsed, dict) else str(parsed)
+        self.fingerprint = _fingerprint(self.parsed)
+        self._single_object_header = SINGLE_OBJECT_MAGIC + self.fingerprint
+        # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
+        self._writers: dict[bytes, dict | None] = {self.fingerprint: None}
+        for older in history:
+            self.add_writer_schema(older)
+        if registry_client is None and registry_url:
+            registry_client = shared_registry_client(registry_url)
+        self.registry = registry_client
+        self.subject = subject or f"{self.name}-value"
+        self._schema_id: int | None = None
+        self._confluent_header: bytes | None = None
+        # schema id -> parsed writer schema; None means "the current schema".
+        self._registry_writers: dict[int, dict | None] = {}
+        self._lock = threading.Lock()
+
+    # writer schemas
+
+    def add_writer_schema(self, schema: Any) -> str:
+        """Registers an older writer schema for single-object decoding; returns its fingerprint (hex)."""
+        parsed = _parse(_load_schema(schema))
+        fingerprint = _fingerprint(parsed)
+        if fingerprint != self.fingerprint:
+            self._writers[fingerprint] = parsed
+        return fingerprint.hex()
+
+    @property
+    def schema_id(self) -> int:
+        """The registry id of the current schema (registers it under the subject on first use)."""
+        if self._schema_id is None:
+            if self.registry is None:
+                raise RegistryError("no schema registry is configured")
+            from confluent_kafka.schema_registry import Schema
+
+            with self._lock:
+                if self._schema_id is None:
+                    try:
+                        schema_id = self.registry.register_schema(
+                            self.subject, Schema(json.dumps(self.schema), "AVRO")
+                        )
+                    except Exception as err:  # httpx errors, SchemaRegistryError (e.g. 409)
+                        raise RegistryError(
+                            f"could not register {self.name} under subject {self.subject}: {err}"
+                        ) from err
+                    self._registry_writers[schema_id] = None
+                    self._confluent_header = bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
+                    self._schema_id = schema_id
+        return self._schema_id
+
+    def _registry_writer(self, schema_id: int) -> dict | None:
+        try:
+            return self._registry_writers[schema_id]
+        except KeyError:
+            pass
+        if self.registry is None:
+            raise DecodeError(
+                f"a Confluent-framed record (schema id {schema_id}) but no schema registry is configured"
+            )
+        from confluent_kafka.schema_registry import SchemaRegistryError
+
+        try:
+            registered = self.registry.get_schema(schema_id)
+        except SchemaRegistryError as err:
+            if err.http_status_code == 404:
+                raise DecodeError(f"schema id {schema_id} is unknown to the schema registry") from err
+            raise RegistryError(f"schema registry error fetching schema id {schema_id}: {err}") from err
+        except Exception as err:
+            raise RegistryError(f"could not fetch schema id {schema_id} from the schema registry: {err}") from err
+        if registered.schema_type not in (None, "AVRO"):
+            raise DecodeError(f"schema id {schema_id} is a {registered.schema_type} schema, not Avro")
+        try:
+            parsed = _parse(json.loads(registered.schema_str))
+        except Exception as err:
+            raise DecodeError(f"schema id {schema_id} is not a valid Avro schema: {err}") from err
+        writer = None if _fingerprint(parsed) == self.fingerprint else parsed
+        self._registry_writers[schema_id] = writer
+        return writer
+
+    # encode / decode
+
+    def encode(self, record: dict) -> bytes:
+        """The record's bytes: Confluent-framed with a registry, single-object without."""
+        if self.registry is not None:
+            if self._confluent_header is None:
+                self.schema_id  # noqa: B018 - registers the schema
+            header = self._confluent_header
+        else:
+            header = self._single_object_header
+        out = io.BytesIO()
+        out.write(header)
+        try:
+            schemaless_writer(out, self.parsed, record, disable_tuple_notation=True)
+        except Exception as err:  # fastavro raises ValueError, TypeError, AttributeError, ...
+            raise EncodeError(f"the record does not fit the {self.name} schema: {err}") from err
+        return out.getvalue()
+
+    def encode_single_object(self, record: dict) -> bytes:
+        """Single-object encoding whatever the configuration."""
+        out = io.BytesIO()
+        out.write(self._single_object_header)
+        try:
+            schemaless_writer(out, self.parsed, record, disable_tuple_notation=True)
+        except Exception as err:
+            raise EncodeError(f"the record does not fit the {self.name} schema: {err}") from err
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> dict:
+        """The record in ``data`` (either framing), resolved against the current schema."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"expected bytes, not {type(data).__name__}")
+        size = len(data)
+        if size >= 10 and data[0] == 0xC3 and data[1] == 0x01:
+            fingerprint = bytes(data[2:10])
+            try:
+                writer = self._writers[fingerprint]
+            except KeyError:
+                raise DecodeError(
+                    f"unknown writer schema fingerprint {fingerprint.hex()} for {self.name}"
+                ) from None
+            offset = 10
+        elif size >= 5 and data[0] == CONFLUENT_MAGIC:
+            writer = self._registry_writer(int.from_bytes(data[1:5], "big"))
+            offset = 5
+        elif size == 0:
+            raise DecodeError("empty value (a tombstone is None, not bytes)")
+        else:
+            raise DecodeError(
+                f"not a single-object (C3 01) or Confluent-framed (00) Avro record: starts with {bytes(data[:2]).hex()}"
+            )
+        buffer = io.BytesIO(data)
+        buffer.seek(offset)
+        try:
+            if writer is None:
+                record = schemaless_reader(buffer, self.parsed, None)
+            else:
+                record = schemaless_reader(buffer, writer, self.parsed)
+        except Exception as err:  # EOFError, UnicodeDecodeError, SchemaResolutionError, ...
+            raise DecodeError(f"undecodable {self.name} record: {type(err).__name__}: {err}") from err
+        if buffer.tell() != size:
+            raise DecodeError(f"{size - buffer.tell()} trailing bytes after the {self.name} record")
+        return record
+
+
+# --- contacts -----------------------------------------------------------------------------------
+
+_RECORD_FIELDS = frozenset(("id",) + model.CONTACT_FIELDS + ("created_at", "updated_at", "merge_history"))
+_ADDRESS_FIELDS = frozenset(model.ADDRESS_FIELDS)
+
+
+def _metadata_text(metadata: dict) -> str:
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def contact_to_record(contact: dict) -> dict:
+    """The Avro record of an API-shaped contact (timestamps to ms, metadata to JSON text)."""
+    if not isinstance(contact, dict):
+        raise EncodeError(f"a contact must be a dict, not {type(contact).__name__}")
+    unknown = contact.keys() - _RECORD_FIELDS
+    if unknown:
+        raise EncodeError(f"not contact fields: {', '.join(sorted(map(str, unknown)))}")
+    for name, value in contact.items():
+        if value is None:
+            raise EncodeError(f"{name} is None: an absent field is omitted, not None")
+    record = dict(contact)
+    try:
+        record["created_at"] = model.iso_to_millis(contact["created_at"])
+        if "updated_at" in contact:
+            record["updated_at"] = model.iso_to_millis(contact["updated_at"])
+    except KeyError:
+        raise EncodeError("a contact needs created_at") from None
+    except (TypeError, ValueError) as err:
+        raise EncodeError(f"created_at/updated_at must be ISO 8601 timestamps: {err}") from None
+    if "metadata" in contact:
+        try:
+            record["metadata"] = _metadata_text(contact["metadata"])
+        except (TypeError, ValueError) as err:
+            raise EncodeError(f"metadata is not JSON: {err}") from None
+    if "address" in contact and not (isinstance(contact["address"], dict) and contact["address"].keys() <= _ADDRESS_FIELDS):
+        raise EncodeError("address must be a dict of the seven address fields")
+    if isinstance(contact.get("timezone"), bool):
+        raise EncodeError("timezone must be a string or a number, not a boolean")
+    if "merge_history" in contact:
+        record["merge_history"] = [contact_to_record(item) for item in contact["merge_history"]]
+    return record
+
+
+def _address(value: dict) -> dict:
+    return {key: part for key, part in value.items() if part is not None}
+
+
+def _merge_history(value: list) -> list:
+    return [record_to_contact(item) for item in value]
+
+
+_FROM_RECORD = {
+    "address": _address,
+    "metadata": json.loads,
+    "created_at": model.millis_to_iso,
+    "updated_at": model.millis_to_iso,
+    "merge_history": _merge_history,
+}
+
+
+def record_to_contact(record: dict) -> dict:
+    """The API-shaped contact of an Avro record (nulls omitted)."""
+    contact = {}
+    for name, value in record.items():
+        if value is None:
+            continue
+        convert = _FROM_RECORD.get(name)
+        contact[name] = value if convert is None else convert(value)
+    return contact
+
+
+class ContactCodec:
+    """Contacts (API-shaped dicts) <-> bytes of the contacts topic.
+
+    ``decode_contact(encode_contact(c)) == c`` for every contact the model produces: timezone
+    keeps its type (str, int, float), metadata its JSON, created_at its exact string.
+    """
+
+    def __init__(
+        self,
+        registry_url: str | None = None,
+        subject: str | None = CONTACTS_SUBJECT,
+        *,
+        registry_client: Any = None,
+        schema: Any = None,
+        history: Iterable[Any] | None = None,
+    ):
+        if schema is None:
+            schema = SCHEMA_DIR / "contact.avsc"
+        if history is None:
+            history = sorted((SCHEMA_DIR / "history").glob("contact-v*.avsc"))
+        self.avro = AvroCodec(schema, registry_url, subject, registry_client=registry_client, history=history)
+
+    def add_writer_schema(self, schema: Any) -> str:
+        return self.avro.add_writer_schema(schema)
+
+    def encode_contact(self, contact: dict) -> bytes:
+        return self.avro.encode(contact_to_record(contact))
+
+    def decode_contact(self, data: bytes) -> dict:
+        record = self.avro.decode(data)
+        try:
+            return record_to_contact(record)
+        except Exception as err:  # metadata that is not JSON, a timestamp out of range
+            raise DecodeError(f"undecodable contact: {type(err).__name__}: {err}") from err
+
+    encode = encode_contact
+    decode = decode_contact
+
+
+_default_contact_codec: ContactCodec | None = None
+
+
+def _default() -> ContactCodec:
+    global _default_contact_codec
+    if _default_contact_codec is None:
+        _default_contact_codec = ContactCodec()
+    return _default_contact_codec
+
+
+def encode_contact(contact: dict) -> bytes:
+    """Single-object encoding of a contact (no registry). Use a ContactCodec for the registry."""
+    return _default().encode_contact(contact)
+
+
+def decode_contact(data: bytes) -> dict:
+    """A single-object encoded contact (no registry). Use a ContactCodec for the registry."""
+    return _default().decode_contact(data)
+
+
+def message_codec(registry_url: str | None = None, subject: str | None = MESSAGES_SUBJECT, **kwargs: Any) -> AvroCodec:
+    """A codec of Airy's ``co.airy.avro.communication.Message`` (the messages topic)."""
+    return AvroCodec(SCHEMA_DIR / "message.avsc", registry_url, subject, **kwargs)
+
+
+def metadata_codec(registry_url: str | None = None, subject: str | None = METADATA_SUBJECT, **kwargs: Any) -> AvroCodec:
+    """A codec of Airy's ``co.airy.avro.communication.Metadata`` (the metadata topic)."""
+    return AvroCodec(SCHEMA_DIR / "metadata.avsc", registry_url, subject, **kwargs)
