@@ -93,7 +93,7 @@ class Contacts:
 
     def update(self, contact_id: str, changes: dict) -> dict:
         given = changes.get("conversations")
-        added = list(given) if isinstance(given, dict) else []
+        added = [c for c, source in given.items() if source != ""] if isinstance(given, dict) else []
         keys = [contact_id] + [conversation_lock_key(c) for c in added]
         with self._publisher.locks.hold(keys, self._lock_timeout):
             current = self._store.get(contact_id)

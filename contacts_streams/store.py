@@ -202,7 +202,7 @@ class Store:
         """A page of contacts in name order; the cost does not grow with the page's position."""
         direction, after = _decode_cursor(cursor) if cursor else (FORWARD, None)
         names = self._cf[NAMES]
-        it = names.iter(ReadOptions(raw_mode=True))
+        it = names.iter(ReadOptions())
         keys: list[bytes] = []
         ids: list[bytes] = []
         if direction == FORWARD:
@@ -244,14 +244,14 @@ class Store:
         )
 
     def _has_before(self, key: bytes, inclusive: bool) -> bool:
-        it = self._cf[NAMES].iter(ReadOptions(raw_mode=True))
+        it = self._cf[NAMES].iter(ReadOptions())
         it.seek_for_prev(key)
         if it.valid() and it.key() == key and not inclusive:
             it.prev()
         return it.valid()
 
     def _has_after(self, key: bytes, inclusive: bool) -> bool:
-        it = self._cf[NAMES].iter(ReadOptions(raw_mode=True))
+        it = self._cf[NAMES].iter(ReadOptions())
         it.seek(key)
         if it.valid() and it.key() == key and not inclusive:
             it.next()
