@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.contacts import conversation_lock_key
-from contacts_streams.materializer import Materializer
+from contacts_streams.materializer import LAG_INTERVAL_S, Materializer, report_lag
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import Outgoing, Publisher, Unavailable
 from contacts_streams.serialization import ContactCodec, DecodeError, message_codec, metadata_codec
@@ -144,9 +144,12 @@ class AutoCreate:
 
     def _consume(self, consumer: Consumer, producer: Producer) -> None:
         interval = self._config.commit_interval_ms / 1000
-        checked_sources = 0.0
+        checked_sources = lag_reported = 0.0
         while not self._stopping.is_set():
             messages = consumer.consume(BATCH_SIZE, interval)
+            if time.monotonic() - lag_reported > LAG_INTERVAL_S:
+                lag_reported = time.monotonic()
+                report_lag(consumer, self._metrics, consumer.position(consumer.assignment()))
             if not self._assigned.is_set() and time.monotonic() - checked_sources > 5:
                 checked_sources = time.monotonic()
                 self._sources_missing = self._sources_are_missing(consumer)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
 POLL_TIMEOUT_S = 0.05
+LAG_INTERVAL_S = 1.0
 
 
 class Materializer:
@@ -104,8 +105,14 @@ class Materializer:
         )
         try:
             self._assign(consumer)
+            lag_reported = 0.0
             while not self._stopping.is_set():
                 self._poll_once(consumer)
+                if time.monotonic() - lag_reported > LAG_INTERVAL_S:
+                    lag_reported = time.monotonic()
+                    with self._changed:
+                        positions = [TopicPartition(self._topic, p, self._applied.get(p, 0)) for p in self._partitions]
+                    report_lag(consumer, self._metrics, positions)
         except BaseException as err:  # a store that cannot be written is fatal: liveness reports it
             log.exception("materializer stopped")
             self.failure = err
@@ -186,3 +193,11 @@ class Materializer:
 
     def _poisoned(self, record: Record, _err: Exception) -> None:
         self._metrics.poison_records.labels(topic=self._topic).inc()
+
+
+def report_lag(consumer: Consumer, metrics: Metrics, positions: list[TopicPartition]) -> None:
+    """Records behind the end per partition, from the watermarks the fetches already brought."""
+    for tp in positions:
+        _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and tp.offset >= 0:
+            metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - tp.offset))
