@@ -163,7 +163,12 @@ class Materializer:
         return None
 
     def _poll_once(self, consumer: Consumer) -> None:
-        messages = consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
+        # consume(n, timeout) waits for all n or the timeout: wait for the first record only,
+        # then take what is already fetched, so a single write is applied at once.
+        first = consumer.poll(POLL_TIMEOUT_S)
+        if first is None:
+            return
+        messages = [first] + consumer.consume(BATCH_SIZE - 1, 0)
         records: list[Record] = []
         reached_end: list[tuple[int, int]] = []
         for msg in messages:

@@ -152,7 +152,7 @@ class Publisher:
                 producer.produce(
                     self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
                 )
-                producer.poll(0)
+            # commit_transaction flushes, which serves every delivery report.
             producer.commit_transaction(self._timeout)
             if failures or not positions:
                 raise Unavailable(f"the transaction committed without every acknowledgement: {failures}")
