@@ -1,167 +1,136 @@
 """Auto-create: one contact for every new conversation, exactly once (DESIGN.md, "auto-create").
 
-A consumer group reads the messages and metadata topics; each poll batch becomes one Kafka
-transaction holding the contacts it creates or fills and the group's offsets
-(``send_offsets_to_transaction``), so replays, restarts and rebalances create nothing twice.
-Decisions are taken against the store plus the batch's own pending records, under the same
-per-contact locks as HTTP writes, and the next batch starts only once the store has applied
-this one.
+Two exactly-once stages, as Kafka Streams would build it:
+
+1. ``ConversationRouter`` reads the messages and metadata topics (messages are keyed by message
+   id, so one conversation's messages lie in many partitions) and re-keys what auto-create needs
+   by conversation id onto a repartition topic: the conversation's source, its display name and
+   avatar. Within a batch, and for conversations it recently routed, it routes each once.
+2. ``AutoCreate`` reads the repartition topic, where every conversation has exactly one owner in
+   the group, so two instances never decide about one conversation at once. It creates the
+   contact of a conversation that no contact references and fills a default name or an empty
+   avatar from metadata, deciding against the store plus its batch's own pending records, under
+   the same per-contact locks as HTTP writes.
+
+Each stage commits its output and its consumer offsets in one transaction per poll batch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
-import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.contacts import conversation_lock_key
-from contacts_streams.materializer import LAG_INTERVAL_S, Materializer, report_lag
+from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart
+from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
-from contacts_streams.publisher import Outgoing, Publisher, Unavailable
+from contacts_streams.publisher import OPERATION, Publisher, Unavailable
 from contacts_streams.serialization import ContactCodec, DecodeError, message_codec, metadata_codec
 from contacts_streams.store import Store
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 5000
 DISPLAY_NAME, AVATAR_URL = "contact.display_name", "contact.avatar_url"
 SUBJECT_PREFIX = "conversation:"
+SOURCE = "source"
 LOCK_ATTEMPTS = 5
+RECENTLY_ROUTED = 200_000
+
+
+def repartition_topic(config: Config) -> str:
+    return f"{config.application_id}-conversations-repartition"
+
+
+class ConversationRouter(ExactlyOnceLoop):
+    name = "conversation-router"
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics):
+        super().__init__(
+            config,
+            metrics,
+            group_id=f"{config.application_id}-router",
+            topics=[config.messages_topic, config.metadata_topic],
+            transactional_id=f"{config.application_id}-{config.instance_id}-router",
+        )
+        self._store = store
+        self._target = repartition_topic(config)
+        self._messages = message_codec(config.schema_registry_url)
+        self._metadata = metadata_codec(config.schema_registry_url)
+        # Conversations whose source this instance routed lately: their later messages need no trip.
+        self._routed: OrderedDict[str, None] = OrderedDict()
+
+    def process(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
+        events: dict[str, dict] = {}
+        for msg in messages:
+            if msg.value() is None:
+                continue
+            try:
+                if msg.topic() == self._config.messages_topic:
+                    self._read_message(msg, events)
+                else:
+                    self._read_metadata(msg, events)
+            except (DecodeError, ValueError, KeyError, TypeError) as err:
+                log.error("skipping undecodable record %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), err)
+                self._metrics.poison_records.labels(topic=msg.topic()).inc()
+        records = [Produced(self._target, c.encode(), json.dumps(e, separators=(",", ":")).encode(), []) for c, e in events.items()]
+        self.commit(consumer, producer, self.next_offsets(messages), records)
+        for conversation_id, event in events.items():
+            if SOURCE in event:
+                self._routed[conversation_id] = None
+                self._routed.move_to_end(conversation_id)
+        while len(self._routed) > RECENTLY_ROUTED:
+            self._routed.popitem(last=False)
+
+    def _read_message(self, msg: Message, events: dict[str, dict]) -> None:
+        message = self._messages.decode(msg.value())
+        conversation_id = str(message["conversationId"])
+        if not conversation_id or conversation_id in self._routed:
+            return
+        if conversation_id not in events and self._store.contact_id_for_conversation(conversation_id):
+            return
+        events.setdefault(conversation_id, {}).setdefault(SOURCE, str(message["source"]))
+
+    def _read_metadata(self, msg: Message, events: dict[str, dict]) -> None:
+        metadata = self._metadata.decode(msg.value())
+        subject, key, value = metadata["subject"], metadata["key"], metadata["value"]
+        if subject.startswith(SUBJECT_PREFIX) and key in (DISPLAY_NAME, AVATAR_URL) and value:
+            events.setdefault(subject[len(SUBJECT_PREFIX) :], {})[key] = value
 
 
 @dataclass
 class _Batch:
-    """What one poll batch asks for, after decoding."""
+    """What one poll batch of the repartition topic asks for."""
 
     new_conversations: dict[str, str] = field(default_factory=dict)  # conversation -> source
     metadata: dict[str, dict] = field(default_factory=dict)  # conversation -> {name?, avatar?}
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next
 
 
-class AutoCreate:
+class AutoCreate(ExactlyOnceLoop):
+    name = "auto-create"
+
     def __init__(self, config: Config, store: Store, publisher: Publisher, materializer: Materializer, metrics: Metrics, codec: ContactCodec):
-        self._config = config
+        super().__init__(
+            config,
+            metrics,
+            group_id=config.application_id,
+            topics=[repartition_topic(config)],
+            transactional_id=f"{config.application_id}-{config.instance_id}-auto-create",
+        )
         self._store = store
         self._publisher = publisher
         self._materializer = materializer
-        self._metrics = metrics
         self._codec = codec
-        self._messages = message_codec(config.schema_registry_url)
-        self._metadata = metadata_codec(config.schema_registry_url)
-        self._timeout = config.write_timeout_ms / 1000
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._assigned = threading.Event()
-        self._sync_needed = threading.Event()
-        self._sources_missing = False
-        self.failure: BaseException | None = None
+        self._sync_needed = False
 
-    @property
-    def ready(self) -> bool:
-        return self.failure is None and (self._assigned.is_set() or self._sources_missing)
-
-    def status(self) -> str:
-        if self.failure is not None:
-            return f"auto-create failed: {self.failure}"
-        return "auto-create consumer assigned" if self.ready else "auto-create consumer joining its group"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="auto-create", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    # --- the consume-transform-produce loop --------------------------------------------------
-
-    def _run(self) -> None:
-        producer = None
-        try:
-            producer = self._new_producer()
-            while not self._stopping.is_set():
-                consumer = self._new_consumer()
-                try:
-                    self._consume(consumer, producer)
-                except _Restart as restart:
-                    log.warning("auto-create restarts its consumer: %s", restart)
-                    if restart.replace_producer:
-                        producer = self._new_producer()
-                    time.sleep(0.2)
-                finally:
-                    consumer.close()
-        except BaseException as err:
-            log.exception("auto-create stopped")
-            self.failure = err
-
-    def _new_producer(self) -> Producer:
-        producer = Producer(
-            self._config.kafka(
-                **{
-                    "transactional.id": f"{self._config.application_id}-{self._config.instance_id}-auto-create",
-                    "acks": "all",
-                    "linger.ms": 5,
-                    "partitioner": "murmur2_random",
-                    "transaction.timeout.ms": 60_000,
-                }
-            )
-        )
-        while True:
-            try:
-                producer.init_transactions(self._timeout)
-                return producer
-            except KafkaException as err:
-                if self._stopping.is_set() or not err.args[0].retriable():
-                    raise
-                log.warning("auto-create waits for the transaction coordinator: %s", err)
-
-    def _new_consumer(self) -> Consumer:
-        consumer = Consumer(
-            self._config.kafka(
-                **{
-                    "group.id": self._config.application_id,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 100,
-                }
-            )
-        )
-
-        def assigned(_consumer, partitions):
-            self._sync_needed.set()
-            self._assigned.set()
-
-        consumer.subscribe([self._config.messages_topic, self._config.metadata_topic], on_assign=assigned)
-        return consumer
-
-    def _consume(self, consumer: Consumer, producer: Producer) -> None:
-        interval = self._config.commit_interval_ms / 1000
-        checked_sources = lag_reported = 0.0
-        while not self._stopping.is_set():
-            messages = consumer.consume(BATCH_SIZE, interval)
-            if time.monotonic() - lag_reported > LAG_INTERVAL_S:
-                lag_reported = time.monotonic()
-                report_lag(consumer, self._metrics, consumer.position(consumer.assignment()))
-            if not self._assigned.is_set() and time.monotonic() - checked_sources > 5:
-                checked_sources = time.monotonic()
-                self._sources_missing = self._sources_are_missing(consumer)
-            if messages:
-                try:
-                    self._process(consumer, producer, messages)
-                except Unavailable as err:  # HTTP writes held the locks too long: retry the batch
-                    raise _Restart(str(err)) from err
-
-    def _sources_are_missing(self, consumer: Consumer) -> bool:
-        topics = consumer.list_topics(timeout=5).topics
-        return self._config.messages_topic not in topics and self._config.metadata_topic not in topics
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        self._sync_needed = True
 
     def _sync_with_topic(self) -> None:
         """After an assignment, catch the store up with the contacts topic's current end first:
@@ -172,79 +141,67 @@ class AutoCreate:
         futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout)
         ends = {tp.partition: future.result().offset for tp, future in futures.items()}
         if not self._materializer.wait_reached(ends, self._timeout * 3):
-            raise _Restart("the store did not catch up with the contacts topic in time")
+            raise Restart("the store did not catch up with the contacts topic in time")
 
-    def _process(self, consumer: Consumer, producer: Producer, messages: list) -> None:
-        batch = self._decode(messages)
-        if not batch.offsets:
-            return
-        if self._sync_needed.is_set():
-            self._sync_needed.clear()
+    def process(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
+        if self._sync_needed:
+            self._sync_needed = False
             self._sync_with_topic()
+        batch = _Batch()
+        for msg in messages:
+            try:
+                event = json.loads(msg.value())
+                conversation_id = msg.key().decode()
+            except (ValueError, AttributeError) as err:
+                log.error("skipping undecodable repartition record @%d: %s", msg.offset(), err)
+                self._metrics.poison_records.labels(topic=msg.topic()).inc()
+                continue
+            if SOURCE in event:
+                batch.new_conversations.setdefault(conversation_id, str(event[SOURCE]))
+            values = {k: v for k, v in event.items() if k in (DISPLAY_NAME, AVATAR_URL) and isinstance(v, str)}
+            if values:
+                batch.metadata.setdefault(conversation_id, {}).update(values)
         if batch.metadata:
             # Kept before the offsets commit, so no committed metadata record is ever lost.
             merged = {c: {**self._store.conversation_metadata(c), **values} for c, values in batch.metadata.items()}
             self._store.put_conversation_metadata(merged)
-        for attempt in range(LOCK_ATTEMPTS):
+        try:
+            self._decide_and_commit(consumer, producer, batch, self.next_offsets(messages))
+        except Unavailable as err:  # HTTP writes held the locks too long: retry the batch
+            raise Restart(str(err)) from err
+
+    def _decide_and_commit(self, consumer: Consumer, producer: Producer, batch: _Batch, offsets: dict) -> None:
+        for _attempt in range(LOCK_ATTEMPTS):
             owners = self._owners(batch)
             keys = [conversation_lock_key(c) for c in owners] + [o for o in owners.values() if o]
             keys += [model.contact_id_for_conversation(c) for c in batch.new_conversations]
             with self._publisher.locks.hold(keys, self._timeout):
                 if self._owners(batch) != owners:  # a merge or update moved a conversation meanwhile
                     continue
-                outgoing = self._decide(batch, owners)
-                self._commit(consumer, producer, batch, outgoing)
-            created = sum(1 for record in outgoing if record.operation == "auto_created")
+                records = self._decide(batch, owners)
+                written = self.commit(consumer, producer, offsets, records)
+                self._wait_applied({p: o for (t, p), o in written.items() if t == self._config.contacts_topic})
+            created = sum(1 for r in records if dict(r.headers)[OPERATION] == b"auto_created")
             self._metrics.auto_created.inc(created)
-            self._metrics.auto_updated.inc(len(outgoing) - created)
+            self._metrics.auto_updated.inc(len(records) - created)
             return
-        raise _Restart("conversations kept moving while auto-create tried to lock them")
+        raise Restart("conversations kept moving while auto-create tried to lock them")
 
-    def _decode(self, messages: list) -> _Batch:
-        batch = _Batch()
-        for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("auto-create consumer: %s", error)
-                continue
-            batch.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-            try:
-                if msg.topic() == self._config.messages_topic:
-                    self._read_message(msg, batch)
-                else:
-                    self._read_metadata(msg, batch)
-            except (DecodeError, ValueError, KeyError, TypeError) as err:
-                log.error("skipping undecodable record %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), err)
-                self._metrics.poison_records.labels(topic=msg.topic()).inc()
-        return batch
-
-    def _read_message(self, msg, batch: _Batch) -> None:
-        if msg.value() is None:
-            return
-        message = self._messages.decode(msg.value())
-        conversation_id = str(message["conversationId"])
-        if conversation_id and conversation_id not in batch.new_conversations:
-            batch.new_conversations[conversation_id] = str(message["source"])
-
-    def _read_metadata(self, msg, batch: _Batch) -> None:
-        if msg.value() is None:
-            return
-        metadata = self._metadata.decode(msg.value())
-        subject, key, value = metadata["subject"], metadata["key"], metadata["value"]
-        if not subject.startswith(SUBJECT_PREFIX) or key not in (DISPLAY_NAME, AVATAR_URL) or not value:
-            return
-        batch.metadata.setdefault(subject[len(SUBJECT_PREFIX) :], {})[key] = value
+    def _wait_applied(self, positions: dict[int, int]) -> None:
+        # The next batch decides against the store: it must hold this batch's contacts first.
+        while positions and not self._materializer.wait_applied(positions, self._timeout):
+            if self._stopping.is_set() or self._materializer.failure is not None:
+                raise Restart("stopped before the store applied the committed batch")
+            log.warning("auto-create waits for the store to apply its last batch")
 
     def _owners(self, batch: _Batch) -> dict[str, str | None]:
-        conversations = set(batch.new_conversations) | set(batch.metadata)
         owners = {}
-        for conversation_id in conversations:
+        for conversation_id in set(batch.new_conversations) | set(batch.metadata):
             owner = self._store.contact_id_for_conversation(conversation_id)
             owners[conversation_id] = owner if owner and self._store.get_bytes(owner) is not None else None
         return owners
 
-    def _decide(self, batch: _Batch, owners: dict[str, str | None]) -> list[Outgoing]:
+    def _decide(self, batch: _Batch, owners: dict[str, str | None]) -> list[Produced]:
         now = model.now_ms()
         changed: dict[str, tuple[dict, str]] = {}  # contact id -> (state, operation)
         for conversation_id, source in batch.new_conversations.items():
@@ -273,56 +230,10 @@ class AutoCreate:
             filled = _fill(contact, conversation_id, values, now)
             if filled is not contact:
                 changed[owner] = (filled, operation)
-        return [Outgoing(cid, self._codec.encode_contact(c), op) for cid, (c, op) in changed.items()]
-
-    def _commit(self, consumer: Consumer, producer: Producer, batch: _Batch, outgoing: list[Outgoing]) -> None:
-        positions: dict[int, int] = {}
-        failures: list = []
-
-        def delivered(err, msg):
-            if err is not None:
-                failures.append(err)
-            else:
-                positions[msg.partition()] = max(positions.get(msg.partition(), -1), msg.offset())
-
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in batch.offsets.items()]
-        try:
-            producer.begin_transaction()
-            for record in outgoing:
-                producer.produce(
-                    self._config.contacts_topic,
-                    key=record.contact_id.encode(),
-                    value=record.value,
-                    headers=record.headers(),
-                    on_delivery=delivered,
-                )
-                producer.poll(0)
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), self._timeout)
-            producer.commit_transaction(self._timeout)
-        except KafkaException as err:
-            error = err.args[0]
-            self._metrics.produce_errors.labels(reason="auto_create").inc()
-            if error.fatal():
-                raise _Restart(f"fatal transaction error: {error}", replace_producer=True) from err
-            try:
-                producer.abort_transaction(self._timeout)
-            except KafkaException as abort_err:
-                raise _Restart(f"abort failed: {abort_err}", replace_producer=True) from err
-            # The consumer read past what is now uncommitted: a new one resumes from the group's offsets.
-            raise _Restart(f"transaction aborted: {error}") from err
-        if failures:
-            raise _Restart(f"committed with failed deliveries: {failures}", replace_producer=True)
-        # The next batch decides against the store: it must hold this batch's contacts first.
-        while positions and not self._materializer.wait_applied(positions, self._timeout):
-            if self._stopping.is_set() or self._materializer.failure is not None:
-                raise _Restart("stopped before the store applied the committed batch")
-            log.warning("auto-create waits for the store to apply its last batch")
-
-
-class _Restart(Exception):
-    def __init__(self, message: str, replace_producer: bool = False):
-        super().__init__(message)
-        self.replace_producer = replace_producer
+        return [
+            Produced(self._config.contacts_topic, cid.encode(), self._codec.encode_contact(c), [(OPERATION, op.encode())])
+            for cid, (c, op) in changed.items()
+        ]
 
 
 def _fill(contact: dict, conversation_id: str, values: dict, now: int) -> dict:

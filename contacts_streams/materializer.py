@@ -17,7 +17,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from contacts_streams.config import Config
-from contacts_streams.metrics import Metrics
+from contacts_streams.metrics import Metrics, report_lag
 from contacts_streams.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -199,10 +199,3 @@ class Materializer:
     def _poisoned(self, record: Record, _err: Exception) -> None:
         self._metrics.poison_records.labels(topic=self._topic).inc()
 
-
-def report_lag(consumer: Consumer, metrics: Metrics, positions: list[TopicPartition]) -> None:
-    """Records behind the end per partition, from the watermarks the fetches already brought."""
-    for tp in positions:
-        _low, high = consumer.get_watermark_offsets(tp, cached=True)
-        if high >= 0 and tp.offset >= 0:
-            metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - tp.offset))

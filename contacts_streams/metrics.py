@@ -43,3 +43,11 @@ class Metrics:
             registry=r,
         )
         self.store_rebuilds = Counter("contacts_store_rebuilds", "Store rebuilds from the contacts topic", ["reason"], registry=r)
+
+
+def report_lag(consumer, metrics: Metrics, positions) -> None:
+    """Records behind the end per partition, from the watermarks the fetches already brought."""
+    for tp in positions:
+        _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and tp.offset >= 0:
+            metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - tp.offset))

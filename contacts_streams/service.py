@@ -14,7 +14,7 @@ from contacts_streams.metrics import Metrics
 from contacts_streams.serialization import ContactCodec
 from contacts_streams.publisher import Publisher, Unavailable
 from contacts_streams.store import Store
-from contacts_streams.topics import ensure_contacts_topic
+from contacts_streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,12 @@ class Service:
         self.materializer = Materializer(config, self.store, self.metrics)
         self.publisher = Publisher(config, self.materializer, self.metrics)
         self.contacts = Contacts(self.store, self.publisher, self.codec, lock_timeout=config.write_timeout_ms / 1000)
-        self.auto_create = None
+        self.auto_create = self.router = None
         if config.auto_create_enabled:
-            from contacts_streams.auto_create import AutoCreate
+            from contacts_streams.auto_create import AutoCreate, ConversationRouter
 
+            self.router = ConversationRouter(config, self.store, self.metrics)
             self.auto_create = AutoCreate(config, self.store, self.publisher, self.materializer, self.metrics, self.codec)
-        self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._closed = False
 
@@ -47,22 +47,21 @@ class Service:
         return self
 
     def _start(self) -> None:
-        try:
-            while True:
-                try:
-                    ensure_contacts_topic(self.config)
-                    self.publisher.start()
-                    break
-                except Exception as err:  # broker not there yet: keep trying, health says why
-                    self._start_error = err
-                    log.warning("waiting for Kafka: %s", err)
-                    time.sleep(1)
-            self._start_error = None
-            self.materializer.start()
-            if self.auto_create is not None:
-                self.auto_create.start()
-        finally:
-            self._started.set()
+        while not self._closed:
+            try:
+                ensure_topics(self.config)
+                self.publisher.start()
+                break
+            except Exception as err:  # broker not there yet: keep trying, health says why
+                self._start_error = err
+                log.warning("waiting for Kafka: %s", err)
+                time.sleep(1)
+        else:
+            return
+        self._start_error = None
+        self.materializer.start()
+        for loop in self._loops():
+            loop.start()
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -76,23 +75,28 @@ class Service:
             return False, f"broker unreachable: {self._start_error}"
         if not self.materializer.ready:
             return False, self.materializer.status()
-        if self.auto_create is not None and not self.auto_create.ready:
-            return False, self.auto_create.status()
+        for loop in self._loops():
+            if not loop.ready:
+                return False, loop.status()
         return True, "up"
 
     def alive(self) -> tuple[bool, str]:
         if self.materializer.failure is not None:
             return False, self.materializer.status()
-        if self.auto_create is not None and self.auto_create.failure is not None:
-            return False, self.auto_create.status()
+        for loop in self._loops():
+            if loop.failure is not None:
+                return False, loop.status()
         return True, "alive"
+
+    def _loops(self) -> list:
+        return [loop for loop in (self.router, self.auto_create) if loop is not None]
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.auto_create is not None:
-            self.auto_create.stop()
+        for loop in self._loops():
+            loop.stop()
         self.publisher.close()
         self.materializer.stop()
         self.store.close()

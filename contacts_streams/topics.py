@@ -12,20 +12,39 @@ from contacts_streams.config import Config
 log = logging.getLogger(__name__)
 
 
-def ensure_contacts_topic(config: Config, timeout: float = 30.0) -> None:
+REPARTITION_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def ensure_topics(config: Config, timeout: float = 30.0) -> None:
+    """The compacted contacts topic and, with auto-create on, its repartition topic."""
+    from contacts_streams.auto_create import repartition_topic
+
+    wanted = [
+        NewTopic(
+            config.contacts_topic,
+            num_partitions=config.contacts_partitions,
+            replication_factor=-1,  # the broker's default.replication.factor
+            config={"cleanup.policy": "compact"},
+        )
+    ]
+    if config.auto_create_enabled:
+        wanted.append(
+            NewTopic(
+                repartition_topic(config),
+                num_partitions=config.contacts_partitions,
+                replication_factor=-1,
+                config={"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)},
+            )
+        )
     admin = AdminClient(config.kafka())
     existing = admin.list_topics(timeout=timeout).topics
-    if config.contacts_topic in existing:
+    missing = [topic for topic in wanted if topic.topic not in existing]
+    if not missing:
         return
-    topic = NewTopic(
-        config.contacts_topic,
-        num_partitions=config.contacts_partitions,
-        replication_factor=-1,  # the broker's default.replication.factor
-        config={"cleanup.policy": "compact"},
-    )
-    try:
-        admin.create_topics([topic], operation_timeout=timeout)[config.contacts_topic].result(timeout)
-        log.info("created %s with %d partitions", config.contacts_topic, config.contacts_partitions)
-    except KafkaException as err:
-        if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
+    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("created %s", name)
+        except KafkaException as err:
+            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise

@@ -36,9 +36,9 @@ def metric(client, name: str, **labels) -> float:
 
 def test_readiness_waits_for_catch_up_while_liveness_stays_up(make_config, start_service, kafka):
     config = make_config()
-    from contacts_streams.topics import ensure_contacts_topic
+    from contacts_streams.topics import ensure_topics
 
-    ensure_contacts_topic(config)
+    ensure_topics(config)
     codec, producer = ContactCodec(), Producer({"bootstrap.servers": kafka, "linger.ms": 50})
     for i in range(30_000):
         contact = model.new_contact({"display_name": f"Preloaded {i}"}, model.contact_id_for_conversation(str(i)), 1_700_000_000_000)
