@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
         return 2
     logs.setup(config.log_format, config.log_level)
     log.info("serving the Contacts API on http://localhost:%d (state in %s)", config.port, config.state_dir)
+    log.info("try: curl -s localhost:%d/contacts.create -d '{\"display_name\": \"Grace Hopper\"}'", config.port)
     Server(config).run()
     return 0
 
