@@ -230,10 +230,12 @@ class AutoCreate(ExactlyOnceLoop):
             filled = _fill(contact, conversation_id, values, now)
             if filled is not contact:
                 changed[owner] = (filled, operation)
-        return [
-            Produced(self._config.contacts_topic, cid.encode(), self._codec.encode_contact(c), [(OPERATION, op.encode())])
-            for cid, (c, op) in changed.items()
-        ]
+        records = []
+        for contact_id, (contact, operation) in changed.items():
+            value = self._codec.encode_contact(contact)
+            self._store.remember(value, contact)
+            records.append(Produced(self._config.contacts_topic, contact_id.encode(), value, [(OPERATION, operation.encode())]))
+        return records
 
 
 def _fill(contact: dict, conversation_id: str, values: dict, now: int) -> dict:

@@ -40,7 +40,7 @@ def conversation_lock_key(conversation_id: str) -> str:
 class Contacts:
     def __init__(self, store: Store, publisher: Publisher, codec: ContactCodec, lock_timeout: float):
         self._store = store
-        self._encode = codec.encode_contact
+        self._codec = codec
         self._publisher = publisher
         self._lock_timeout = lock_timeout
 
@@ -67,6 +67,11 @@ class Contacts:
         if destination:
             return NotFound(f"contact {contact_id} ({field}) was merged into {destination}", merged_into=destination)
         return NotFound(f"contact {contact_id} ({field}) does not exist")
+
+    def _encode(self, contact: dict) -> bytes:
+        value = self._codec.encode_contact(contact)
+        self._store.remember(value, contact)
+        return value
 
     # --- commands ----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META)
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
 MAX_MERGE_CHAIN = 32
+KNOWN_LIMIT = 50_000
 
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
@@ -93,6 +94,8 @@ class Store:
         self.path = Path(path)
         self.codec = codec
         self._write_lock = threading.Lock()
+        # Contacts this process just encoded, by their bytes: applying them needs no decode.
+        self._known: dict[bytes, dict] = {}
         self._open()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -134,6 +137,17 @@ class Store:
                 for key in list(self._cf[family].keys()):
                     batch.delete(key, self._handle[family])
             self._db.write(batch)
+
+    def remember(self, value: bytes, contact: dict) -> None:
+        """Tell the store what bytes about to be published decode to (the caller keeps the
+        dict unchanged); identical bytes decode identically, so apply can skip the decode."""
+        if len(self._known) > KNOWN_LIMIT:  # writes that never came back (failed, timed out)
+            self._known.clear()
+        self._known[value] = contact
+
+    def _decode_new(self, value: bytes) -> dict:
+        known = self._known.pop(value, None)
+        return known if known is not None else self.codec.decode_contact(value)
 
     # --- what the materializer writes ------------------------------------------------------
 
@@ -339,7 +353,7 @@ class _Batch:
         old_raw = self.get(CONTACTS, key)
         decode = self._store.codec.decode_contact
         old = decode(old_raw) if old_raw is not None else None
-        new = decode(record.value) if record.value is not None else None
+        new = self._store._decode_new(record.value) if record.value is not None else None
         if new is not None and new.get("id") != contact_id:
             raise ValueError(f"record key {contact_id} does not match its contact id {new.get('id')}")
 
