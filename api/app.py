@@ -57,7 +57,7 @@ def create_app(config: Config, service: Service | None = None) -> Flask:
             return {}
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting exhausts the parser
             raise _BadBody() from None
 
     @app.before_request

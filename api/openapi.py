@@ -1,3 +1,491 @@
-"""The OpenAPI 3 document served at /openapi.json."""
+"""The OpenAPI 3 document served at /openapi.json.
 
-OPENAPI: dict = {"openapi": "3.0.3", "info": {"title": "contacts-streams", "version": "0.1.0"}, "paths": {}}
+It is built from `contacts_streams.model`'s field lists and limits, so that a limit changed there
+changes here; `tests/api/test_openapi.py` keeps it true (every route Flask registers is in it and
+the other way round, real responses validate against it, and a fuzz run over every endpoint
+finds no answer it does not describe).
+
+Request schemas say what `model.validate_*` accepts as far as OpenAPI 3.0 can say it; what it
+cannot (UUID keys of `conversations`, key lengths, the byte size of `metadata`, a merge of a
+contact with itself, a payload whose maps are all empty) is in the descriptions, and the service
+answers 400 naming the field. Response schemas describe what the service serves, without the
+request limits: a merge or auto-creation may grow a contact past them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from contacts_streams import model
+
+VERSION = "0.1.0"
+
+_JSON = "application/json"
+_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_INT64_MIN = model._INT64_MIN  # metadata integers: int64
+_INT64_MAX = model._INT64_MAX
+_NO_NUL = "No string may contain U+0000 or an unpaired surrogate."
+_FIELD_DOCS = {
+    "display_name": "The contact's name; `contacts.list` orders by it (case-insensitively).",
+    "avatar_url": "URL of the contact's picture.",
+    "title": "Job title.",
+    "timezone": "Offset from GMT, a number or a string, served back as sent (`\"\"` included).",
+    "gender": "`female`, `male` or any other value.",
+    "locale": "For example `en_US`.",
+    "organization_name": "The contact's organization.",
+    "via": "How to reach the contact: a flat map of strings (`phone`, `email`, any key). Arrays are refused.",
+    "address": "Postal address.",
+    "conversations": "Conversation id (a UUID) -> its source (`facebook`, `twilio.sms`, ...).",
+    "metadata": "Any JSON object; arrays are refused at any depth.",
+}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _text(max_length: int | None = model.MAX_STRING_LENGTH, **extra) -> dict:
+    schema: dict[str, Any] = {"type": "string"}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    schema.update(extra)
+    return schema
+
+
+def _uuid(description: str | None = None) -> dict:
+    schema = {"type": "string", "format": "uuid", "pattern": _UUID_PATTERN, "minLength": 36, "maxLength": 36}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+# --- contact fields -----------------------------------------------------------------------------
+
+
+def _timezone(limits: bool) -> dict:
+    number: dict[str, Any] = {"type": "number"}
+    if limits:
+        number.update(minimum=-model.MAX_TIMEZONE_OFFSET, maximum=model.MAX_TIMEZONE_OFFSET)
+    return {"anyOf": [_text(model.MAX_STRING_LENGTH if limits else None), number], "description": _FIELD_DOCS["timezone"]}
+
+
+def _metadata(limits: bool, depth: int = 1) -> dict:
+    """A metadata object at nesting ``depth`` (metadata itself is 1), spelled out level by level
+    down to MAX_METADATA_DEPTH, so that the depth limit is part of the schema."""
+    values: list[dict] = [
+        _text(model.MAX_METADATA_STRING_LENGTH if limits else None),
+        {"type": "integer", "format": "int64", "minimum": _INT64_MIN, "maximum": _INT64_MAX},
+        {"type": "number", "format": "double"},
+        # OpenAPI 3.0 has no null type and `nullable` counts only beside `type`: JSON null rides here.
+        {"type": "boolean", "nullable": True},
+    ]
+    if depth < model.MAX_METADATA_DEPTH:
+        nested = _metadata(limits, depth + 1)
+        values.append(nested)
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": {"anyOf": values}}
+    if depth == 1:
+        schema["description"] = _FIELD_DOCS["metadata"] + (
+            f" Objects nest at most {model.MAX_METADATA_DEPTH} levels deep (metadata itself is the first);"
+            f" keys are non-empty, at most {model.MAX_KEY_LENGTH} characters; integers fit in 64 bits;"
+            f" numbers are finite; the whole is at most {model.MAX_METADATA_BYTES} bytes as compact UTF-8"
+            " JSON (also after an update)."
+            if limits
+            else ""
+        )
+    return schema
+
+
+def _field_schemas(*, limits: bool, update: bool = False) -> dict[str, dict]:
+    """The contact fields (model.CONTACT_FIELDS). ``limits``: as a request (model's limits);
+    ``update``: a request of contacts.update, where "" removes a field or a map key."""
+    fields: dict[str, dict] = {}
+    for name in model.CONTACT_FIELDS:
+        if name == "timezone":
+            schema = _timezone(limits)
+        elif name == "via":
+            schema = {
+                "type": "object",
+                "additionalProperties": _text(model.MAX_STRING_LENGTH if limits else None),
+                "description": _FIELD_DOCS["via"],
+            }
+            if limits:
+                schema["maxProperties"] = model.MAX_VIA_KEYS
+                schema["description"] += (
+                    f" At most {model.MAX_VIA_KEYS} keys (also after an update), each non-empty and at most"
+                    f" {model.MAX_KEY_LENGTH} characters."
+                )
+        elif name == "address":
+            schema = {
+                "type": "object",
+                "properties": {f: _text(model.MAX_STRING_LENGTH if limits else None) for f in model.ADDRESS_FIELDS},
+                "additionalProperties": False,
+                "description": _FIELD_DOCS["address"],
+            }
+        elif name == "conversations":
+            source = _text(model.MAX_STRING_LENGTH if limits else None)
+            if limits and not update:
+                source["minLength"] = 1
+            schema = {"type": "object", "additionalProperties": source, "description": _FIELD_DOCS["conversations"]}
+            if limits:
+                schema["maxProperties"] = model.MAX_CONVERSATIONS
+                schema["description"] += (
+                    f" Keys must be UUIDs, each given once (in any case; served in lowercase), at most"
+                    f" {model.MAX_CONVERSATIONS} in one request; a conversation that belongs to another"
+                    " contact is a 409."
+                )
+        elif name == "metadata":
+            schema = _metadata(limits)
+        else:
+            schema = _text(model.MAX_STRING_LENGTH if limits else None, description=_FIELD_DOCS[name])
+        if update and name in model.MAP_FIELDS:
+            # A map updates key by key ("" removes a key); the map set to "" is removed whole.
+            schema = {
+                "anyOf": [schema, {"type": "string", "enum": [""]}],
+                "description": schema.get("description", "")
+                + ' Updated key by key: a key set to "" is removed; the field set to "" is removed whole.',
+            }
+        fields[name] = schema
+    return fields
+
+
+def _contact_fields_request() -> dict:
+    return {
+        "type": "object",
+        "description": (
+            "Contact fields, all optional; at least one must be given (a payload whose only fields"
+            f" are empty maps is refused too). Unknown fields and the served fields"
+            f" ({', '.join(model.SERVED_FIELDS)}) are refused. {_NO_NUL}"
+        ),
+        "properties": _field_schemas(limits=True),
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+
+
+def _contact_response(history: str) -> dict:
+    """A served contact. ``history``: "none" (a merge_history entry), "optional" or "required"."""
+    properties: dict[str, Any] = {"id": _uuid("Set by the service.")}
+    properties.update(_field_schemas(limits=False))
+    properties["created_at"] = {
+        "type": "string",
+        "format": "date-time",
+        "description": "ISO 8601 UTC with milliseconds (2021-11-16T13:21:03.580Z); never changes.",
+    }
+    properties["updated_at"] = {"type": "string", "format": "date-time"}
+    if history != "none":
+        properties["merge_history"] = {
+            "type": "array",
+            "items": _ref("MergedContact"),
+            "description": "The contacts merged into this one, as they were (oldest first).",
+        }
+    required = ["id", "created_at"] + (["merge_history"] if history == "required" else [])
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+# --- requests and errors ------------------------------------------------------------------------
+
+_SCHEMAS: dict[str, dict] = {
+    "ContactFields": _contact_fields_request(),
+    "ImportRequest": {
+        "type": "array",
+        "items": _ref("ContactFields"),
+        "minItems": 1,
+        "maxItems": model.MAX_IMPORT,
+        "description": (
+            f"1 to {model.MAX_IMPORT} create payloads, all written or none; an error names the element"
+            " (`[3].display_name`)."
+        ),
+    },
+    "ListRequest": {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "cursor": _text(
+                model.MAX_CURSOR_LENGTH,
+                nullable=True,
+                description="An opaque cursor from pagination_data; null or \"\" for the first page; any other string is a 400.",
+            ),
+            "page_size": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": model.MAX_PAGE_SIZE,
+                "default": model.DEFAULT_PAGE_SIZE,
+                "nullable": True,
+            },
+        },
+        "additionalProperties": False,
+        "description": "An empty body, null or {} lists the first page of DEFAULT_PAGE_SIZE contacts.",
+    },
+    "InfoRequest": {
+        "oneOf": [
+            {"type": "object", "properties": {"id": _uuid()}, "required": ["id"], "additionalProperties": False},
+            {
+                "type": "object",
+                "properties": {"conversation_id": _uuid()},
+                "required": ["conversation_id"],
+                "additionalProperties": False,
+            },
+        ],
+        "description": "A contact id or a conversation id, not both.",
+    },
+    "UpdateRequest": {
+        "type": "object",
+        "properties": {"id": _uuid(), **_field_schemas(limits=True, update=True)},
+        "required": ["id"],
+        "additionalProperties": False,
+        "description": f'The contact\'s id and the fields to change; a field set to "" is removed. {_NO_NUL}',
+    },
+    "IdRequest": {
+        "type": "object",
+        "properties": {"id": _uuid()},
+        "required": ["id"],
+        "additionalProperties": False,
+    },
+    "MergeRequest": {
+        "type": "object",
+        "properties": {"source_id": _uuid(), "destination_id": _uuid()},
+        "required": ["source_id", "destination_id"],
+        "additionalProperties": False,
+        "description": "Merges source into destination; the two must differ (else 400 naming destination_id).",
+    },
+    "Contact": _contact_response("optional"),
+    "ContactWithHistory": _contact_response("required"),
+    "MergedContact": _contact_response("none"),
+    "ImportResponse": {
+        "type": "object",
+        "properties": {"data": {"type": "array", "items": _ref("Contact")}},
+        "required": ["data"],
+        "additionalProperties": False,
+    },
+    "ListResponse": {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": _ref("Contact")},
+            "pagination_data": {
+                "type": "object",
+                "properties": {
+                    "previous_cursor": {"type": "string", "nullable": True},
+                    "next_cursor": {"type": "string", "nullable": True},
+                    "total": {"type": "integer", "minimum": 0},
+                },
+                "required": ["previous_cursor", "next_cursor", "total"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["data", "pagination_data"],
+        "additionalProperties": False,
+    },
+    "ValidationError": {
+        "type": "object",
+        "properties": {
+            "message": {"type": "string", "description": "A sentence that names the offending field."},
+            "field": {
+                "type": "string",
+                "description": 'The path of the offending value (`via.email`, `[3].display_name`; "" for the body).',
+            },
+        },
+        "required": ["message"],
+        "additionalProperties": False,
+    },
+    "NotFound": {
+        "type": "object",
+        "properties": {
+            "message": {"type": "string"},
+            "merged_into": _uuid("Set when the contact was merged away: where it lives now."),
+        },
+        "required": ["message"],
+        "additionalProperties": False,
+    },
+    "Conflict": {
+        "type": "object",
+        "properties": {"message": {"type": "string"}, "field": {"type": "string"}},
+        "required": ["message", "field"],
+        "additionalProperties": False,
+    },
+    "Error": {
+        "type": "object",
+        "properties": {"message": {"type": "string"}},
+        "required": ["message"],
+        "additionalProperties": False,
+    },
+    "Health": {
+        "type": "object",
+        "properties": {"status": {"type": "string", "enum": ["UP", "DOWN"]}, "reason": {"type": "string"}},
+        "required": ["status", "reason"],
+        "additionalProperties": False,
+    },
+}
+
+
+def _json_response(description: str, schema: str) -> dict:
+    return {"description": description, "content": {_JSON: {"schema": _ref(schema)}}}
+
+
+_RESPONSES = {
+    "BadRequest": _json_response(
+        "Malformed input: a body that is not JSON, a wrong type, an unknown field, a limit broken. The message names the field.",
+        "ValidationError",
+    ),
+    "Forbidden": _json_response(
+        "Only when a system token or JWT secret is configured: the Authorization header is missing or not valid.",
+        "Error",
+    ),
+    "NotFound": _json_response(
+        "No contact has this id (or conversation id); for a merged-away id, merged_into says where it went.",
+        "NotFound",
+    ),
+    "Conflict": _json_response("A conversation in the request already belongs to another contact.", "Conflict"),
+    "TooLarge": _json_response("The request body is larger than the service accepts (the message gives the limit).", "Error"),
+    "Unavailable": _json_response(
+        "The write could not be made now (the broker or the store is not keeping up); nothing or all was written, retry.",
+        "Error",
+    ),
+}
+
+
+def _post(
+    operation_id: str,
+    summary: str,
+    request: str,
+    ok: tuple[int, str, str | None],
+    *,
+    body_required: bool = True,
+    not_found: bool = False,
+    conflict: bool = False,
+    write: bool = False,
+) -> dict:
+    status, description, schema = ok
+    responses: dict[str, Any] = {
+        str(status): _json_response(description, schema) if schema else {"description": description}
+    }
+    responses["400"] = {"$ref": "#/components/responses/BadRequest"}
+    responses["403"] = {"$ref": "#/components/responses/Forbidden"}
+    if not_found:
+        responses["404"] = {"$ref": "#/components/responses/NotFound"}
+    if conflict:
+        responses["409"] = {"$ref": "#/components/responses/Conflict"}
+    responses["413"] = {"$ref": "#/components/responses/TooLarge"}
+    if write:
+        responses["503"] = {"$ref": "#/components/responses/Unavailable"}
+    return {
+        "post": {
+            "operationId": operation_id,
+            "summary": summary,
+            "tags": ["contacts"],
+            "requestBody": {"required": body_required, "content": {_JSON: {"schema": _ref(request)}}},
+            "responses": responses,
+            "security": [{"bearer": []}, {}],
+        }
+    }
+
+
+def _get(operation_id: str, summary: str, responses: dict) -> dict:
+    return {"get": {"operationId": operation_id, "summary": summary, "tags": ["operations"], "responses": responses, "security": []}}
+
+
+_HEALTH = {
+    "200": _json_response("Up.", "Health"),
+    "503": _json_response("Down; reason says why.", "Health"),
+}
+_PROMETHEUS = {"200": {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+_PATHS = {
+    "/contacts.create": _post(
+        "createContact",
+        "Create a contact",
+        "ContactFields",
+        (201, "The new contact, with id and created_at.", "Contact"),
+        conflict=True,
+        write=True,
+    ),
+    "/contacts.import": _post(
+        "importContacts",
+        "Create contacts in bulk, all or none",
+        "ImportRequest",
+        (201, "The new contacts, in the order given.", "ImportResponse"),
+        conflict=True,
+        write=True,
+    ),
+    "/contacts.list": _post(
+        "listContacts",
+        "A page of contacts ordered by display name (contacts without one last)",
+        "ListRequest",
+        (200, "A page; cursors are null at the ends.", "ListResponse"),
+        body_required=False,
+    ),
+    "/contacts.info": _post(
+        "getContact",
+        "A contact by id or conversation id",
+        "InfoRequest",
+        (200, "The contact with its merge_history.", "ContactWithHistory"),
+        not_found=True,
+    ),
+    "/contacts.update": _post(
+        "updateContact",
+        "Change fields of a contact",
+        "UpdateRequest",
+        (202, "Updated (or nothing to change); empty body.", None),
+        not_found=True,
+        conflict=True,
+        write=True,
+    ),
+    "/contacts.delete": _post(
+        "deleteContact",
+        "Delete a contact",
+        "IdRequest",
+        (202, "Deleted; empty body.", None),
+        not_found=True,
+        write=True,
+    ),
+    "/contacts.merge": _post(
+        "mergeContacts",
+        "Merge the source contact into the destination",
+        "MergeRequest",
+        (200, "The destination after the merge, with merge_history.", "ContactWithHistory"),
+        not_found=True,
+        write=True,
+    ),
+    "/actuator/health": _get("health", "Readiness (the path the platform's probes use)", _HEALTH),
+    "/actuator/health/readiness": _get("readiness", "Ready: the store has caught up with the contacts topic", _HEALTH),
+    "/actuator/health/liveness": _get("liveness", "Alive: the stream threads have not failed", _HEALTH),
+    "/metrics": _get("metrics", "Prometheus metrics", _PROMETHEUS),
+    "/actuator/prometheus": _get("prometheus", "Prometheus metrics (where the platform scrapes)", _PROMETHEUS),
+    "/openapi.json": _get(
+        "openapi",
+        "This document",
+        {"200": {"description": "OpenAPI 3.0 document.", "content": {_JSON: {"schema": {"type": "object"}}}}},
+    ),
+}
+
+OPENAPI: dict = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "contacts-streams",
+        "version": VERSION,
+        "description": (
+            "The contacts component of the Airy platform. Every API call is a POST with a JSON body;"
+            " malformed input is a 400 naming the field, unknown ids a 404. When the platform's"
+            " systemToken or jwtSecret is configured, every /contacts.* call needs"
+            " `Authorization: Bearer <system token or HS256 JWT>` (else 403)."
+        ),
+    },
+    "tags": [{"name": "contacts"}, {"name": "operations"}],
+    "paths": _PATHS,
+    "components": {
+        "schemas": _SCHEMAS,
+        "responses": _RESPONSES,
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The platform's system token or an HS256 JWT; required only when one is configured.",
+            }
+        },
+    },
+}
+
+
+def document() -> dict:
+    """A copy of the document, for callers that change it."""
+    return copy.deepcopy(OPENAPI)

@@ -175,6 +175,10 @@ def _key_path(prefix: str, key: Any) -> str:
     text = key if isinstance(key, str) else repr(key)
     if len(text) > 64:
         text = text[:64] + "..."
+    if not text.isascii():
+        # The path goes back to the client in the error: an unpaired surrogate must not make
+        # the error itself unencodable.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return _join(prefix, text)
 
 
