@@ -21,5 +21,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+## bench: 10k and 1M contacts on a real broker -> bench/results.json, bench/RESULTS.md
+bench: $(STAMP)
+	$(PY) -m bench --size full
+
+## soak: the long fault and fuzz runs
+soak: $(STAMP)
+	SOAK=1 FUZZ_REQUESTS=12000 $(PY) -m pytest tests/faults tests/api/test_openapi.py -s
+
 clean:
 	rm -rf $(VENV) state .pytest_cache .hypothesis

@@ -48,6 +48,7 @@ def create_app(config: Config, service: Service | None = None) -> Flask:
     metrics = service.metrics
     contacts = service.contacts
     guard = security.Guard(config)
+    series: dict[tuple, tuple] = {}
 
     def body():
         # Parsed whatever the content type says: clients that forget the header still work,
@@ -74,8 +75,15 @@ def create_app(config: Config, service: Service | None = None) -> Flask:
     def after(response: Response):
         guard.cors(request, response)
         endpoint = request.path if request.url_rule is not None else "unmatched"
-        metrics.http_requests.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
-        metrics.http_latency.labels(endpoint=endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        key = (endpoint, request.method, response.status_code)
+        counted = series.get(key)
+        if counted is None:  # labels() costs a lock and a lookup: keep the children
+            counted = series[key] = (
+                metrics.http_requests.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)),
+                metrics.http_latency.labels(endpoint=endpoint),
+            )
+        counted[0].inc()
+        counted[1].observe(time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
     @app.errorhandler(_BadBody)

@@ -193,7 +193,10 @@ class ExactlyOnceLoop:
         interval = self._config.commit_interval_ms / 1000
         checked_sources = lag_reported = 0.0
         while not self._stopping.is_set():
-            messages = consumer.consume(BATCH_SIZE, interval)
+            # consume(n, timeout) waits for all n or the whole timeout: wait for the first
+            # record, then gather what arrives within the commit interval.
+            first = consumer.poll(interval)
+            messages = [first] + consumer.consume(BATCH_SIZE - 1, 0) if first is not None else []
             now = time.monotonic()
             if now - lag_reported > LAG_INTERVAL_S:
                 lag_reported = now

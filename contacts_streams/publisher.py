@@ -79,7 +79,7 @@ class Publisher:
                 **{
                     "enable.idempotence": True,
                     "acks": "all",
-                    "linger.ms": 1,
+                    "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
                     # Java's partitioner, so JVM services of the platform agree on partitions.
                     "partitioner": "murmur2_random",
                     "message.timeout.ms": config.write_timeout_ms,

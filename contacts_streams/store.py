@@ -80,10 +80,15 @@ class Page:
     total: int
 
 
+WRITE_BUFFERS_BYTES = 64 * 1024 * 1024
+
+
 def _options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.create_missing_column_families(True)
+    # One memtable budget for all column families, or each would take 64 MB of its own.
+    options.set_db_write_buffer_size(WRITE_BUFFERS_BYTES)
     return options
 
 
