@@ -10,6 +10,7 @@ import logging
 import sys
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 
 from contacts_streams import logs
 from contacts_streams.config import Config, ConfigError, describe
@@ -22,6 +23,15 @@ def _close_service(worker) -> None:
     service = app.extensions.get("contacts_service") if app is not None else None
     if service is not None:
         service.close()
+
+
+class JsonGunicornLogger(GunicornLogger):
+    """gunicorn's own lines in the service's format, so LOG_FORMAT=json means every line."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(logs.JsonFormatter())
 
 
 class Server(BaseApplication):
@@ -42,6 +52,8 @@ class Server(BaseApplication):
             "worker_exit": lambda server, worker: _close_service(worker),
             "loglevel": self.config.log_level.lower(),
         }
+        if self.config.log_format == "json":
+            settings["logger_class"] = JsonGunicornLogger
         for key, value in settings.items():
             self.cfg.set(key, value)
 

@@ -6,6 +6,7 @@ the platform uses; the rest is the component's own. Defaults make `make run` wor
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -136,8 +137,15 @@ class Config:
         )
 
     def kafka(self, **overrides) -> dict:
-        """librdkafka settings shared by every client of this service."""
-        return {"bootstrap.servers": self.kafka_brokers, "log_level": 4, **self.extra_kafka, **overrides}
+        """librdkafka settings shared by every client of this service; its logs go through
+        Python's logging (and so LOG_FORMAT) instead of straight to stderr."""
+        return {
+            "bootstrap.servers": self.kafka_brokers,
+            "log_level": 4,
+            "logger": logging.getLogger("librdkafka"),
+            **self.extra_kafka,
+            **overrides,
+        }
 
 
 def describe() -> str:
