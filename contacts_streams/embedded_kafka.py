@@ -121,82 +121,128 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+class KraftBroker:
+    """A single-node KRaft broker that can be stopped and started again on the same ports and
+    data folder (fault tests take it away under load and bring it back)::
+
+        broker = KraftBroker().start()
+        broker.stop(kill=True)   # SIGKILL (a crash) or SIGTERM (a controlled shutdown)
+        broker.start()           # same ports, same log.dirs, same cluster id
+        broker.close()           # stop and delete the data folder
+    """
+
+    def __init__(self, log_dir: Path | None = None):
+        libs = kafka_jars()
+        self._jvm = [_java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC"]
+        self.data = Path(tempfile.mkdtemp(prefix="contacts-kafka-"))
+        self.port, self.controller_port = _free_port(), _free_port()
+        self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        self.log_file = _ensure(log_dir or Path(tempfile.gettempdir())) / f"contacts-kafka-{self.port}.log"
+        self._proc: subprocess.Popen | None = None
+        props = self.data / "server.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.data / 'logs'}",
+                    # Single node: internal topics with one replica, or transactions and groups hang.
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=4",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "num.partitions=1",
+                    "auto.create.topics.enable=false",
+                    "log.cleaner.backoff.ms=1000",
+                ]
+            )
+            + "\n"
+        )
+        (self.data / "log4j2.xml").write_text(LOG4J2.replace("{log}", str(self.log_file)))
+        self._jvm += [f"-Dlog4j2.configurationFile={self.data / 'log4j2.xml'}", "-cp", str(libs / "*")]
+        fmt = subprocess.run(
+            self._jvm + ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
+            capture_output=True, text=True,
+        )
+        if fmt.returncode != 0:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "KraftBroker":
+        """Start the broker (again) on its ports and data; returns once it answers."""
+        if self.running:
+            return self
+        with open(self.log_file, "ab") as out:
+            self._proc = subprocess.Popen(
+                self._jvm + ["kafka.Kafka", str(self.data / "server.properties")],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )
+        try:
+            _wait_ready(self.bootstrap_servers, self._proc, self.log_file, timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+        return self
+
+    def stop(self, kill: bool = False, timeout: float = 20.0) -> None:
+        """Stop the broker, keeping its data: SIGKILL with kill=True, else SIGTERM (SIGKILL after timeout)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop the broker and delete its data folder."""
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def _cluster_id() -> str:
+    """A random cluster id as Kafka makes them: base64url of a UUID, never starting with "-"
+    (the storage tool's argument parser would take one for an option: 1 start in 64 failed)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start_kraft(log_dir: Path | None = None) -> Broker:
     """Start a single-node KRaft broker on free loopback ports; its data folder goes on stop."""
-    libs = kafka_jars()
-    java = _java()
-    classpath = str(libs / "*")
-    data = Path(tempfile.mkdtemp(prefix="contacts-kafka-"))
-    port, controller_port = _free_port(), _free_port()
-    log_file = _ensure(log_dir or Path(tempfile.gettempdir())) / f"contacts-kafka-{port}.log"
-    props = data / "server.properties"
-    props.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
-                f"log.dirs={data / 'logs'}",
-                # Single node: internal topics with one replica, or transactions and groups hang.
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=4",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "transaction.state.log.num.partitions=4",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "num.partitions=1",
-                "auto.create.topics.enable=false",
-                "log.cleaner.backoff.ms=1000",
-            ]
-        )
-        + "\n"
-    )
-    (data / "log4j2.xml").write_text(LOG4J2.replace("{log}", str(log_file)))
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    jvm = [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={data / 'log4j2.xml'}", "-cp", classpath]
-    fmt = subprocess.run(
-        jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-        capture_output=True, text=True,
-    )
-    if fmt.returncode != 0:
-        shutil.rmtree(data, ignore_errors=True)
-        raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(
-            jvm + ["kafka.Kafka", str(props)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-        )
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(data, ignore_errors=True)
-
-    bootstrap = f"127.0.0.1:{port}"
+    broker = KraftBroker(log_dir)
     try:
-        _wait_ready(bootstrap, proc, log_file)
+        broker.start()
     except BaseException:
-        stop()
+        broker.close()
         raise
-    return Broker(bootstrap, "kraft", log_file, stop)
+    return Broker(broker.bootstrap_servers, "kraft", broker.log_file, broker.close)
 
 
-def _wait_ready(bootstrap: str, proc: subprocess.Popen | None, log_file: Path | None) -> None:
+def _wait_ready(bootstrap: str, proc: subprocess.Popen | None, log_file: Path | None, timeout: float = START_TIMEOUT_S) -> None:
     from confluent_kafka.admin import AdminClient
 
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -208,7 +254,7 @@ def _wait_ready(bootstrap: str, proc: subprocess.Popen | None, log_file: Path | 
         except Exception:
             pass
         time.sleep(0.1)
-    raise BrokerError(f"Kafka did not answer within {START_TIMEOUT_S:.0f}s; log: {log_file}\n{_tail(log_file)}")
+    raise BrokerError(f"Kafka did not answer within {timeout:.0f}s; log: {log_file}\n{_tail(log_file)}")
 
 
 def _tail(path: Path | None, lines: int = 40) -> str:

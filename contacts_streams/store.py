@@ -3,8 +3,9 @@
 Column families (DESIGN.md, "store"):
 - ``contacts``: contact id -> the record's value bytes exactly as on the topic, so a store rebuilt
   from the topic equals the old one byte for byte;
-- ``conversations``: conversation id -> contact id;
-- ``merged``: merged-away contact id -> destination id;
+- ``conversations``: conversation id + 0x00 + contact id -> b"" (who claims the conversation);
+- ``merged``: merged-away id + 0x00 + destination id + 0x00 + ``h`` (from the destination's
+  history) or ``t`` (from the merged-away tombstone's header) -> b"";
 - ``names``: ``model.sort_key(contact)`` -> contact id, the order of ``contacts.list``;
 - ``counters``: ``contacts`` -> number of live contacts, so ``total`` costs one read;
 - ``offsets``: partition -> next offset to read, written in the same batch as the data it covers;
@@ -13,7 +14,9 @@ Column families (DESIGN.md, "store"):
   (fed by the metadata topic, not the contacts topic, so a rebuild does not clear it).
 
 Every index changes in the same ``WriteBatch`` as the contact and the offset: a crash leaves the
-store at one batch boundary or the next, never between.
+store at one batch boundary or the next, never between. Every index entry depends on one contact's
+latest record only, so the order in which partitions are read (a live store and a rebuild read
+them differently) never changes the result; lookups pick the claimant that is still live.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META)
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
 MAX_MERGE_CHAIN = 32
+MAX_CLAIMANTS = 64
+SEPARATOR = b"\x00"
+# Two records may name one merge: distinct keys, so neither's removal takes the other's entry.
+FROM_HISTORY, FROM_TOMBSTONE = SEPARATOR + b"h", SEPARATOR + b"t"
 KNOWN_LIMIT = 50_000
 
 _U64 = struct.Struct(">Q")
@@ -55,6 +62,10 @@ FORWARD, BACKWARD = b"n", b"p"
 
 class StoreError(RuntimeError):
     """The store cannot be opened or is inconsistent; the caller rebuilds it."""
+
+
+class StoreLocked(RuntimeError):
+    """Another process owns the store: never wipe it, stop instead."""
 
 
 class BadCursor(ValueError):
@@ -110,9 +121,29 @@ class Store:
         try:
             self._db = Rdict(str(self.path), options=_options(), column_families={f: Options(raw_mode=True) for f in FAMILIES})
         except Exception as err:  # rocksdict raises plain Exception on corruption and lock errors
+            if "lock" in str(err).lower():
+                raise StoreLocked(f"another process holds the store at {self.path}: {err}") from err
             raise StoreError(f"cannot open the store at {self.path}: {err}") from err
         self._cf = {f: self._db.get_column_family(f) for f in FAMILIES}
         self._handle = {f: self._db.get_column_family_handle(f) for f in FAMILIES}
+        try:
+            self._verify()
+        except Exception as err:
+            self.close()
+            raise StoreError(f"the store at {self.path} is damaged: {err}") from err
+
+    def _verify(self) -> None:
+        """Read every block once: RocksDB opens a store with damaged data blocks without a word,
+        and the damage would surface later as failed reads of a service that said it was ready."""
+        for family in FAMILIES:
+            it = self._cf[family].iter(ReadOptions())
+            try:
+                it.seek_to_first()
+                while it.valid():
+                    it.next()
+                it.status()  # an iterator stops at damage silently; status() raises it
+            finally:
+                del it  # a live iterator keeps the database open (and locked) after close()
 
     def close(self) -> None:
         if self._db is None:
@@ -191,21 +222,36 @@ class Store:
         raw = self.get_bytes(contact_id)
         return self.codec.decode_contact(raw) if raw is not None else None
 
+    def _claimants(self, family: str, key: str) -> list[str]:
+        prefix = key.encode() + SEPARATOR
+        it = self._cf[family].iter(ReadOptions())
+        it.seek(prefix)
+        found = []
+        while it.valid() and it.key().startswith(prefix) and len(found) < MAX_CLAIMANTS:
+            found.append(it.key()[len(prefix) :].split(SEPARATOR, 1)[0].decode())
+            it.next()
+        return found
+
     def contact_id_for_conversation(self, conversation_id: str) -> str | None:
-        raw = self._cf[CONVERSATIONS].get(conversation_id.encode())
-        return raw.decode() if raw is not None else None
+        """The live contact that has this conversation, if any."""
+        for contact_id in self._claimants(CONVERSATIONS, conversation_id):
+            if self.get_bytes(contact_id) is not None:
+                return contact_id
+        return None
 
     def merged_into(self, contact_id: str) -> str | None:
         """Where a merged-away contact lives now (following merges of merges), if it still does."""
-        current, seen = contact_id, 0
-        while seen < MAX_MERGE_CHAIN:
-            raw = self._cf[MERGED].get(current.encode())
-            if raw is None:
-                break
-            current, seen = raw.decode(), seen + 1
-        if current == contact_id or self.get_bytes(current) is None:
-            return None
-        return current
+        seen, frontier = {contact_id}, [contact_id]
+        while frontier and len(seen) < MAX_MERGE_CHAIN:
+            current = frontier.pop(0)
+            for destination in self._claimants(MERGED, current):
+                if destination in seen:
+                    continue
+                if self.get_bytes(destination) is not None:
+                    return destination
+                seen.add(destination)
+                frontier.append(destination)
+        return None
 
     def count(self) -> int:
         raw = self._cf[COUNTERS].get(CONTACT_COUNT)
@@ -336,12 +382,6 @@ class _Batch:
         self._pending[(family, key)] = None
         self._batch.delete(key, self._store._handle[family])
 
-    def delete_if(self, family: str, key: bytes, expected: bytes) -> None:
-        # Indexes are shared across partitions, whose records arrive in no fixed order: drop an
-        # entry only while it still points where the removed contact left it.
-        if self.get(family, key) == expected:
-            self.delete(family, key)
-
     def write(self) -> None:
         self._store._db.write(self._batch)
 
@@ -365,10 +405,10 @@ class _Batch:
         if old is not None:
             self.delete(NAMES, model.sort_key(old))
             for conversation_id in old.get("conversations", {}):
-                self.delete_if(CONVERSATIONS, conversation_id.encode(), key)
-            if new is None:
-                for merged in old.get("merge_history", []):
-                    self.delete_if(MERGED, merged["id"].encode(), key)
+                self.delete(CONVERSATIONS, _pair(conversation_id, contact_id))
+            for merged in old.get("merge_history", []):
+                if merged.get("id"):
+                    self.delete(MERGED, _pair(merged["id"], contact_id) + FROM_HISTORY)
 
         if new is None:
             if old_raw is not None:
@@ -376,18 +416,21 @@ class _Batch:
                 self._add_count(-1)
             merged_into = record.headers.get("merged_into")
             if merged_into:
-                self.put(MERGED, key, merged_into.encode())
+                self.put(MERGED, _pair(contact_id, merged_into) + FROM_TOMBSTONE, b"")
             return
 
         self.put(CONTACTS, key, record.value)
         if old_raw is None:
             self._add_count(1)
-        self.delete(MERGED, key)
         self.put(NAMES, model.sort_key(new), key)
         for conversation_id in new.get("conversations", {}):
-            self.put(CONVERSATIONS, conversation_id.encode(), key)
+            self.put(CONVERSATIONS, _pair(conversation_id, contact_id), b"")
         for merged in new.get("merge_history", []):
             # The destination's history names every contact merged into it, so the merged-into
             # hint survives compaction of the merged-away tombstones.
-            if merged.get("id") and self.get(CONTACTS, merged["id"].encode()) is None:
-                self.put(MERGED, merged["id"].encode(), key)
+            if merged.get("id"):
+                self.put(MERGED, _pair(merged["id"], contact_id) + FROM_HISTORY, b"")
+
+
+def _pair(owner_of: str, contact_id: str) -> bytes:
+    return owner_of.encode() + SEPARATOR + contact_id.encode()

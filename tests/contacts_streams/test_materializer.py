@@ -81,7 +81,7 @@ def test_a_deleted_state_folder_is_rebuilt_to_identical_contents(make_config, st
     ids = write_some(service)
     service.close()
     before = snapshot(Path(config.state_dir))
-    assert before["merged"] == {ids["source"].encode(): ids["destination"].encode()}
+    assert before["merged"] == {ids["source"].encode() + b"\x00" + ids["destination"].encode() + b"\x00h": b"", ids["source"].encode() + b"\x00" + ids["destination"].encode() + b"\x00t": b""}
 
     shutil.rmtree(config.state_dir)
     rebuilt = start_service(config)
