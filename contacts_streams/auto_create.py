@@ -175,7 +175,7 @@ class AutoCreate(ExactlyOnceLoop):
             owners = self._owners(batch)
             keys = [conversation_lock_key(c) for c in owners] + [o for o in owners.values() if o]
             keys += [model.contact_id_for_conversation(c) for c in batch.new_conversations]
-            with self._publisher.locks.hold(keys, self._timeout):
+            with self._publisher.writing(keys):
                 if self._owners(batch) != owners:  # a merge or update moved a conversation meanwhile
                     continue
                 records = self._decide(batch, owners)

@@ -38,11 +38,10 @@ def conversation_lock_key(conversation_id: str) -> str:
 
 
 class Contacts:
-    def __init__(self, store: Store, publisher: Publisher, codec: ContactCodec, lock_timeout: float):
+    def __init__(self, store: Store, publisher: Publisher, codec: ContactCodec):
         self._store = store
         self._codec = codec
         self._publisher = publisher
-        self._lock_timeout = lock_timeout
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -83,7 +82,7 @@ class Contacts:
         contacts = [model.new_contact(fields, str(uuid.uuid4()), now) for fields in payloads]
         conversations = [c for contact in contacts for c in contact.get("conversations", {})]
         keys = [c["id"] for c in contacts] + [conversation_lock_key(c) for c in conversations]
-        with self._publisher.locks.hold(keys, self._lock_timeout):
+        with self._publisher.writing(keys) as write:
             seen: dict[str, int] = {}
             for index, contact in enumerate(contacts):
                 prefix = "" if single else f"[{index}]."
@@ -93,14 +92,14 @@ class Contacts:
                         raise Conflict(f"{field}: conversation is also given to [{seen[conversation_id]}]", field)
                     seen[conversation_id] = index
                     self._check_conversation_free(conversation_id, None, field)
-            self._publisher.publish([Outgoing(c["id"], self._encode(c), operation) for c in contacts])
+            write.publish([Outgoing(c["id"], self._encode(c), operation) for c in contacts])
         return contacts
 
     def update(self, contact_id: str, changes: dict) -> dict:
         given = changes.get("conversations")
         added = [c for c, source in given.items() if source != ""] if isinstance(given, dict) else []
         keys = [contact_id] + [conversation_lock_key(c) for c in added]
-        with self._publisher.locks.hold(keys, self._lock_timeout):
+        with self._publisher.writing(keys) as write:
             current = self._store.get(contact_id)
             if current is None:
                 raise self._not_found(contact_id)
@@ -109,17 +108,17 @@ class Contacts:
             updated = model.apply_update(current, changes, model.now_ms())
             if _same_state(updated, current):
                 return current
-            self._publisher.publish([Outgoing(contact_id, self._encode(updated), "updated")])
+            write.publish([Outgoing(contact_id, self._encode(updated), "updated")])
             return updated
 
     def delete(self, contact_id: str) -> None:
-        with self._publisher.locks.hold([contact_id], self._lock_timeout):
+        with self._publisher.writing([contact_id]) as write:
             if self._store.get_bytes(contact_id) is None:
                 raise self._not_found(contact_id)
-            self._publisher.publish([Outgoing(contact_id, None, "deleted")])
+            write.publish([Outgoing(contact_id, None, "deleted")])
 
     def merge(self, source_id: str, destination_id: str) -> dict:
-        with self._publisher.locks.hold([source_id, destination_id], self._lock_timeout):
+        with self._publisher.writing([source_id, destination_id]) as write:
             source = self._store.get(source_id)
             if source is None:
                 raise self._not_found(source_id, "source_id")
@@ -127,7 +126,7 @@ class Contacts:
             if destination is None:
                 raise self._not_found(destination_id, "destination_id")
             merged = model.merge_contacts(destination, source, model.now_ms())
-            self._publisher.publish(
+            write.publish(
                 [
                     Outgoing(destination_id, self._encode(merged), "merged", {MERGED_FROM: source_id}),
                     Outgoing(source_id, None, "merged_away", {MERGED_INTO: destination_id}),

@@ -174,6 +174,9 @@ class ExactlyOnceLoop:
             self._config.kafka(
                 **{
                     "group.id": self._group_id,
+                    # Static membership: a restarted instance takes its partitions back at once
+                    # instead of waiting out its crashed predecessor's session.
+                    "group.instance.id": f"{self._transactional_id}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",

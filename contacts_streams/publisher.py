@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 OPERATION, MERGED_INTO, MERGED_FROM = "operation", "merged_into", "merged_from"
 TRANSACTIONAL_PRODUCERS = 2
+ABORT_TIMEOUT_S = 1.0  # past it the producer is replaced, and its successor's init aborts for it
 
 
 class Unavailable(RuntimeError):
@@ -43,6 +44,18 @@ class Outgoing:
         return [(OPERATION, self.operation.encode())] + [(k, v.encode()) for k, v in self.extra_headers.items()]
 
 
+class Write:
+    """One request's write: publish() shares the deadline its locks were taken under."""
+
+    def __init__(self, publisher: "Publisher", deadline: float):
+        self._publisher = publisher
+        self.deadline = deadline
+
+    def publish(self, records: Sequence[Outgoing]) -> None:
+        """Write records; several are one transaction (all or nothing). Returns once applied locally."""
+        self._publisher._publish(records, self.deadline)
+
+
 class KeyLocks:
     """Striped locks: writes to one contact (or conversation) are serialized, others run in parallel."""
 
@@ -50,12 +63,11 @@ class KeyLocks:
         self._locks = [threading.Lock() for _ in range(stripes)]
 
     @contextmanager
-    def hold(self, keys: Sequence[str], timeout: float) -> Iterator[None]:
+    def hold(self, keys: Sequence[str], deadline: float) -> Iterator[None]:
         # Sorted stripe order: two writers that need overlapping stripes cannot deadlock.
         stripes = sorted({hash(k) % len(self._locks) for k in keys})
         held = []
         try:
-            deadline = time.monotonic() + timeout
             for stripe in stripes:
                 if not self._locks[stripe].acquire(timeout=max(0.0, deadline - time.monotonic())):
                     raise Unavailable("another write to the same contact is taking too long")
@@ -91,6 +103,9 @@ class Publisher:
         # Slot numbers name transactional ids: a replaced producer's slot is reused, never shared.
         self._free_slots = list(range(TRANSACTIONAL_PRODUCERS))
         self._slot_of: dict[int, int] = {}
+        self._fence_lock = threading.Lock()
+        self._unapplied: dict[int, int] = {}
+        self._in_flight = 0
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
         self._poller.start()
@@ -99,23 +114,62 @@ class Publisher:
         while not self._stopping.is_set():
             self._producer.poll(0.05)
 
-    def publish(self, records: Sequence[Outgoing]) -> None:
-        """Write records; several are one transaction (all or nothing). Returns once applied locally."""
+    @contextmanager
+    def writing(self, keys: Sequence[str]) -> Iterator["Write"]:
+        """Hold the locks of `keys` and give a Write whose every step shares one deadline, so a
+        request answers within WRITE_TIMEOUT_MS (plus an abort's margin) whatever goes wrong."""
+        deadline = time.monotonic() + self._timeout
+        with self.locks.hold(keys, deadline):
+            self._wait_fence(deadline)
+            yield Write(self, deadline)
+
+    def _wait_fence(self, deadline: float) -> None:
+        """A write the broker took but the store has not shown yet (its request answered 503) may
+        still land: no writer reads the store before it has, or it would undo that write."""
+        while True:
+            with self._fence_lock:
+                unapplied, in_flight = dict(self._unapplied), self._in_flight
+            if not unapplied and not in_flight:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable("an earlier write is still not applied to the store")
+            if unapplied and self._materializer.wait_applied(unapplied, min(remaining, 0.1)):
+                with self._fence_lock:
+                    for partition, offset in unapplied.items():
+                        if self._unapplied.get(partition) == offset:
+                            del self._unapplied[partition]
+            elif not unapplied:
+                time.sleep(min(remaining, 0.01))
+
+    def _fence(self, positions: dict[int, int]) -> None:
+        with self._fence_lock:
+            for partition, offset in positions.items():
+                self._unapplied[partition] = max(self._unapplied.get(partition, -1), offset)
+
+    def _publish(self, records: Sequence[Outgoing], deadline: float) -> None:
         if len(records) == 1:
-            positions = self._produce_one(records[0])
+            positions = self._produce_one(records[0], deadline)
         else:
-            positions = self._produce_transaction(records)
-        if not self._materializer.wait_applied(positions, self._timeout):
+            positions = self._produce_transaction(records, deadline)
+        if not self._materializer.wait_applied(positions, max(0.0, deadline - time.monotonic())):
+            self._fence(positions)
             self._metrics.produce_errors.labels(reason="apply_timeout").inc()
             raise Unavailable("the write was acknowledged but the store did not apply it in time")
 
-    def _produce_one(self, record: Outgoing) -> dict[int, int]:
+    def _produce_one(self, record: Outgoing, deadline: float) -> dict[int, int]:
         done = threading.Event()
         outcome: list = []
+        abandoned = threading.Event()
 
         def delivered(err, msg):
             outcome.append((err, msg.partition(), msg.offset()))
             done.set()
+            if abandoned.is_set():  # its request already answered 503: fence what landed
+                if err is None:
+                    self._fence({msg.partition(): msg.offset()})
+                with self._fence_lock:
+                    self._in_flight -= 1
 
         try:
             self._producer.produce(
@@ -124,18 +178,22 @@ class Publisher:
         except (BufferError, KafkaException) as err:
             self._metrics.produce_errors.labels(reason="enqueue").inc()
             raise Unavailable(f"the broker cannot take writes now: {err}") from err
-        # message.timeout.ms bounds delivery; the margin covers the callback's trip.
-        if not done.wait(self._timeout + 5):
-            self._metrics.produce_errors.labels(reason="timeout").inc()
-            raise Unavailable("the broker did not acknowledge the write in time")
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            with self._fence_lock:
+                if not done.is_set():
+                    self._in_flight += 1
+                    abandoned.set()
+            if abandoned.is_set():
+                self._metrics.produce_errors.labels(reason="timeout").inc()
+                raise Unavailable("the broker did not acknowledge the write in time")
         err, partition, offset = outcome[0]
         if err is not None:
             self._metrics.produce_errors.labels(reason="delivery").inc()
             raise Unavailable(f"the broker did not acknowledge the write: {err.str()}")
         return {partition: offset}
 
-    def _produce_transaction(self, records: Sequence[Outgoing]) -> dict[int, int]:
-        producer = self._take_transactional()
+    def _produce_transaction(self, records: Sequence[Outgoing], deadline: float) -> dict[int, int]:
+        producer = self._take_transactional(deadline)
         positions: dict[int, int] = {}
         failures: list = []
 
@@ -153,13 +211,14 @@ class Publisher:
                     self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
                 )
             # commit_transaction flushes, which serves every delivery report.
-            producer.commit_transaction(self._timeout)
+            producer.commit_transaction(max(0.1, deadline - time.monotonic()))
             if failures or not positions:
                 raise Unavailable(f"the transaction committed without every acknowledgement: {failures}")
             return positions
         except (KafkaException, BufferError) as err:
             self._metrics.produce_errors.labels(reason="transaction").inc()
             healthy = self._abort(producer, err)
+            self._fence(positions)  # if the commit did land after all, the store must show it first
             raise Unavailable(f"the broker did not commit the write: {err}") from err
         finally:
             if healthy:
@@ -173,7 +232,7 @@ class Publisher:
         if kafka_error is not None and kafka_error.fatal():
             return False
         try:
-            producer.abort_transaction(self._timeout)
+            producer.abort_transaction(ABORT_TIMEOUT_S)
             return True
         except KafkaException as abort_err:
             log.warning("abort failed, replacing the transactional producer: %s", abort_err)
@@ -196,20 +255,20 @@ class Publisher:
         with self._transactional_lock:
             self._free_slots.append(self._slot_of[id(producer)])
 
-    def _take_transactional(self) -> Producer:
+    def _take_transactional(self, deadline: float) -> Producer:
         try:
             return self._transactional.get_nowait()
         except queue.Empty:
             pass
         slot = self._reserve_slot()
         if slot is not None:
-            return self._new_transactional(slot)
+            return self._new_transactional(slot, max(0.1, deadline - time.monotonic()))
         try:
-            return self._transactional.get(timeout=self._timeout)
+            return self._transactional.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             raise Unavailable("all transactional producers are busy") from None
 
-    def _new_transactional(self, slot: int) -> Producer:
+    def _new_transactional(self, slot: int, timeout: float | None = None) -> Producer:
         producer = Producer(
             self._config.kafka(
                 **{
@@ -226,7 +285,7 @@ class Publisher:
         )
         self._slot_of[id(producer)] = slot
         try:
-            producer.init_transactions(self._timeout)
+            producer.init_transactions(timeout or self._timeout)
         except KafkaException as err:
             self._release_slot(producer)
             self._metrics.produce_errors.labels(reason="init_transactions").inc()

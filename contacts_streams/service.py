@@ -29,7 +29,7 @@ class Service:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
         self.materializer = Materializer(config, self.store, self.metrics)
         self.publisher = Publisher(config, self.materializer, self.metrics)
-        self.contacts = Contacts(self.store, self.publisher, self.codec, lock_timeout=config.write_timeout_ms / 1000)
+        self.contacts = Contacts(self.store, self.publisher, self.codec)
         self.auto_create = self.router = None
         if config.auto_create_enabled:
             from contacts_streams.auto_create import AutoCreate, ConversationRouter
