@@ -8,7 +8,7 @@ import time
 import uuid
 
 from contacts_streams import model
-from contacts_streams.serialization import ContactCodec, message_codec, metadata_codec
+from contacts_streams.serialization import ContactCodec, airy_message, message_codec, metadata_codec
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus",
          "Radia", "John", "Katherine", "Dennis", "Sophie", "Tim", "Hedy", "Claude", "Anita", "Niklaus"]
@@ -71,20 +71,7 @@ def airy_messages(conversations: list[tuple[str, str]], total: int, seed: int = 
     now = int(time.time() * 1000)
     for n, (conversation_id, source) in enumerate(order):
         message_id = _uuid(rng)
-        record = {
-            "id": message_id,
-            "headers": None,
-            "isFromContact": True,
-            "deliveryState": "DELIVERED",
-            "senderId": "sender",
-            "sourceRecipientId": None,
-            "conversationId": conversation_id,
-            "channelId": "channel",
-            "source": source,
-            "content": '{"text":"hello"}',
-            "sentAt": now + n,
-            "updatedAt": None,
-        }
+        record = airy_message(conversation_id, source, message_id, now + n)
         yield message_id.encode(), codec.encode(record)
 
 

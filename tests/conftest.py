@@ -55,23 +55,11 @@ def new_topic(kafka, unique):
 @pytest.fixture
 def make_config(kafka, unique, tmp_path):
     """A service config of this test's own: its own topics, group, transactional ids and state."""
-    from contacts_streams.config import Config
+    from support import test_config
 
-    def make(**overrides) -> Config:
-        settings = dict(
-            kafka_brokers=kafka,
-            contacts_topic=f"{unique}.contacts",
-            messages_topic=f"{unique}.messages",
-            metadata_topic=f"{unique}.metadata",
-            contacts_partitions=3,
-            application_id=unique,
-            instance_id="test",
-            state_dir=str(tmp_path / "state"),
-            auto_create_enabled=False,
-            write_timeout_ms=10_000,
-        )
-        settings.update(overrides)
-        return Config(**settings)
+    def make(**overrides):
+        state_dir = overrides.pop("state_dir", str(tmp_path / "state"))
+        return test_config(kafka, unique, state_dir, **overrides)
 
     return make
 

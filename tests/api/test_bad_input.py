@@ -18,6 +18,7 @@ from api.app import MAX_BODY_BYTES, create_app
 from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.service import Service
+from support import test_config
 
 UNKNOWN = "0f3c1a5e-7d4b-4c2a-9e8f-1b2c3d4e5f60"
 
@@ -25,18 +26,7 @@ UNKNOWN = "0f3c1a5e-7d4b-4c2a-9e8f-1b2c3d4e5f60"
 @pytest.fixture(scope="module")
 def client(kafka, tmp_path_factory):
     unique = f"t{uuid.uuid4().hex[:12]}"
-    config = Config(
-        kafka_brokers=kafka,
-        contacts_topic=f"{unique}.contacts",
-        messages_topic=f"{unique}.messages",
-        metadata_topic=f"{unique}.metadata",
-        contacts_partitions=3,
-        application_id=unique,
-        instance_id="test",
-        state_dir=str(tmp_path_factory.mktemp("bad-input") / "state"),
-        auto_create_enabled=False,
-        write_timeout_ms=10_000,
-    )
+    config = test_config(kafka, unique, str(tmp_path_factory.mktemp("bad-input") / "state"))
     service = Service(config).start(wait=True, timeout=60)
     try:
         yield create_app(config, service).test_client()

@@ -5,43 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from support import SEED_CONTACT as SEED
+from support import SEED_IMPORT as IMPORT_SEED
 
-SEED = {
-    "display_name": "Barabara Liskov",
-    "avatar_url": "https://example.org/avatar.jpg",
-    "title": "Professor",
-    "timezone": "",
-    "gender": "female",
-    "locale": "en_US",
-    "organization_name": "Massachusetts Institute of Technology",
-    "via": {"phone": "+1234567", "email": "b.liskov@mit.org", "key": "value"},
-    "address": {
-        "organization_name": "Massachusetts Institute of Technology",
-        "address_line1": "77 Massachusetts Ave",
-        "address_line2": "building A",
-        "postcode": "02139",
-        "city": "Cambridge",
-        "state": "MA",
-        "country": "USA",
-    },
-    "conversations": {
-        "ea1cba21-2bd6-477c-9a40-59cd9bb96bef": "facebook",
-        "8904adee-38b4-493b-a4d8-272e2e5a6815": "twilio.sms",
-    },
-    "metadata": {
-        "facebook": {"psid": "1234567890", "page_id": "9876543210"},
-        "salesforce_id": "ABC123",
-        "zendesk_id": "XYZ789",
-        "key": "value",
-    },
-}
 
-IMPORT_SEED = [
-    {"display_name": "Barabara Liskov", "avatar_url": "https://example.org/avatar.jpg", "title": "Professor"},
-    {"display_name": "Eleanor B. Garcia", "avatar_url": "https://example.org/avatar.jpg", "title": "Estimator project manager"},
-    {"display_name": "Marie R. Lemelin", "avatar_url": "https://example.org/avatar.jpg", "title": "Accountant"},
-    {"display_name": "Lori L. Carter", "avatar_url": "https://example.org/avatar.jpg", "title": "Occupational health and safety technician"},
-]
 
 
 def post(client, path, body, status):

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from contacts_streams import model
-from contacts_streams.serialization import message_codec, metadata_codec
+from contacts_streams.serialization import airy_message, airy_metadata, message_codec, metadata_codec
 
 SOURCES = ["facebook", "twilio.sms", "google", "chatplugin"]
 
@@ -33,30 +33,11 @@ class Airy:
 
     def message(self, conversation_id: str, source: str) -> None:
         message_id = str(uuid.uuid4())
-        record = {
-            "id": message_id,
-            "headers": None,
-            "isFromContact": True,
-            "deliveryState": "DELIVERED",
-            "senderId": "sender",
-            "sourceRecipientId": None,
-            "conversationId": conversation_id,
-            "channelId": "channel",
-            "source": source,
-            "content": '{"text":"hello"}',
-            "sentAt": int(time.time() * 1000),
-            "updatedAt": None,
-        }
+        record = airy_message(conversation_id, source, message_id, int(time.time() * 1000))
         self.producer.produce(self.config.messages_topic, key=message_id.encode(), value=self.messages.encode(record))
 
     def meta(self, conversation_id: str, key: str, value: str) -> None:
-        record = {
-            "subject": f"conversation:{conversation_id}",
-            "key": key,
-            "value": value,
-            "valueType": "text",
-            "timestamp": int(time.time() * 1000),
-        }
+        record = airy_metadata(conversation_id, key, value, int(time.time() * 1000))
         self.producer.produce(self.config.metadata_topic, key=f"conversation:{conversation_id}:{key}".encode(), value=self.metadata.encode(record))
 
     def raw(self, topic: str, value: bytes) -> None:
@@ -178,6 +159,7 @@ def test_metadata_name_replaces_the_default_but_never_a_name_a_person_set(airy, 
     airy.flush()
     wait_for(lambda: service.contacts.info_by_conversation(avatar_only).get("avatar_url"), what="avatar")
     wait_for(lambda: service.contacts.info_by_conversation(named_later).get("display_name") == "Real Name", what="real name")
+    wait_for(lambda: service.contacts.info_by_conversation(named_later).get("avatar_url"), what="avatar with the name")
     assert service.contacts.info_by_conversation(named_later)["avatar_url"] == "https://example.org/a.png"
     assert service.contacts.info_by_conversation(edited)["display_name"] == "Set By A Person"
     assert service.contacts.info_by_conversation(avatar_only)["display_name"] == model.default_display_name(avatar_only, src3)

@@ -10,6 +10,8 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import CONVERSATION_A, CONVERSATION_B
+from support import SEED_CONTACT as SEED
 
 from contacts_streams import model
 from contacts_streams.model import (
@@ -39,38 +41,9 @@ from contacts_streams.model import (
 
 CONTACT_ID = "6b80b10c-ae6e-4995-844d-c56c4da11623"
 OTHER_ID = "c564cea4-a96f-4ebb-a220-3fb81b6ad522"
-CONVERSATION_A = "ea1cba21-2bd6-477c-9a40-59cd9bb96bef"
-CONVERSATION_B = "8904adee-38b4-493b-a4d8-272e2e5a6815"
 T0 = 1637068863580  # 2021-11-16T13:21:03.580Z
 T1 = T0 + 60_000
 
-# The seed's create request (comments removed).
-SEED = {
-    "display_name": "Barabara Liskov",
-    "avatar_url": "https://example.org/avatar.jpg",
-    "title": "Professor",
-    "timezone": "",
-    "gender": "female",
-    "locale": "en_US",
-    "organization_name": "Massachusetts Institute of Technology",
-    "via": {"phone": "+1234567", "email": "b.liskov@mit.org", "key": "value"},
-    "address": {
-        "organization_name": "Massachusetts Institute of Technology",
-        "address_line1": "77 Massachusetts Ave",
-        "address_line2": "building A",
-        "postcode": "02139",
-        "city": "Cambridge",
-        "state": "MA",
-        "country": "USA",
-    },
-    "conversations": {CONVERSATION_A: "facebook", CONVERSATION_B: "twilio.sms"},
-    "metadata": {
-        "facebook": {"psid": "1234567890", "page_id": "9876543210"},
-        "salesforce_id": "ABC123",
-        "zendesk_id": "XYZ789",
-        "key": "value",
-    },
-}
 
 
 def error_of(function, payload) -> ValidationError:

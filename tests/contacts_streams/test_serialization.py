@@ -18,6 +18,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import CONVERSATION_A, CONVERSATION_B, SEED_CONTACT as SEED_PAYLOAD
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -36,39 +37,10 @@ from contacts_streams.serialization import (
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CONTACT_ID = "6b80b10c-ae6e-4995-844d-c56c4da11623"
-CONVERSATION_A = "ea1cba21-2bd6-477c-9a40-59cd9bb96bef"
-CONVERSATION_B = "8904adee-38b4-493b-a4d8-272e2e5a6815"
 T0 = 1637068863580
 
-SEED_CONTACT = {
-    "id": CONTACT_ID,
-    "display_name": "Barabara Liskov",
-    "avatar_url": "https://example.org/avatar.jpg",
-    "title": "Professor",
-    "timezone": "",
-    "gender": "female",
-    "locale": "en_US",
-    "organization_name": "Massachusetts Institute of Technology",
-    "via": {"phone": "+1234567", "email": "b.liskov@mit.org", "key": "value"},
-    "address": {
-        "organization_name": "Massachusetts Institute of Technology",
-        "address_line1": "77 Massachusetts Ave",
-        "address_line2": "building A",
-        "postcode": "02139",
-        "city": "Cambridge",
-        "state": "MA",
-        "country": "USA",
-    },
-    "conversations": {CONVERSATION_A: "facebook", CONVERSATION_B: "twilio.sms"},
-    "metadata": {
-        "facebook": {"psid": "1234567890", "page_id": "9876543210"},
-        "salesforce_id": "ABC123",
-        "zendesk_id": "XYZ789",
-        "key": "value",
-    },
-    "created_at": "2021-11-16T13:21:03.580Z",
-    "updated_at": "2021-11-16T13:21:03.580Z",
-}
+# The seed's create request as the contact it becomes.
+SEED_CONTACT = {"id": CONTACT_ID, **SEED_PAYLOAD, "created_at": "2021-11-16T13:21:03.580Z", "updated_at": "2021-11-16T13:21:03.580Z"}
 
 MESSAGE = {
     "id": "0e1a6a4f-8d6c-4f0c-9a7e-2f1f0f3c6d11",

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import requests
 
+from contacts_streams.serialization import airy_message, airy_metadata
+
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("SOAK", "").lower() in ("1", "true", "yes", "on")
 
@@ -464,31 +466,12 @@ class Airy:
 
     def message(self, conversation_id: str, source: str) -> None:
         message_id = str(uuid.uuid4())
-        record = {
-            "id": message_id,
-            "headers": None,
-            "isFromContact": True,
-            "deliveryState": "DELIVERED",
-            "senderId": "sender",
-            "sourceRecipientId": None,
-            "conversationId": conversation_id,
-            "channelId": "channel",
-            "source": source,
-            "content": '{"text":"hello"}',
-            "sentAt": int(time.time() * 1000),
-            "updatedAt": None,
-        }
+        record = airy_message(conversation_id, source, message_id, int(time.time() * 1000))
         self.producer.produce(self.messages_topic, key=message_id.encode(), value=self.messages.encode(record))
         self.producer.poll(0)
 
     def name(self, conversation_id: str, display_name: str) -> None:
-        record = {
-            "subject": f"conversation:{conversation_id}",
-            "key": "contact.display_name",
-            "value": display_name,
-            "valueType": "text",
-            "timestamp": int(time.time() * 1000),
-        }
+        record = airy_metadata(conversation_id, "contact.display_name", display_name, int(time.time() * 1000))
         key = f"conversation:{conversation_id}:contact.display_name".encode()
         self.producer.produce(self.metadata_topic, key=key, value=self.metadata.encode(record))
         self.producer.poll(0)

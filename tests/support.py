@@ -1,0 +1,66 @@
+"""What several test folders share: the seed page's sample payloads and a service config of a
+test's own (tests/ is on sys.path through its conftest)."""
+
+from __future__ import annotations
+
+from contacts_streams.config import Config
+
+CONVERSATION_A = "ea1cba21-2bd6-477c-9a40-59cd9bb96bef"
+CONVERSATION_B = "8904adee-38b4-493b-a4d8-272e2e5a6815"
+
+# The seed page's create request, without its // comments.
+SEED_CONTACT = {
+    "display_name": "Barabara Liskov",
+    "avatar_url": "https://example.org/avatar.jpg",
+    "title": "Professor",
+    "timezone": "",
+    "gender": "female",
+    "locale": "en_US",
+    "organization_name": "Massachusetts Institute of Technology",
+    "via": {"phone": "+1234567", "email": "b.liskov@mit.org", "key": "value"},
+    "address": {
+        "organization_name": "Massachusetts Institute of Technology",
+        "address_line1": "77 Massachusetts Ave",
+        "address_line2": "building A",
+        "postcode": "02139",
+        "city": "Cambridge",
+        "state": "MA",
+        "country": "USA",
+    },
+    "conversations": {CONVERSATION_A: "facebook", CONVERSATION_B: "twilio.sms"},
+    "metadata": {
+        "facebook": {"psid": "1234567890", "page_id": "9876543210"},
+        "salesforce_id": "ABC123",
+        "zendesk_id": "XYZ789",
+        "key": "value",
+    },
+}
+
+# The seed page's import request.
+SEED_IMPORT = [
+    {"display_name": "Barabara Liskov", "avatar_url": "https://example.org/avatar.jpg", "title": "Professor"},
+    {"display_name": "Eleanor B. Garcia", "avatar_url": "https://example.org/avatar.jpg", "title": "Estimator project manager"},
+    {"display_name": "Marie R. Lemelin", "avatar_url": "https://example.org/avatar.jpg", "title": "Accountant"},
+    {"display_name": "Lori L. Carter", "avatar_url": "https://example.org/avatar.jpg", "title": "Occupational health and safety technician"},
+]
+
+
+def test_config(kafka: str, unique: str, state_dir: str, **overrides) -> Config:
+    """A config whose topics, group, transactional ids and state belong to one test (or module)."""
+    settings = dict(
+        kafka_brokers=kafka,
+        contacts_topic=f"{unique}.contacts",
+        messages_topic=f"{unique}.messages",
+        metadata_topic=f"{unique}.metadata",
+        contacts_partitions=3,
+        application_id=unique,
+        instance_id="test",
+        state_dir=state_dir,
+        auto_create_enabled=False,
+        write_timeout_ms=10_000,
+    )
+    settings.update(overrides)
+    return Config(**settings)
+
+
+test_config.__test__ = False  # a helper, not a test
