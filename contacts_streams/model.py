@@ -696,6 +696,7 @@ def _iso_date(days: int) -> str:
     return (_EPOCH_NAIVE + timedelta(days=days)).date().isoformat()
 
 
+@functools.lru_cache(maxsize=4096)  # a batch stamps many contacts with one instant
 def millis_to_iso(ms: int) -> str:
     """``1637068863580`` -> ``"2021-11-16T13:21:03.580Z"`` (UTC, always with milliseconds)."""
     seconds, millis = divmod(int(ms), 1000)

@@ -201,6 +201,7 @@ class Store:
             batch = _Batch(self)
             batch.put(META, TOPIC_KEY, topic.encode())
             applied = 0
+            next_offsets: dict[int, int] = {}
             for record in records:
                 try:
                     batch.apply(record)
@@ -209,7 +210,9 @@ class Store:
                     log.error("skipping undecodable record at partition %s offset %s: %s", record.partition, record.offset, err)
                     if on_poison:
                         on_poison(record, err)
-                batch.put(OFFSETS, _PARTITION.pack(record.partition), _U64.pack(record.offset + 1))
+                next_offsets[record.partition] = record.offset + 1
+            for partition, offset in next_offsets.items():
+                batch.put(OFFSETS, _PARTITION.pack(partition), _U64.pack(offset))
             batch.write()
             return applied
 
@@ -368,6 +371,7 @@ class _Batch:
         self._store = store
         self._batch = WriteBatch(raw_mode=True)
         self._pending: dict[tuple[str, bytes], bytes | None] = {}
+        self._count_delta = 0
 
     def get(self, family: str, key: bytes) -> bytes | None:
         if (family, key) in self._pending:
@@ -383,12 +387,14 @@ class _Batch:
         self._batch.delete(key, self._store._handle[family])
 
     def write(self) -> None:
+        if self._count_delta:
+            raw = self.get(COUNTERS, CONTACT_COUNT)
+            current = _I64.unpack(raw)[0] if raw is not None else 0
+            self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + self._count_delta))
         self._store._db.write(self._batch)
 
     def _add_count(self, delta: int) -> None:
-        raw = self.get(COUNTERS, CONTACT_COUNT)
-        current = _I64.unpack(raw)[0] if raw is not None else 0
-        self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + delta))
+        self._count_delta += delta
 
     def apply(self, record: Record) -> None:
         if record.key is None:
