@@ -16,7 +16,6 @@ import pytest
 
 from api.app import MAX_BODY_BYTES, create_app
 from contacts_streams import model
-from contacts_streams.config import Config
 from contacts_streams.service import Service
 from support import test_config
 

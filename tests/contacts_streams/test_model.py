@@ -10,6 +10,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import CREATE_PAYLOADS
 from support import CONVERSATION_A, CONVERSATION_B
 from support import SEED_CONTACT as SEED
 
@@ -681,30 +682,6 @@ def test_validation_raises_only_validation_errors(payload):
 
 
 # valid contacts, built the way the service builds them
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
-KEYS = TEXT.filter(bool)
-CONVERSATION_IDS = st.uuids().map(str)
-METADATA = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
-    lambda inner: st.dictionaries(KEYS, inner, max_size=3),
-    max_leaves=8,
-)
-CREATE_PAYLOADS = st.fixed_dictionaries(
-    {},
-    optional={
-        "display_name": TEXT,
-        "avatar_url": TEXT,
-        "title": TEXT,
-        "timezone": TEXT | st.integers(-86400, 86400) | st.floats(-86400, 86400),
-        "gender": TEXT,
-        "locale": TEXT,
-        "organization_name": TEXT,
-        "via": st.dictionaries(KEYS, TEXT, max_size=3),
-        "address": st.dictionaries(st.sampled_from(ADDRESS_FIELDS), TEXT, max_size=3),
-        "conversations": st.dictionaries(CONVERSATION_IDS, KEYS, max_size=3),
-        "metadata": st.dictionaries(KEYS, METADATA, max_size=4),
-    },
-).filter(lambda payload: any(v != {} for v in payload.values()))
 CONTACTS = st.builds(
     lambda fields, contact_id, ms: new_contact(validate_create(fields), contact_id, ms),
     CREATE_PAYLOADS,

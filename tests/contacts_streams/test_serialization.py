@@ -18,7 +18,9 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import CONVERSATION_A, CONVERSATION_B, SEED_CONTACT as SEED_PAYLOAD
+from strategies import CREATE_PAYLOADS as FIELDS
+from support import CONVERSATION_A
+from support import SEED_CONTACT as SEED_PAYLOAD
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -482,29 +484,6 @@ def test_confluent_kafka_serializers_interoperate(registry):
 
 # --- properties ---------------------------------------------------------------------------------
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
-KEYS = TEXT.filter(bool)
-METADATA_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
-    lambda inner: st.dictionaries(KEYS, inner, max_size=3),
-    max_leaves=8,
-)
-FIELDS = st.fixed_dictionaries(
-    {},
-    optional={
-        "display_name": TEXT,
-        "avatar_url": TEXT,
-        "title": TEXT,
-        "timezone": TEXT | st.integers(-86400, 86400) | st.floats(-86400, 86400),
-        "gender": TEXT,
-        "locale": TEXT,
-        "organization_name": TEXT,
-        "via": st.dictionaries(KEYS, TEXT, max_size=3),
-        "address": st.dictionaries(st.sampled_from(model.ADDRESS_FIELDS), TEXT, max_size=3),
-        "conversations": st.dictionaries(st.uuids().map(str), KEYS, max_size=3),
-        "metadata": st.dictionaries(KEYS, METADATA_VALUES, max_size=4),
-    },
-).filter(lambda fields: any(value != {} for value in fields.values()))
 MILLIS = st.integers(-62135596800000, 253402300799999)
 CONTACTS = st.builds(
     lambda fields, contact_id, ms: model.new_contact(model.validate_create(fields), contact_id, ms),
