@@ -9,7 +9,7 @@ COPY schemas ./schemas
 RUN pip install --no-cache-dir -e . && useradd --uid 1000 --create-home contacts \
     && mkdir -p /var/lib/contacts-streams && chown contacts /var/lib/contacts-streams
 USER contacts
-ENV STATE_DIR=/var/lib/contacts-streams PORT=8080 LOG_FORMAT=json
+ENV STATE_DIR=/var/lib/contacts-streams PORT=8080 LOG_FORMAT=json MALLOC_ARENA_MAX=2
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "api"]

@@ -6,6 +6,7 @@ in-flight requests, then closes the service (producer flushed, store closed) and
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import sys
 
@@ -16,6 +17,7 @@ from contacts_streams import logs
 from contacts_streams.config import Config, ConfigError, describe
 
 log = logging.getLogger("contacts_streams")
+M_ARENA_MAX = -8
 
 
 def _close_service(worker) -> None:
@@ -64,6 +66,15 @@ class Server(BaseApplication):
         return create_app(self.config)
 
 
+def _fewer_malloc_arenas() -> None:
+    # glibc gives each thread its own malloc arena; with HTTP, consumer and producer threads
+    # that fragments the heap into far more RSS than the service uses. Two arenas suffice.
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__.strip() + "\n\n" + describe())
@@ -73,6 +84,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
+    _fewer_malloc_arenas()
     logs.setup(config.log_format, config.log_level)
     log.info("serving the Contacts API on http://localhost:%d (state in %s)", config.port, config.state_dir)
     log.info("try: curl -s localhost:%d/contacts.create -d '{\"display_name\": \"Grace Hopper\"}'", config.port)

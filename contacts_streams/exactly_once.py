@@ -181,6 +181,7 @@ class ExactlyOnceLoop:
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
                     "fetch.wait.max.ms": 100,
+                    "queued.max.messages.kbytes": 16384,
                 }
             )
         )

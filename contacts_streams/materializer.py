@@ -100,6 +100,7 @@ class Materializer:
                     "isolation.level": "read_committed",
                     "fetch.wait.max.ms": 100,
                     "queued.min.messages": 20000,
+                    "queued.max.messages.kbytes": 16384,  # prefetch is memory the store needs more
                 }
             )
         )
