@@ -11,8 +11,8 @@ from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
+from contacts_streams.publisher import Publisher
 from contacts_streams.serialization import ContactCodec
-from contacts_streams.publisher import Publisher, Unavailable
 from contacts_streams.store import Store
 from contacts_streams.topics import ensure_topics
 
@@ -101,6 +101,3 @@ class Service:
         self.materializer.stop()
         self.store.close()
         log.info("closed")
-
-
-__all__ = ["Service", "Unavailable"]
