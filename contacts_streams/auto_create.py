@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ SUBJECT_PREFIX = "conversation:"
 SOURCE = "source"
 LOCK_ATTEMPTS = 5
 RECENTLY_ROUTED = 200_000
+REROUTE_AFTER_S = 30.0
 
 
 def repartition_topic(config: Config) -> str:
@@ -63,8 +65,11 @@ class ConversationRouter(ExactlyOnceLoop):
         self._target = repartition_topic(config)
         self._messages = message_codec(config.schema_registry_url)
         self._metadata = metadata_codec(config.schema_registry_url)
-        # Conversations whose source this instance routed lately: their later messages need no trip.
-        self._routed: OrderedDict[str, None] = OrderedDict()
+        # Conversations whose source this instance routed lately: their later messages need no
+        # trip while auto-create is still creating their contact. Past the window the store
+        # answers; a conversation whose contact was deleted is routed (and gets one) again.
+        self._routed: OrderedDict[str, float] = OrderedDict()
+        self.reroute_after_s = REROUTE_AFTER_S
 
     def process(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
         events: dict[str, dict] = {}
@@ -81,9 +86,10 @@ class ConversationRouter(ExactlyOnceLoop):
                 self._metrics.poison_records.labels(topic=msg.topic()).inc()
         records = [Produced(self._target, c.encode(), json.dumps(e, separators=(",", ":")).encode(), []) for c, e in events.items()]
         self.commit(consumer, producer, self.next_offsets(messages), records)
+        now = time.monotonic()
         for conversation_id, event in events.items():
             if SOURCE in event:
-                self._routed[conversation_id] = None
+                self._routed[conversation_id] = now
                 self._routed.move_to_end(conversation_id)
         while len(self._routed) > RECENTLY_ROUTED:
             self._routed.popitem(last=False)
@@ -91,7 +97,10 @@ class ConversationRouter(ExactlyOnceLoop):
     def _read_message(self, msg: Message, events: dict[str, dict]) -> None:
         message = self._messages.decode(msg.value())
         conversation_id = str(message["conversationId"])
-        if not conversation_id or conversation_id in self._routed:
+        if not conversation_id:
+            return
+        routed_at = self._routed.get(conversation_id)
+        if routed_at is not None and time.monotonic() - routed_at < self.reroute_after_s:
             return
         if conversation_id not in events and self._store.contact_id_for_conversation(conversation_id):
             return

@@ -243,3 +243,20 @@ def test_auto_create_and_http_edits_never_lose_each_other(airy, start_service):
         contact = service.contacts.info_by_conversation(conversation_id)
         assert contact["title"] == "Customer"
         assert contact["avatar_url"] == f"https://example.org/{conversation_id}.png"
+
+
+def test_a_deleted_contacts_conversation_gets_a_new_contact_with_its_next_message(airy, start_service):
+    (conversation_id, source), = conversations(1)
+    airy.message(conversation_id, source)
+    airy.flush()
+    service = start_service(airy.config)
+    wait_for(lambda: service.store.count() == 1, what="the first contact")
+    first = service.contacts.info_by_conversation(conversation_id)
+    service.router.reroute_after_s = 0.0  # the window in which the router trusts its own memory
+    service.contacts.delete(first["id"])
+    airy.message(conversation_id, source)
+    airy.flush()
+    wait_for(lambda: service.store.contact_id_for_conversation(conversation_id), what="a new contact")
+    again = service.contacts.info_by_conversation(conversation_id)
+    assert again["id"] == first["id"] and again["created_at"] > first["created_at"]
+    assert service.store.count() == 1
