@@ -225,6 +225,7 @@ class Publisher:
                 self._transactional.put(producer)
             else:
                 self._release_slot(producer)
+                threading.Thread(target=self._replace_transactional, name="producer-replace", daemon=True).start()
 
     def _abort(self, producer: Producer, err: Exception) -> bool:
         """Abort after a failure; False when the producer is unusable and must be replaced."""
@@ -246,6 +247,21 @@ class Publisher:
             opened.append(self._new_transactional(slot))
         for producer in opened:
             self._transactional.put(producer)
+
+    def _replace_transactional(self) -> None:
+        """Open a successor for a dropped producer right away: its init_transactions aborts what
+        the dropped one left open, which would otherwise hold every read_committed reader of its
+        partitions (this store included) back until the transaction times out."""
+        while not self._stopping.is_set():
+            slot = self._reserve_slot()
+            if slot is None:
+                return
+            try:
+                self._transactional.put(self._new_transactional(slot))
+                return
+            except Unavailable as err:
+                log.warning("cannot replace a transactional producer yet: %s", err)
+                time.sleep(1)
 
     def _reserve_slot(self) -> int | None:
         with self._transactional_lock:
