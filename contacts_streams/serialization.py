@@ -258,16 +258,6 @@ class AvroCodec:
             raise EncodeError(f"the record does not fit the {self.name} schema: {err}") from err
         return out.getvalue()
 
-    def encode_single_object(self, record: dict) -> bytes:
-        """Single-object encoding whatever the configuration."""
-        out = io.BytesIO()
-        out.write(self._single_object_header)
-        try:
-            schemaless_writer(out, self.parsed, record, disable_tuple_notation=True)
-        except Exception as err:
-            raise EncodeError(f"the record does not fit the {self.name} schema: {err}") from err
-        return out.getvalue()
-
     def decode(self, data: bytes) -> dict:
         """The record in ``data`` (either framing), resolved against the current schema."""
         if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -260,9 +260,6 @@ class Store:
         raw = self._cf[COUNTERS].get(CONTACT_COUNT)
         return _I64.unpack(raw)[0] if raw is not None else 0
 
-    def all_ids(self) -> Iterable[str]:
-        return (k.decode() for k in self._cf[CONTACTS].keys())
-
     def items_bytes(self) -> Iterable[tuple[bytes, bytes]]:
         return self._cf[CONTACTS].items()
 
