@@ -106,7 +106,7 @@ class Contacts:
             for conversation_id in added:
                 self._check_conversation_free(conversation_id, contact_id, f"conversations.{conversation_id}")
             updated = model.apply_update(current, changes, model.now_ms())
-            if _same_state(updated, current):
+            if updated == current:  # apply_update leaves updated_at alone when nothing changed
                 return current
             write.publish([Outgoing(contact_id, self._encode(updated), "updated")])
             return updated
@@ -139,6 +139,3 @@ class Contacts:
         if holder is not None and holder != owner and self._store.get_bytes(holder) is not None:
             raise Conflict(f"{field}: conversation already belongs to contact {holder}", field)
 
-
-def _same_state(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k != "updated_at"} == {k: v for k, v in b.items() if k != "updated_at"}
