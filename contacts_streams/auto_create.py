@@ -204,11 +204,8 @@ class AutoCreate(ExactlyOnceLoop):
             log.warning("auto-create waits for the store to apply its last batch")
 
     def _owners(self, batch: _Batch) -> dict[str, str | None]:
-        owners = {}
-        for conversation_id in set(batch.new_conversations) | set(batch.metadata):
-            owner = self._store.contact_id_for_conversation(conversation_id)
-            owners[conversation_id] = owner if owner and self._store.get_bytes(owner) is not None else None
-        return owners
+        conversations = set(batch.new_conversations) | set(batch.metadata)
+        return {c: self._store.contact_id_for_conversation(c) for c in conversations}  # live contacts only
 
     def _decide(self, batch: _Batch, owners: dict[str, str | None]) -> list[Produced]:
         now = model.now_ms()

@@ -136,6 +136,6 @@ class Contacts:
 
     def _check_conversation_free(self, conversation_id: str, owner: str | None, field: str) -> None:
         holder = self._store.contact_id_for_conversation(conversation_id)
-        if holder is not None and holder != owner and self._store.get_bytes(holder) is not None:
+        if holder is not None and holder != owner:  # the store names live contacts only
             raise Conflict(f"{field}: conversation already belongs to contact {holder}", field)
 
