@@ -207,14 +207,19 @@ def _check_text(value: Any, path: str, max_length: int = MAX_STRING_LENGTH) -> s
         raise ValidationError(path, f"{path} must be a string, not {_type_name(value)}")
     if len(value) > max_length:
         raise ValidationError(path, f"{path} must be at most {max_length} characters long")
-    if "\x00" in value:
-        raise ValidationError(path, f"{path} must not contain the character U+0000")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(path, f"{path} must be valid Unicode (it has an unpaired surrogate)") from None
+    _check_characters(value, path, path)
     return value
+
+
+def _check_characters(text: str, path: str, subject: str) -> None:
+    """U+0000 is the list index's separator and a lone surrogate cannot be stored as UTF-8."""
+    if "\x00" in text:
+        raise ValidationError(path, f"{subject} must not contain the character U+0000")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(path, f"{subject} must be valid Unicode (it has an unpaired surrogate)") from None
 
 
 def _check_key(key: Any, path: str, max_length: int = MAX_KEY_LENGTH) -> str:
@@ -225,13 +230,7 @@ def _check_key(key: Any, path: str, max_length: int = MAX_KEY_LENGTH) -> str:
         raise ValidationError(path, f"{path} keys must not be empty")
     if len(key) > max_length:
         raise ValidationError(path, f"{path} keys must be at most {max_length} characters long")
-    if "\x00" in key:
-        raise ValidationError(path, f"{path} keys must not contain the character U+0000")
-    if not key.isascii():
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(path, f"{path} keys must be valid Unicode (unpaired surrogate)") from None
+    _check_characters(key, path, f"{path} keys")
     return key
 
 
