@@ -54,7 +54,7 @@ def create_app(config: Config, service: Service | None = None) -> Flask:
         # Parsed whatever the content type says: clients that forget the header still work,
         # and anything that is not JSON is a 400 below.
         data = request.get_data(cache=False)
-        if not data.strip():
+        if not data.strip(b" \t\r\n"):  # JSON's white space only: bytes.strip() also eats \x0b and \x0c
             return {}
         try:
             return json.loads(data)

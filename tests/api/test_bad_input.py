@@ -69,8 +69,8 @@ def info(client, contact_id: str) -> dict:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b"{'display_name': 'x'}", b'{"display_name": "x",}', b"display_name=x", b"\xff\xfe\x00", b"\xc3\x28", b"[1, 2"],
-    ids=["open brace", "single quotes", "trailing comma", "form", "bad BOM", "bad UTF-8", "open array"],
+    [b"{", b"{'display_name': 'x'}", b'{"display_name": "x",}', b"display_name=x", b"\xff\xfe\x00", b"\xc3\x28", b"[1, 2", b"\x0b", b"\x0c"],
+    ids=["open brace", "single quotes", "trailing comma", "form", "bad BOM", "bad UTF-8", "open array", "vertical tab", "form feed"],
 )
 def test_a_body_that_is_not_json_is_a_400(client, raw):
     for path in ("/contacts.create", "/contacts.import", "/contacts.list", "/contacts.info", "/contacts.merge"):
