@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 
 from gunicorn.app.base import BaseApplication
@@ -18,6 +19,17 @@ from contacts_streams.config import Config, ConfigError, describe
 
 log = logging.getLogger("contacts_streams")
 M_ARENA_MAX = -8
+# gunicorn's arbiter halts the whole server (exit code 3) when a worker exits with this code,
+# instead of booting a new worker that would fail the same way for ever.
+WORKER_BOOT_ERROR = 3
+
+
+def _stop_process(err) -> None:
+    """A start-up error no retry fixes (credentials, CA, schema): the message is already logged;
+    end the process so the platform sees a failed start, not a pod that is never ready."""
+    print(f"contacts-streams cannot start: {err}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(WORKER_BOOT_ERROR)
 
 
 def _close_service(worker) -> None:
@@ -63,7 +75,7 @@ class Server(BaseApplication):
         from api.app import create_app
 
         logs.setup(self.config.log_format, self.config.log_level)
-        return create_app(self.config)
+        return create_app(self.config, on_fatal=_stop_process)
 
 
 def _fewer_malloc_arenas() -> None:

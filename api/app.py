@@ -38,10 +38,11 @@ def _empty(status: int) -> Response:
     return Response(status=status)
 
 
-def create_app(config: Config, service: Service | None = None) -> Flask:
-    """Build the app from a config; without a service, one is made and started in the background."""
+def create_app(config: Config, service: Service | None = None, on_fatal=None) -> Flask:
+    """Build the app from a config; without a service, one is made and started in the background
+    (`on_fatal` is called if its start meets a FatalError)."""
     if service is None:
-        service = Service(config).start()
+        service = Service(config, on_fatal=on_fatal).start()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["contacts_service"] = service

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
@@ -19,9 +20,19 @@ from contacts_streams.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
+class FatalError(RuntimeError):
+    """A misconfiguration no retry will fix (credentials refused, an unknown CA, a schema the
+    registry refuses): the process stops with this message instead of waiting for ever.
+    Anything else at start (a broker not there yet) is waited for, and readiness says why."""
+
+
 class Service:
-    def __init__(self, config: Config, metrics: Metrics | None = None):
+    def __init__(self, config: Config, metrics: Metrics | None = None, on_fatal: Callable[[FatalError], None] | None = None):
         self.config = config
+        # Called (from the start thread) when start-up meets a FatalError; the HTTP entry point
+        # passes one that ends the process. Without it the error is kept and liveness reports it.
+        self._on_fatal = on_fatal
+        self.fatal: FatalError | None = None
         self.metrics = metrics or Metrics()
         self.codec = ContactCodec(registry_url=config.schema_registry_url, subject=f"{config.contacts_topic}-value")
         self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec)
@@ -52,6 +63,12 @@ class Service:
                 ensure_topics(self.config)
                 self.publisher.start()
                 break
+            except FatalError as err:
+                self.fatal = err
+                log.critical("cannot start: %s", err)
+                if self._on_fatal is not None:
+                    self._on_fatal(err)
+                return
             except Exception as err:  # broker not there yet: keep trying, health says why
                 self._start_error = err
                 log.warning("waiting for Kafka: %s", err)
@@ -81,6 +98,8 @@ class Service:
         return True, "up"
 
     def alive(self) -> tuple[bool, str]:
+        if self.fatal is not None:
+            return False, f"cannot start: {self.fatal}"
         if self.materializer.failure is not None:
             return False, self.materializer.status()
         for loop in self._loops():
