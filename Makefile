@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 ## run: broker (KAFKA_BROKERS, else testcontainers, else an embedded KRaft broker) + the service on :8080
 run: $(STAMP)
-	$(PY) -m contacts_streams.embedded_kafka -- $(PY) -m api
+	$(PY) -m contacts_dev.embedded_kafka -- $(PY) -m api
 
 ## test: the whole suite on a real broker
 test: $(STAMP)

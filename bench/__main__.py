@@ -2,7 +2,7 @@
 
 Runs the benchmark (see bench/run.py) and writes results.json and RESULTS.md to --out
 (default: the bench/ folder). `--size full` is the real run (10k and 1M contacts): run it on a
-quiet machine. The broker is contacts_streams.embedded_kafka.resolve() unless --brokers is given.
+quiet machine. The broker is contacts_dev.embedded_kafka.resolve() unless --brokers is given.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import time
 import uuid
 
 from contacts_streams import model
-from contacts_streams.serialization import ContactCodec, airy_message, message_codec, metadata_codec
+from contacts_dev.airy import airy_message
+from contacts_streams.serialization import ContactCodec, message_codec, metadata_codec
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus",
          "Radia", "John", "Katherine", "Dennis", "Sophie", "Tim", "Hedy", "Claude", "Anita", "Niklaus"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import client, data, procs, raw, report
 from bench.client import post
 from bench.profile import Sampler
-from contacts_streams import embedded_kafka
+from contacts_dev import embedded_kafka
 from contacts_streams.serialization import message_codec
 
 log = logging.getLogger("bench")

@@ -433,26 +433,3 @@ def message_codec(registry_url: str | None = None, subject: str | None = MESSAGE
 def metadata_codec(registry_url: str | None = None, subject: str | None = METADATA_SUBJECT, **kwargs: Any) -> AvroCodec:
     """A codec of Airy's ``co.airy.avro.communication.Metadata`` (the metadata topic)."""
     return AvroCodec(SCHEMA_DIR / "metadata.avsc", registry_url, subject, **kwargs)
-
-
-def airy_message(conversation_id: str, source: str, message_id: str, sent_at_ms: int, content: str = '{"text":"hello"}') -> dict:
-    """A ``Message`` record as the platform writes one from a contact (for message_codec)."""
-    return {
-        "id": message_id,
-        "headers": None,
-        "isFromContact": True,
-        "deliveryState": "DELIVERED",
-        "senderId": "sender",
-        "sourceRecipientId": None,
-        "conversationId": conversation_id,
-        "channelId": "channel",
-        "source": source,
-        "content": content,
-        "sentAt": sent_at_ms,
-        "updatedAt": None,
-    }
-
-
-def airy_metadata(conversation_id: str, key: str, value: str, timestamp_ms: int) -> dict:
-    """A ``Metadata`` record about a conversation (for metadata_codec), e.g. contact.display_name."""
-    return {"subject": f"conversation:{conversation_id}", "key": key, "value": value, "valueType": "text", "timestamp": timestamp_ms}

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from contacts_streams import embedded_kafka
+from contacts_dev import embedded_kafka
 
 
 @pytest.fixture(scope="session")
 def kafka():
-    """The bootstrap servers of a real broker (see contacts_streams.embedded_kafka.resolve)."""
+    """The bootstrap servers of a real broker (see contacts_dev.embedded_kafka.resolve)."""
     try:
         broker = embedded_kafka.resolve(log_dir=Path(__file__).resolve().parent.parent / "build")
     except embedded_kafka.BrokerError as err:

@@ -9,7 +9,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from contacts_streams import model
-from contacts_streams.serialization import airy_message, airy_metadata, message_codec, metadata_codec
+from contacts_dev.airy import airy_message, airy_metadata
+from contacts_streams.serialization import message_codec, metadata_codec
 
 SOURCES = ["facebook", "twilio.sms", "google", "chatplugin"]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-from contacts_streams.serialization import airy_message, airy_metadata
+from contacts_dev.airy import airy_message, airy_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("SOAK", "").lower() in ("1", "true", "yes", "on")

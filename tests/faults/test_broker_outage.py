@@ -36,7 +36,7 @@ from faultkit import (
 )
 
 from contacts_streams import model
-from contacts_streams.embedded_kafka import BrokerError, KraftBroker
+from contacts_dev.embedded_kafka import BrokerError, KraftBroker
 
 WRITE_TIMEOUT_MS = 3000
 # What a write may take beyond WRITE_TIMEOUT_MS: a thread switch, the JSON, the answer's trip.

@@ -8,7 +8,7 @@ Resolution order (DESIGN.md, "Real parts, everywhere"):
    so CI and later runs reuse them.
 
 Run as a program it starts a broker, exports ``KAFKA_BROKERS`` and runs the command after ``--``,
-stopping the broker when the command ends:  ``python -m contacts_streams.embedded_kafka -- CMD``.
+stopping the broker when the command ends:  ``python -m contacts_dev.embedded_kafka -- CMD``.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def resolve(log_dir: Path | None = None) -> Broker:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        print("usage: python -m contacts_streams.embedded_kafka -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m contacts_dev.embedded_kafka -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     command = argv[argv.index("--") + 1 :]
     started = time.monotonic()
