@@ -1,0 +1,337 @@
+"""What a command does to the contacts: pure functions of a view and a command that return the
+records to write and the reply (DESIGN.md, "Writes: commands and the writer").
+
+The writer is the only caller: it applies the commands of a batch in order, each against its
+store plus the changes the batch (and its committed but not yet materialized predecessors)
+already decided, so nothing here needs a lock. The view answers four questions; the rules of
+a contact itself (validation, update, merge) live in ``model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from contacts_streams import commands, model
+from contacts_streams.commands import Command
+
+MERGED_INTO, MERGED_FROM = "merged_into", "merged_from"
+DISPLAY_NAME, AVATAR_URL = "contact.display_name", "contact.avatar_url"
+SOURCE = "source"
+
+
+class View(Protocol):
+    def get(self, contact_id: str) -> dict | None: ...
+
+    def owner_of_conversation(self, conversation_id: str) -> str | None: ...
+
+    def merged_into(self, contact_id: str) -> str | None: ...
+
+    def conversation_metadata(self, conversation_id: str) -> dict: ...
+
+
+class NotFound(LookupError):
+    def __init__(self, message: str, merged_into: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.merged_into = merged_into
+
+
+class Conflict(ValueError):
+    """The write contradicts the contacts (a conversation that belongs to another contact)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record for the contacts topic: the contact's new state, or None for a tombstone."""
+
+    contact_id: str
+    contact: dict | None
+    operation: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    status: int
+    ids: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    error: dict | None = None
+    # Conversation join state the command learned (auto-create): conversation -> values.
+    conversation_metadata: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 300
+
+
+def error(status: int, message: str, field_: str | None = None, merged_into: str | None = None) -> Decision:
+    body: dict = {"message": message}
+    if field_ is not None:
+        body["field"] = field_
+    if merged_into is not None:
+        body["merged_into"] = merged_into
+    return Decision(status=status, error=body)
+
+
+def decide(view: View, command: Command, now_ms: int) -> Decision:
+    """The outcome of one command against the view; never raises for anything a client sent."""
+    try:
+        handler = _HANDLERS[command.type]
+        return handler(view, command.payload, now_ms, command.type)
+    except NotFound as err:
+        return error(404, err.message, merged_into=err.merged_into)
+    except Conflict as err:
+        return error(409, err.message, err.field)
+    except model.ValidationError as err:  # limits that depend on the current state (via keys, metadata size)
+        return error(400, err.message, err.field)
+
+
+# --- HTTP writes ----------------------------------------------------------------------------------
+
+
+def _not_found(view: View, contact_id: str, field_: str = "id") -> NotFound:
+    destination = view.merged_into(contact_id)
+    if destination:
+        return NotFound(f"contact {contact_id} ({field_}) was merged into {destination}", merged_into=destination)
+    return NotFound(f"contact {contact_id} ({field_}) does not exist")
+
+
+def _check_conversation_free(view: View, conversation_id: str, owner: str | None, field_: str) -> None:
+    holder = view.owner_of_conversation(conversation_id)
+    if holder is not None and holder != owner:
+        raise Conflict(f"{field_}: conversation already belongs to contact {holder}", field_)
+
+
+def _create(view: View, payload: dict, now_ms: int, type_: str) -> Decision:
+    single = type_ == commands.CREATE
+    operation = "created" if single else "imported"
+    seen: dict[str, int] = {}
+    changes = []
+    for index, item in enumerate(payload["contacts"]):
+        contact = model.new_contact(item["fields"], item["id"], now_ms)
+        prefix = "" if single else f"[{index}]."
+        for conversation_id in contact.get("conversations", {}):
+            field_ = f"{prefix}conversations.{conversation_id}"
+            if conversation_id in seen:
+                raise Conflict(f"{field_}: conversation is also given to [{seen[conversation_id]}]", field_)
+            seen[conversation_id] = index
+            _check_conversation_free(view, conversation_id, None, field_)
+        if view.get(contact["id"]) is not None:  # ids are fresh uuid4s: only a replayed command repeats one
+            raise Conflict(f"{prefix}id: contact {contact['id']} exists already", f"{prefix}id")
+        changes.append(Change(contact["id"], contact, operation))
+    return Decision(201, [c.contact_id for c in changes], changes)
+
+
+def _update(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
+    contact_id, changes = payload["id"], payload["changes"]
+    current = view.get(contact_id)
+    if current is None:
+        raise _not_found(view, contact_id)
+    given = changes.get("conversations")
+    if isinstance(given, dict):
+        for conversation_id, source in given.items():
+            if source != "":
+                _check_conversation_free(view, conversation_id, contact_id, f"conversations.{conversation_id}")
+    updated = model.apply_update(current, changes, now_ms)
+    if updated == current:  # apply_update leaves updated_at alone when nothing changed
+        return Decision(202, [contact_id])
+    return Decision(202, [contact_id], [Change(contact_id, updated, "updated")])
+
+
+def _delete(view: View, payload: dict, _now_ms: int, _type: str) -> Decision:
+    contact_id = payload["id"]
+    if view.get(contact_id) is None:
+        raise _not_found(view, contact_id)
+    return Decision(202, [contact_id], [Change(contact_id, None, "deleted")])
+
+
+def _merge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
+    source_id, destination_id = payload["source_id"], payload["destination_id"]
+    source = view.get(source_id)
+    if source is None:
+        raise _not_found(view, source_id, "source_id")
+    destination = view.get(destination_id)
+    if destination is None:
+        raise _not_found(view, destination_id, "destination_id")
+    merged = model.merge_contacts(destination, source, now_ms)
+    return Decision(
+        200,
+        [destination_id],
+        [
+            Change(destination_id, merged, "merged", {MERGED_FROM: source_id}),
+            Change(source_id, None, "merged_away", {MERGED_INTO: destination_id}),
+        ],
+    )
+
+
+# --- auto-create (router commands) ----------------------------------------------------------------
+
+
+def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
+    """Create the contact of every conversation no contact references (id derived from the
+    conversation, Airy's default name unless the channel named it) and fill names and avatars
+    from conversation metadata; one command carries a router's whole batch."""
+    conversations: dict = payload["conversations"]
+    learned: dict[str, dict] = {}
+    for conversation_id, event in conversations.items():
+        values = {k: v for k, v in event.items() if k in (DISPLAY_NAME, AVATAR_URL) and isinstance(v, str) and v}
+        if values:
+            learned[conversation_id] = {**view.conversation_metadata(conversation_id), **values}
+    changed: dict[str, tuple[dict, str]] = {}  # contact id -> (state, operation)
+    owners: dict[str, str | None] = {}
+    for conversation_id, event in conversations.items():
+        source = event.get(SOURCE)
+        if not isinstance(source, str):
+            continue
+        owner = view.owner_of_conversation(conversation_id)
+        if owner is not None:
+            owners[conversation_id] = owner
+            continue
+        contact_id = model.contact_id_for_conversation(conversation_id)
+        if contact_id in changed or view.get(contact_id) is not None:
+            # The derived id exists without this conversation: a person removed it on purpose.
+            continue
+        known = learned.get(conversation_id) or view.conversation_metadata(conversation_id)
+        fields = {
+            "display_name": known.get(DISPLAY_NAME) or model.default_display_name(conversation_id, source),
+            "conversations": {conversation_id: source},
+        }
+        if known.get(AVATAR_URL):
+            fields["avatar_url"] = known[AVATAR_URL]
+        changed[contact_id] = (model.new_contact(fields, contact_id, now_ms), "auto_created")
+        owners[conversation_id] = contact_id
+    for conversation_id, values in learned.items():
+        owner = owners.get(conversation_id) or view.owner_of_conversation(conversation_id)
+        if owner is None:
+            continue
+        contact, operation = changed.get(owner) or (view.get(owner), "updated")
+        if contact is None:
+            continue
+        filled = fill(contact, conversation_id, values, now_ms)
+        if filled is not contact:
+            changed[owner] = (filled, operation)
+    changes = [Change(contact_id, contact, operation) for contact_id, (contact, operation) in changed.items()]
+    return Decision(200, [c.contact_id for c in changes], changes, conversation_metadata=learned)
+
+
+def fill(contact: dict, conversation_id: str, values: dict, now_ms: int) -> dict:
+    """A real name replaces the default name and an avatar fills an empty one; a value a person
+    set is never overwritten. Returns the contact itself when nothing changes."""
+    changes = {}
+    name = values.get(DISPLAY_NAME)
+    source = contact.get("conversations", {}).get(conversation_id)
+    current = contact.get("display_name")
+    if name and name != current and source is not None:
+        if current is None or current == model.default_display_name(conversation_id, source):
+            changes["display_name"] = name
+    avatar = values.get(AVATAR_URL)
+    if avatar and not contact.get("avatar_url"):
+        changes["avatar_url"] = avatar
+    if not changes:
+        return contact
+    return model.apply_update(contact, changes, now_ms)
+
+
+_HANDLERS = {
+    commands.CREATE: _create,
+    commands.IMPORT: _create,
+    commands.UPDATE: _update,
+    commands.DELETE: _delete,
+    commands.MERGE: _merge,
+    commands.AUTO_CREATE: _auto_create,
+}
+
+
+# --- the view the writer decides from ---------------------------------------------------------------
+
+
+class Overlay:
+    """The changes one batch decided, readable before they are committed and materialized:
+    contact id -> state (None: gone), conversation -> owner (None: nobody), merged-away id ->
+    destination, conversation -> join state."""
+
+    def __init__(self) -> None:
+        self.contacts: dict[str, dict | None] = {}
+        self.owners: dict[str, str | None] = {}
+        self.merged: dict[str, str] = {}
+        self.metadata: dict[str, dict] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.contacts or self.owners or self.merged or self.metadata)
+
+    def absorb(self, overlay: "Overlay") -> None:
+        self.contacts.update(overlay.contacts)
+        self.owners.update(overlay.owners)
+        self.merged.update(overlay.merged)
+        self.metadata.update(overlay.metadata)
+
+
+class LayeredView:
+    """The store under a stack of overlays (newest last); the first layer that knows answers."""
+
+    MAX_CHAIN = 32
+
+    def __init__(self, base: View, layers: list[Overlay]):
+        self._base = base
+        self._layers = layers
+
+    def get(self, contact_id: str) -> dict | None:
+        for layer in reversed(self._layers):
+            if contact_id in layer.contacts:
+                return layer.contacts[contact_id]
+        return self._base.get(contact_id)
+
+    def owner_of_conversation(self, conversation_id: str) -> str | None:
+        for layer in reversed(self._layers):
+            if conversation_id in layer.owners:
+                owner = layer.owners[conversation_id]
+                return owner if owner is None or self.get(owner) is not None else None
+        owner = self._base.owner_of_conversation(conversation_id)
+        if owner is not None and self.get(owner) is None:
+            return None  # the store's owner is gone in a layer (deleted, merged away)
+        return owner
+
+    def merged_into(self, contact_id: str) -> str | None:
+        current, seen = contact_id, {contact_id}
+        for _ in range(self.MAX_CHAIN):
+            destination = None
+            for layer in reversed(self._layers):
+                if current in layer.merged:
+                    destination = layer.merged[current]
+                    break
+            if destination is None:
+                destination = self._base.merged_into(current)
+            if destination is None or destination in seen:
+                return None
+            if self.get(destination) is not None:
+                return destination
+            seen.add(destination)
+            current = destination
+        return None
+
+    def conversation_metadata(self, conversation_id: str) -> dict:
+        for layer in reversed(self._layers):
+            if conversation_id in layer.metadata:
+                return layer.metadata[conversation_id]
+        return self._base.conversation_metadata(conversation_id)
+
+    def record(self, decision: Decision, layer: Overlay) -> None:
+        """Put a decision's changes into `layer` (the batch's own, the top one)."""
+        for change in decision.changes:
+            old = self.get(change.contact_id)
+            for conversation_id in (old or {}).get("conversations", {}):
+                # A merge moves the source's conversations to the destination first: keep that.
+                if self.owner_of_conversation(conversation_id) == change.contact_id:
+                    layer.owners[conversation_id] = None
+            layer.contacts[change.contact_id] = change.contact
+            for conversation_id in (change.contact or {}).get("conversations", {}):
+                layer.owners[conversation_id] = change.contact_id
+            if change.headers.get(MERGED_INTO):
+                layer.merged[change.contact_id] = change.headers[MERGED_INTO]
+        layer.metadata.update(decision.conversation_metadata)

@@ -1,0 +1,207 @@
+"""The writer's decisions as pure functions: statuses, errors and records of every command, and
+that deciding through a stack of not-yet-materialized overlays equals deciding against a store
+that has applied everything (what lets the writer commit batch after batch without waiting)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contacts_streams import commands, model
+from contacts_streams.commands import Command
+from contacts_streams.decisions import LayeredView, Overlay, decide
+
+NOW = 1_700_000_000_000
+
+
+class DictView:
+    """A fully materialized store: contacts by id, conversations and merged-away ids indexed."""
+
+    def __init__(self):
+        self.contacts: dict[str, dict] = {}
+        self.merged: dict[str, str] = {}
+        self.metadata: dict[str, dict] = {}
+
+    def get(self, contact_id):
+        return self.contacts.get(contact_id)
+
+    def owner_of_conversation(self, conversation_id):
+        for contact in self.contacts.values():
+            if conversation_id in contact.get("conversations", {}):
+                return contact["id"]
+        return None
+
+    def merged_into(self, contact_id):
+        seen = {contact_id}
+        current = contact_id
+        while current in self.merged:
+            current = self.merged[current]
+            if current in seen:
+                return None
+            seen.add(current)
+            if current in self.contacts:
+                return current
+        return None
+
+    def conversation_metadata(self, conversation_id):
+        return self.metadata.get(conversation_id, {})
+
+    def apply(self, decision):
+        for change in decision.changes:
+            if change.contact is None:
+                self.contacts.pop(change.contact_id, None)
+                if change.headers.get("merged_into"):
+                    self.merged[change.contact_id] = change.headers["merged_into"]
+            else:
+                self.contacts[change.contact_id] = change.contact
+        self.metadata.update(decision.conversation_metadata)
+
+
+def command(type_, **payload):
+    return Command.new(type_, payload)
+
+
+def create(view, **fields):
+    contact_id = str(uuid.uuid4())
+    decision = decide(view, command(commands.CREATE, contacts=[{"id": contact_id, "fields": fields}]), NOW)
+    assert decision.status == 201, decision
+    view.apply(decision)
+    return contact_id
+
+
+def test_create_update_delete_merge_statuses_and_records():
+    view = DictView()
+    conv = str(uuid.uuid4())
+    a = create(view, display_name="A", conversations={conv: "facebook"})
+    b = create(view, display_name="B")
+
+    taken = decide(view, command(commands.CREATE, contacts=[{"id": str(uuid.uuid4()), "fields": {"conversations": {conv: "sms"}}}]), NOW)
+    assert taken.status == 409 and taken.error["field"] == f"conversations.{conv}" and a in taken.error["message"]
+    assert taken.changes == []
+
+    claim = decide(view, command(commands.UPDATE, id=b, changes={"conversations": {conv: "sms"}}), NOW)
+    assert claim.status == 409
+
+    noop = decide(view, command(commands.UPDATE, id=a, changes={"display_name": "A"}), NOW)
+    assert noop.status == 202 and noop.changes == []
+
+    merge = decide(view, command(commands.MERGE, source_id=a, destination_id=b), NOW)
+    assert merge.status == 200 and merge.ids == [b]
+    assert [(c.contact_id, c.operation, c.headers) for c in merge.changes] == [
+        (b, "merged", {"merged_from": a}),
+        (a, "merged_away", {"merged_into": b}),
+    ]
+    view.apply(merge)
+    again = decide(view, command(commands.MERGE, source_id=a, destination_id=b), NOW)
+    assert again.status == 404 and again.error["merged_into"] == b
+    assert decide(view, command(commands.UPDATE, id=a, changes={"title": "x"}), NOW).error["merged_into"] == b
+
+    gone = decide(view, command(commands.DELETE, id=b), NOW)
+    assert gone.status == 202 and gone.changes[0].contact is None and gone.changes[0].operation == "deleted"
+    view.apply(gone)
+    assert decide(view, command(commands.UPDATE, id=b, changes={"title": "back?"}), NOW).status == 404
+    # the conversation is free again once its contact is gone
+    assert create(view, conversations={conv: "facebook"})
+
+
+def test_import_names_the_element_and_refuses_a_conversation_given_twice():
+    view = DictView()
+    conv = str(uuid.uuid4())
+    items = [{"id": str(uuid.uuid4()), "fields": {"display_name": "x"}}, {"id": str(uuid.uuid4()), "fields": {"conversations": {conv: "a"}}},
+             {"id": str(uuid.uuid4()), "fields": {"conversations": {conv: "b"}}}]
+    decision = decide(view, command(commands.IMPORT, contacts=items), NOW)
+    assert decision.status == 409 and decision.error["field"] == f"[2].conversations.{conv}" and decision.changes == []
+    ok = decide(view, command(commands.IMPORT, contacts=items[:2]), NOW)
+    assert ok.status == 201 and [c.operation for c in ok.changes] == ["imported", "imported"]
+
+
+def test_an_update_past_a_state_dependent_limit_is_a_400_naming_the_field():
+    view = DictView()
+    a = create(view, via={f"k{i}": "v" for i in range(model.MAX_VIA_KEYS)})
+    decision = decide(view, command(commands.UPDATE, id=a, changes={"via": {"one_more": "v"}}), NOW)
+    assert decision.status == 400 and decision.error["field"] == "via"
+
+
+def test_auto_create_creates_once_fills_defaults_and_follows_merges():
+    view = DictView()
+    c1, c2 = str(uuid.uuid4()), str(uuid.uuid4())
+    first = decide(view, command(commands.AUTO_CREATE, conversations={c1: {"source": "twilio.sms"}, c2: {"contact.display_name": "Early"}}), NOW)
+    assert [c.contact_id for c in first.changes] == [model.contact_id_for_conversation(c1)]
+    assert first.changes[0].contact["display_name"] == model.default_display_name(c1, "twilio.sms")
+    view.apply(first)
+    second = decide(view, command(commands.AUTO_CREATE, conversations={c1: {"source": "twilio.sms", "contact.display_name": "Real"}, c2: {"source": "facebook"}}), NOW)
+    by_id = {c.contact_id: c for c in second.changes}
+    assert by_id[model.contact_id_for_conversation(c1)].contact["display_name"] == "Real"
+    assert by_id[model.contact_id_for_conversation(c2)].contact["display_name"] == "Early"
+    view.apply(second)
+    # merged away: the conversation belongs to the destination, which gets the avatar
+    b = create(view, display_name="Person")
+    view.apply(decide(view, command(commands.MERGE, source_id=model.contact_id_for_conversation(c1), destination_id=b), NOW))
+    third = decide(view, command(commands.AUTO_CREATE, conversations={c1: {"source": "twilio.sms", "contact.avatar_url": "https://a"}}), NOW)
+    assert [(c.contact_id, c.contact["avatar_url"], c.contact["display_name"]) for c in third.changes] == [(b, "https://a", "Person")]
+
+
+# --- overlays ---------------------------------------------------------------------------------
+
+IDS = [str(uuid.UUID(int=i + 1)) for i in range(5)]
+CONVS = [str(uuid.UUID(int=100 + i)) for i in range(4)]
+
+commands_strategy = st.one_of(
+    st.builds(lambda i, c: ("create", i, c), st.sampled_from(IDS), st.lists(st.sampled_from(CONVS), max_size=2, unique=True)),
+    st.builds(lambda i, c: ("claim", i, c), st.sampled_from(IDS), st.sampled_from(CONVS)),
+    st.builds(lambda i, t: ("update", i, t), st.sampled_from(IDS), st.text(alphabet="ab", min_size=1, max_size=3)),
+    st.builds(lambda i: ("delete", i), st.sampled_from(IDS)),
+    st.builds(lambda s, d: ("merge", s, d), st.sampled_from(IDS), st.sampled_from(IDS)),
+    st.builds(lambda c: ("auto", c), st.sampled_from(CONVS)),
+)
+
+
+def to_command(spec, n):
+    kind = spec[0]
+    if kind == "create":  # fresh ids each time, conversations from a small set: conflicts happen
+        return command(commands.CREATE, contacts=[{"id": str(uuid.UUID(int=1000 + n)), "fields": {"display_name": spec[1][:4], "conversations": {c: "s" for c in spec[2]}}}])
+    if kind == "claim":
+        return command(commands.UPDATE, id=spec[1], changes={"conversations": {spec[2]: "sms"}})
+    if kind == "update":
+        return command(commands.UPDATE, id=spec[1], changes={"title": spec[2]})
+    if kind == "delete":
+        return command(commands.DELETE, id=spec[1])
+    if kind == "merge":
+        return command(commands.MERGE, source_id=spec[1], destination_id=spec[2])
+    return command(commands.AUTO_CREATE, conversations={spec[1]: {"source": "facebook"}})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(commands_strategy, max_size=40), st.lists(st.integers(1, 6), min_size=1, max_size=20), st.integers(0, 3))
+def test_deciding_through_overlays_equals_deciding_against_a_materialized_store(specs, batch_sizes, lag):
+    seed = DictView()
+    for i, contact_id in enumerate(IDS[:3]):
+        seed.contacts[contact_id] = model.new_contact({"display_name": f"seed{i}", "conversations": {CONVS[i]: "s"}}, contact_id, NOW)
+    truth = DictView()
+    truth.contacts = dict(seed.contacts)
+    store = DictView()  # what the materializer applied so far: `lag` batches behind
+    store.contacts = dict(seed.contacts)
+    layers: list[tuple[Overlay, list]] = []
+    cmds = [to_command(s, n) for n, s in enumerate(specs)]
+    sizes = itertools.cycle(batch_sizes)
+    while cmds:
+        size = next(sizes)
+        batch_cmds, cmds = cmds[:size], cmds[size:]
+        top = Overlay()
+        view = LayeredView(store, [layer for layer, _ in layers] + [top])
+        decided = []
+        for cmd in batch_cmds:
+            expected = decide(truth, cmd, NOW)
+            got = decide(view, cmd, NOW)
+            assert (got.status, got.ids, got.changes, got.error) == (expected.status, expected.ids, expected.changes, expected.error), cmd
+            truth.apply(expected)
+            view.record(got, top)
+            decided.append(got)
+        layers.append((top, decided))
+        while len(layers) > lag:  # the materializer catches up with the oldest layer
+            _, done = layers.pop(0)
+            for decision in done:
+                store.apply(decision)
