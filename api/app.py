@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,16 +15,19 @@ from werkzeug.exceptions import HTTPException
 
 from api import security
 from api.openapi import OPENAPI
-from contacts_streams import model
+from contacts_streams import commands, model
+from contacts_streams.commands import BadPosition, Idempotency
 from contacts_streams.config import Config
-from contacts_streams.contacts import Conflict, NotFound
-from contacts_streams.publisher import Unavailable
+from contacts_streams.contacts import Conflict, IdempotencyMismatch, NotFound, WriteContext, WriterFailed
+from contacts_streams.publisher import TooLarge, Unavailable
 from contacts_streams.service import Service
 from contacts_streams.store import BadCursor
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+POSITION, MIN_POSITION, IDEMPOTENCY_KEY = "X-Contacts-Position", "X-Contacts-Min-Position", "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
 def _json(body, status: int) -> Response:
@@ -56,11 +60,40 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         # and anything that is not JSON is a 400 below.
         data = request.get_data(cache=False)
         if not data.strip(b" \t\r\n"):  # JSON's white space only: bytes.strip() also eats \x0b and \x0c
-            return {}
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting exhausts the parser
-            raise _BadBody() from None
+            parsed = {}
+        else:
+            try:
+                parsed = json.loads(data)
+            except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting exhausts the parser
+                raise _BadBody() from None
+        g.body = parsed
+        return parsed
+
+    def write_context() -> WriteContext:
+        """Who writes, and the request's Idempotency-Key (checked before anything is sent)."""
+        deadline = service.publisher.deadline()
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        idempotency = None
+        if key is not None:
+            if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable() or not key.isascii():
+                raise model.ValidationError(
+                    IDEMPOTENCY_KEY, f"{IDEMPOTENCY_KEY} must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+                )
+            idempotency = Idempotency(g.caller, request.path, key, commands.body_hash(request.path, g.get("body")))
+        return WriteContext(actor=g.caller, origin=commands.ORIGIN_HTTP, idempotency=idempotency, deadline=deadline)
+
+    def written(outcome, empty: bool = False) -> Response:
+        response = _empty(outcome.status) if empty else _json(outcome.body, outcome.status)
+        response.headers[POSITION] = outcome.position
+        return response
+
+    def wait_for_min_position() -> None:
+        token = request.headers.get(MIN_POSITION)
+        if token is not None:
+            try:
+                contacts.wait_for_position(token, config.write_timeout_ms / 1000)
+            except BadPosition as err:
+                raise model.ValidationError(MIN_POSITION, f"{MIN_POSITION}: {err}") from None
 
     @app.before_request
     def before():
@@ -71,6 +104,7 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
             denied = guard.check(request)
             if denied:
                 return _message(denied, 403)
+            g.caller = guard.caller(request)
 
     @app.after_request
     def after(response: Response):
@@ -110,7 +144,21 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.errorhandler(Unavailable)
     def unavailable(err: Unavailable):
-        return _message(f"contacts are not writable right now, retry later: {err}", 503)
+        response = _message(f"contacts are not available right now, retry later: {err}", 503)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(TooLarge)
+    def too_large(err: TooLarge):
+        return _message(str(err), 413)
+
+    @app.errorhandler(IdempotencyMismatch)
+    def idempotency_mismatch(err: IdempotencyMismatch):
+        return _message(err.message, 422, field=IDEMPOTENCY_KEY)
+
+    @app.errorhandler(WriterFailed)
+    def writer_failed(err: WriterFailed):
+        return _message(f"internal error: {err}", 500)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
@@ -127,18 +175,23 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.create")
     def create():
-        contact = contacts.create(model.validate_create(body()))
-        return _json(contact, 201)
+        fields = model.validate_create(body())
+        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
+        return written(contacts.write(commands.CREATE, payload, write_context()))
 
     @app.post("/contacts.import")
     def import_():
         payloads = model.validate_import(body())
         metrics.import_size.observe(len(payloads))
-        return _json({"data": contacts.import_(payloads)}, 201)
+        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
+        context = write_context()
+        outcome = contacts.write(commands.IMPORT, payload, WriteContext(context.actor, commands.ORIGIN_IMPORT, context.idempotency, context.deadline))
+        return written(outcome.__class__(outcome.status, {"data": outcome.body}, outcome.position))
 
     @app.post("/contacts.list")
     def list_():
         cursor, page_size = model.validate_list(body())
+        wait_for_min_position()
         page = contacts.list(cursor, page_size)
         return _json(
             {
@@ -155,24 +208,25 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     @app.post("/contacts.info")
     def info():
         kind, value = model.validate_info(body())
+        wait_for_min_position()
         contact = contacts.info(value) if kind == "id" else contacts.info_by_conversation(value)
         return _json(_with_history(contact), 200)
 
     @app.post("/contacts.update")
     def update():
         contact_id, changes = model.validate_update(body())
-        contacts.update(contact_id, changes)
-        return _empty(202)
+        return written(contacts.write(commands.UPDATE, {"id": contact_id, "changes": changes}, write_context()), empty=True)
 
     @app.post("/contacts.delete")
     def delete():
-        contacts.delete(model.validate_id(body()))
-        return _empty(202)
+        contact_id = model.validate_id(body())
+        return written(contacts.write(commands.DELETE, {"id": contact_id}, write_context()), empty=True)
 
     @app.post("/contacts.merge")
     def merge():
         source_id, destination_id = model.validate_merge(body())
-        return _json(_with_history(contacts.merge(source_id, destination_id)), 200)
+        outcome = contacts.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context())
+        return written(outcome.__class__(outcome.status, _with_history(outcome.body), outcome.position))
 
     # --- operations ----------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from flask import Request, Response
 from contacts_streams.config import Config
 
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type"
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Contacts-Min-Position"
+CORS_EXPOSED = "X-Contacts-Position"
 
 
 class Guard:
@@ -44,6 +45,20 @@ class Guard:
                 pass
         return "the token is not valid"
 
+    def caller(self, request: Request) -> str:
+        """Who the request acts for (a request that passed check()): ``system`` for the system
+        token, the JWT's ``sub``, ``anonymous`` when the API is open."""
+        if not self.enabled:
+            return "anonymous"
+        credential = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        if self._token is not None and hmac.compare_digest(credential.encode(), self._token):
+            return "system"
+        try:
+            claims = jwt.decode(credential, self._secret, algorithms=["HS256"], options={"require": []})
+        except jwt.PyJWTError:
+            return "anonymous"
+        return str(claims.get("sub") or "jwt")
+
     def _allowed_origin(self, request: Request) -> str | None:
         origin = request.headers.get("Origin")
         if not origin or not self._origins:
@@ -68,4 +83,5 @@ class Guard:
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
             response.headers.add("Vary", "Origin")

@@ -1,47 +1,62 @@
-"""What the HTTP layer asks of contacts: commands that publish, queries that read the store.
+"""What the HTTP layer asks of contacts: writes become commands for the writer, reads come
+from the own store.
 
-Every command holds the locks of the contacts and conversations it touches from the moment it
-reads the store until its record is applied, so concurrent writes never lose an update and a
-conversation never gets two contacts.
+A write's answer is built from this replica's store once it has applied what the writer
+produced for it (the reply's offsets), so a client reads its own writes on the replica that
+answered, and anywhere else with the position token.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Sequence
 
-from contacts_streams import model
-from contacts_streams.publisher import MERGED_FROM, MERGED_INTO, Outgoing, Publisher
-from contacts_streams.serialization import ContactCodec
+from contacts_streams import commands
+from contacts_streams.commands import Idempotency, Reply
+from contacts_streams.decisions import Conflict, NotFound
+from contacts_streams.materializer import Materializer
+from contacts_streams.model import ValidationError
+from contacts_streams.publisher import CommandClient, TooLarge, Unavailable
 from contacts_streams.store import Page, Store
 
+__all__ = ["Conflict", "Contacts", "IdempotencyMismatch", "NotFound", "TooLarge", "Unavailable", "WriteContext", "Written"]
 
-class NotFound(LookupError):
-    def __init__(self, message: str, merged_into: str | None = None):
+
+class IdempotencyMismatch(ValueError):
+    """The Idempotency-Key was used before with a different request body (422)."""
+
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-        self.merged_into = merged_into
 
 
-class Conflict(ValueError):
-    """The write contradicts the store (a conversation that belongs to another contact)."""
-
-    def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+class WriterFailed(RuntimeError):
+    """The writer answered 500: a bug, logged there."""
 
 
-def conversation_lock_key(conversation_id: str) -> str:
-    """The lock name of a conversation: claiming one serializes with every other claim of it."""
-    return f"conversation:{conversation_id}"
+@dataclass(frozen=True)
+class WriteContext:
+    """Who writes and how, and the request's Idempotency-Key with its body's fingerprint."""
+
+    actor: str = commands.SYSTEM
+    origin: str = commands.ORIGIN_HTTP
+    idempotency: Idempotency | None = None
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    status: int
+    body: object  # the JSON answer, None for an empty one
+    position: str  # X-Contacts-Position
 
 
 class Contacts:
-    def __init__(self, store: Store, publisher: Publisher, codec: ContactCodec):
+    def __init__(self, store: Store, client: CommandClient, materializer: Materializer):
         self._store = store
-        self._codec = codec
-        self._publisher = publisher
+        self._client = client
+        self._materializer = materializer
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -61,81 +76,76 @@ class Contacts:
     def list(self, cursor: str | None, page_size: int) -> Page:
         return self._store.page(cursor, page_size)
 
+    def wait_for_position(self, token: str, timeout: float) -> None:
+        """Return once this replica has applied the write a position token names (BadPosition
+        for a token it did not hand out, Unavailable when that takes longer than `timeout`)."""
+        offsets = commands.decode_position(token)
+        if offsets and not self._materializer.wait_applied(offsets, timeout):
+            raise Unavailable("this replica has not applied the given X-Contacts-Min-Position yet")
+
     def _not_found(self, contact_id: str, field: str = "id") -> NotFound:
         destination = self._store.merged_into(contact_id)
         if destination:
             return NotFound(f"contact {contact_id} ({field}) was merged into {destination}", merged_into=destination)
         return NotFound(f"contact {contact_id} ({field}) does not exist")
 
-    def _encode(self, contact: dict) -> bytes:
-        value = self._codec.encode_contact(contact)
-        self._store.remember(value, contact)
-        return value
+    # --- writes ------------------------------------------------------------------------------
 
-    # --- commands ----------------------------------------------------------------------------
+    def write(self, type_: str, payload: dict, context: WriteContext | None = None) -> Written:
+        """Send one write to the writer; the answer's body comes from the own store."""
+        context = context or WriteContext()
+        reply = self._client.send(
+            type_, payload, deadline=context.deadline, actor=context.actor, origin=context.origin, idempotency=context.idempotency
+        )
+        position = commands.encode_position(reply.offsets)
+        self._raise_error(reply)
+        return Written(reply.status, self._body(type_, reply), position)
 
-    def create(self, fields: dict) -> dict:
-        return self.import_([fields], operation="created", single=True)[0]
+    @staticmethod
+    def _raise_error(reply: Reply) -> None:
+        if reply.status < 300:
+            return
+        error = reply.error or {}
+        message = error.get("message", "the write was refused")
+        if reply.status == 404:
+            raise NotFound(message, merged_into=error.get("merged_into"))
+        if reply.status == 409:
+            raise Conflict(message, error.get("field", ""))
+        if reply.status == 400:
+            raise ValidationError(error.get("field", ""), message)
+        if reply.status == 413:
+            raise TooLarge(message)
+        if reply.status == 422:
+            raise IdempotencyMismatch(message)
+        raise WriterFailed(message)
 
-    def import_(self, payloads: Sequence[dict], operation: str = "imported", single: bool = False) -> list[dict]:
-        now = model.now_ms()
-        contacts = [model.new_contact(fields, str(uuid.uuid4()), now) for fields in payloads]
-        conversations = [c for contact in contacts for c in contact.get("conversations", {})]
-        keys = [c["id"] for c in contacts] + [conversation_lock_key(c) for c in conversations]
-        with self._publisher.writing(keys) as write:
-            seen: dict[str, int] = {}
-            for index, contact in enumerate(contacts):
-                prefix = "" if single else f"[{index}]."
-                for conversation_id in contact.get("conversations", {}):
-                    field = f"{prefix}conversations.{conversation_id}"
-                    if conversation_id in seen:
-                        raise Conflict(f"{field}: conversation is also given to [{seen[conversation_id]}]", field)
-                    seen[conversation_id] = index
-                    self._check_conversation_free(conversation_id, None, field)
-            write.publish([Outgoing(c["id"], self._encode(c), operation) for c in contacts])
-        return contacts
+    def _body(self, type_: str, reply: Reply):
+        if type_ == commands.CREATE:
+            contact = self._store.get(reply.ids[0])
+            if contact is None:  # a retried create of a contact deleted since
+                raise self._not_found(reply.ids[0])
+            return contact
+        if type_ == commands.IMPORT:
+            return [c for c in (self._store.get(i) for i in reply.ids) if c is not None]
+        if type_ == commands.MERGE:
+            return self.info(reply.ids[0])
+        return None
 
-    def update(self, contact_id: str, changes: dict) -> dict:
-        given = changes.get("conversations")
-        added = [c for c, source in given.items() if source != ""] if isinstance(given, dict) else []
-        keys = [contact_id] + [conversation_lock_key(c) for c in added]
-        with self._publisher.writing(keys) as write:
-            current = self._store.get(contact_id)
-            if current is None:
-                raise self._not_found(contact_id)
-            for conversation_id in added:
-                self._check_conversation_free(conversation_id, contact_id, f"conversations.{conversation_id}")
-            updated = model.apply_update(current, changes, model.now_ms())
-            if updated == current:  # apply_update leaves updated_at alone when nothing changed
-                return current
-            write.publish([Outgoing(contact_id, self._encode(updated), "updated")])
-            return updated
+    # Shorthands (tests, tools): the body, as before commands existed.
 
-    def delete(self, contact_id: str) -> None:
-        with self._publisher.writing([contact_id]) as write:
-            if self._store.get_bytes(contact_id) is None:
-                raise self._not_found(contact_id)
-            write.publish([Outgoing(contact_id, None, "deleted")])
+    def create(self, fields: dict, context: WriteContext | None = None) -> dict:
+        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
+        return self.write(commands.CREATE, payload, context).body
 
-    def merge(self, source_id: str, destination_id: str) -> dict:
-        with self._publisher.writing([source_id, destination_id]) as write:
-            source = self._store.get(source_id)
-            if source is None:
-                raise self._not_found(source_id, "source_id")
-            destination = self._store.get(destination_id)
-            if destination is None:
-                raise self._not_found(destination_id, "destination_id")
-            merged = model.merge_contacts(destination, source, model.now_ms())
-            write.publish(
-                [
-                    Outgoing(destination_id, self._encode(merged), "merged", {MERGED_FROM: source_id}),
-                    Outgoing(source_id, None, "merged_away", {MERGED_INTO: destination_id}),
-                ]
-            )
-            return merged
+    def import_(self, payloads: Sequence[dict], context: WriteContext | None = None) -> list[dict]:
+        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
+        return self.write(commands.IMPORT, payload, context).body
 
-    def _check_conversation_free(self, conversation_id: str, owner: str | None, field: str) -> None:
-        holder = self._store.contact_id_for_conversation(conversation_id)
-        if holder is not None and holder != owner:  # the store names live contacts only
-            raise Conflict(f"{field}: conversation already belongs to contact {holder}", field)
+    def update(self, contact_id: str, changes: dict, context: WriteContext | None = None) -> None:
+        self.write(commands.UPDATE, {"id": contact_id, "changes": changes}, context)
 
+    def delete(self, contact_id: str, context: WriteContext | None = None) -> None:
+        self.write(commands.DELETE, {"id": contact_id}, context)
+
+    def merge(self, source_id: str, destination_id: str, context: WriteContext | None = None) -> dict:
+        return self.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, context).body

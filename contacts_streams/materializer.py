@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from contacts_streams.config import Config
 from contacts_streams.metrics import Metrics, report_lag
@@ -131,7 +131,15 @@ class Materializer:
             log.info("waiting for the contacts topic %s", self._topic)
             time.sleep(0.5)
         partitions = sorted(topic.partitions)
-        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
+        while True:
+            try:
+                watermarks = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
+                break
+            except KafkaException as err:  # a new topic's leaders are still being elected
+                if self._stopping.is_set() or err.args[0].fatal():
+                    raise
+                log.info("waiting for the contacts topic's leaders: %s", err)
+                time.sleep(0.5)
         stored = self._store.offsets()
         reason = self._rebuild_reason(stored, watermarks)
         if reason:

@@ -43,6 +43,24 @@ class Metrics:
             registry=r,
         )
         self.store_rebuilds = Counter("contacts_store_rebuilds", "Store rebuilds from the contacts topic", ["reason"], registry=r)
+        self.writer = Gauge("contacts_writer", "1 while this replica is the writer (holds the commands partition)", registry=r)
+        self.commands = Counter("contacts_commands", "Commands the writer answered", ["type", "status"], registry=r)
+        self.writer_failed_commands = Counter(
+            "contacts_writer_failed_commands", "Commands the writer could not apply (answered 500, partition not stalled)", registry=r
+        )
+        self.writer_batch_seconds = Histogram(
+            "contacts_writer_batch_seconds",
+            "Time the writer takes for one batch of commands, decisions to commit",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.write_wait_seconds = Histogram(
+            "contacts_write_wait_seconds",
+            "Time an HTTP write waits, by stage: reply from the writer, then the own store",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
 
 
 def report_lag(consumer, metrics: Metrics, positions) -> None:

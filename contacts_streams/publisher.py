@@ -1,319 +1,219 @@
-"""Publishes contact records and returns once they are acknowledged and applied to the own store.
+"""The HTTP side of a write: sends a command to the writer, waits for its reply, then until the
+own store has applied what the writer produced (DESIGN.md, "Writes: commands and the writer").
 
-``Publisher`` is the one interface writers use (DESIGN.md, "Scaling out"): swapping it for a
-commands topic applied by a transactional consumer group is a local change.
+``CommandClient.send`` is the one way in for every HTTP write; the auto-create routers send
+their commands in their own transactions. ``ReplyListener`` reads the replies topic (assigned,
+not subscribed: every replica reads every reply) and hands each reply to the request waiting
+for it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from contacts_streams import commands, model, topics
+from contacts_streams.commands import BadCommand, Command, Idempotency, Reply
 from contacts_streams.config import Config
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-OPERATION, MERGED_INTO, MERGED_FROM = "operation", "merged_into", "merged_from"
-TRANSACTIONAL_PRODUCERS = 2
-ABORT_TIMEOUT_S = 1.0  # past it the producer is replaced, and its successor's init aborts for it
-
 
 class Unavailable(RuntimeError):
-    """The broker did not acknowledge the write in time: nothing is promised, the client may retry."""
+    """The write was not answered in time: its outcome is unknown, the client may retry (with
+    the same Idempotency-Key, safely)."""
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One record for the contacts topic: key = contact id, value None = tombstone."""
-
-    contact_id: str
-    value: bytes | None
-    operation: str
-    extra_headers: dict[str, str] = field(default_factory=dict)
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [(OPERATION, self.operation.encode())] + [(k, v.encode()) for k, v in self.extra_headers.items()]
+class TooLarge(ValueError):
+    """The write cannot be sent to the writer at all (413)."""
 
 
-class Write:
-    """One request's write: publish() shares the deadline its locks were taken under."""
+class _Waiter:
+    __slots__ = ("event", "reply", "failure")
 
-    def __init__(self, publisher: "Publisher", deadline: float):
-        self._publisher = publisher
-        self.deadline = deadline
-
-    def publish(self, records: Sequence[Outgoing]) -> None:
-        """Write records; several are one transaction (all or nothing). Returns once applied locally."""
-        self._publisher._publish(records, self.deadline)
+    def __init__(self):
+        self.event = threading.Event()
+        self.reply: Reply | None = None
+        self.failure: str | None = None
 
 
-class KeyLocks:
-    """Striped locks: writes to one contact (or conversation) are serialized, others run in parallel."""
-
-    def __init__(self, stripes: int = 1024):
-        self._locks = [threading.Lock() for _ in range(stripes)]
-
-    @contextmanager
-    def hold(self, keys: Sequence[str], deadline: float) -> Iterator[None]:
-        # Sorted stripe order: two writers that need overlapping stripes cannot deadlock.
-        stripes = sorted({hash(k) % len(self._locks) for k in keys})
-        held = []
-        try:
-            for stripe in stripes:
-                if not self._locks[stripe].acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    raise Unavailable("another write to the same contact is taking too long")
-                held.append(stripe)
-            yield
-        finally:
-            for stripe in reversed(held):
-                self._locks[stripe].release()
-
-
-class Publisher:
-    def __init__(self, config: Config, materializer: Materializer, metrics: Metrics):
+class ReplyListener:
+    def __init__(self, config: Config, metrics: Metrics):
         self._config = config
-        self._topic = config.contacts_topic
+        self._metrics = metrics
+        self._topic = topics.replies_topic(config)
+        self._waiting: dict[str, _Waiter] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Consumer | None = None
+        self.failure: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._consumer is not None and self.failure is None
+
+    def start(self) -> None:
+        """Assign the replies partition at its current end: a reply to any command sent from now
+        on lies beyond it. Raises when the broker cannot say where the end is (the caller retries)."""
+        consumer = Consumer(
+            self._config.kafka(
+                **{
+                    "group.id": f"{self._config.application_id}-replies-{self._config.instance_id}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 50,
+                    "fetch.error.backoff.ms": 50,
+                }
+            )
+        )
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, 0), timeout=10)
+            consumer.assign([TopicPartition(self._topic, 0, high)])
+        except KafkaException:
+            consumer.close()
+            raise
+        self._consumer = consumer
+        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def expect(self, command_id: str) -> _Waiter:
+        waiter = _Waiter()
+        with self._lock:
+            self._waiting[command_id] = waiter
+        return waiter
+
+    def forget(self, command_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(command_id, None)
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        try:
+            while not self._stopping.is_set():
+                for msg in consumer.consume(1000, 0.1):
+                    if msg.error() is not None:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("replies: %s", msg.error())
+                        continue
+                    key = msg.key()
+                    with self._lock:
+                        waiter = self._waiting.pop(key.decode("utf-8", "replace"), None) if key else None
+                    if waiter is None:
+                        continue  # another replica's, or one nobody waits for any more
+                    try:
+                        waiter.reply = Reply.decode(msg.value())
+                    except BadCommand as err:
+                        waiter.failure = str(err)
+                    waiter.event.set()
+        except BaseException as err:
+            log.exception("reply listener stopped")
+            self.failure = err
+        finally:
+            consumer.close()
+
+
+class CommandClient:
+    def __init__(self, config: Config, listener: ReplyListener, materializer: Materializer, metrics: Metrics):
+        self._config = config
+        self._topic = topics.commands_topic(config)
+        self._listener = listener
         self._materializer = materializer
         self._metrics = metrics
         self._timeout = config.write_timeout_ms / 1000
-        self.locks = KeyLocks()
         self._producer = Producer(
             config.kafka(
                 **{
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
-                    # Java's partitioner, so JVM services of the platform agree on partitions.
-                    "partitioner": "murmur2_random",
+                    "message.max.bytes": topics.COMMANDS_MAX_MESSAGE_BYTES,
                     "message.timeout.ms": config.write_timeout_ms,
                 }
             )
         )
-        self._transactional: queue.Queue[Producer] = queue.Queue()
-        self._transactional_lock = threading.Lock()
-        # Slot numbers name transactional ids: a replaced producer's slot is reused, never shared.
-        self._free_slots = list(range(TRANSACTIONAL_PRODUCERS))
-        self._slot_of: dict[int, int] = {}
-        self._fence_lock = threading.Lock()
-        self._unapplied: dict[int, int] = {}
-        self._in_flight = 0
         self._stopping = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
+        self._poller = threading.Thread(target=self._poll, name="command-producer-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
         while not self._stopping.is_set():
             self._producer.poll(0.05)
 
-    @contextmanager
-    def writing(self, keys: Sequence[str]) -> Iterator["Write"]:
-        """Hold the locks of `keys` and give a Write whose every step shares one deadline, so a
-        request answers within WRITE_TIMEOUT_MS (plus an abort's margin) whatever goes wrong."""
-        deadline = time.monotonic() + self._timeout
-        with self.locks.hold(keys, deadline):
-            self._wait_fence(deadline)
-            yield Write(self, deadline)
+    def deadline(self) -> float:
+        """A request's deadline (monotonic) when it starts: every step of its write shares it."""
+        return time.monotonic() + self._timeout
 
-    def _wait_fence(self, deadline: float) -> None:
-        """A write the broker took but the store has not shown yet (its request answered 503) may
-        still land: no writer reads the store before it has, or it would undo that write."""
-        while True:
-            with self._fence_lock:
-                unapplied, in_flight = dict(self._unapplied), self._in_flight
-            if not unapplied and not in_flight:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Unavailable("an earlier write is still not applied to the store")
-            if unapplied and self._materializer.wait_applied(unapplied, min(remaining, 0.1)):
-                with self._fence_lock:
-                    for partition, offset in unapplied.items():
-                        if self._unapplied.get(partition) == offset:
-                            del self._unapplied[partition]
-            elif not unapplied:
-                time.sleep(min(remaining, 0.01))
-
-    def _fence(self, positions: dict[int, int]) -> None:
-        with self._fence_lock:
-            for partition, offset in positions.items():
-                self._unapplied[partition] = max(self._unapplied.get(partition, -1), offset)
-
-    def _publish(self, records: Sequence[Outgoing], deadline: float) -> None:
-        if len(records) == 1:
-            positions = self._produce_one(records[0], deadline)
-        else:
-            positions = self._produce_transaction(records, deadline)
-        if not self._materializer.wait_applied(positions, max(0.0, deadline - time.monotonic())):
-            self._fence(positions)
-            self._metrics.produce_errors.labels(reason="apply_timeout").inc()
-            raise Unavailable("the write was acknowledged but the store did not apply it in time")
-
-    def _produce_one(self, record: Outgoing, deadline: float) -> dict[int, int]:
-        done = threading.Event()
-        outcome: list = []
-        abandoned = threading.Event()
-
-        def delivered(err, msg):
-            outcome.append((err, msg.partition(), msg.offset()))
-            done.set()
-            if abandoned.is_set():  # its request already answered 503: fence what landed
-                if err is None:
-                    self._fence({msg.partition(): msg.offset()})
-                with self._fence_lock:
-                    self._in_flight -= 1
-
-        try:
-            self._producer.produce(
-                self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
-            )
-        except (BufferError, KafkaException) as err:
-            self._metrics.produce_errors.labels(reason="enqueue").inc()
-            raise Unavailable(f"the broker cannot take writes now: {err}") from err
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            with self._fence_lock:
-                if not done.is_set():
-                    self._in_flight += 1
-                    abandoned.set()
-            if abandoned.is_set():
-                self._metrics.produce_errors.labels(reason="timeout").inc()
-                raise Unavailable("the broker did not acknowledge the write in time")
-        err, partition, offset = outcome[0]
-        if err is not None:
-            self._metrics.produce_errors.labels(reason="delivery").inc()
-            raise Unavailable(f"the broker did not acknowledge the write: {err.str()}")
-        return {partition: offset}
-
-    def _produce_transaction(self, records: Sequence[Outgoing], deadline: float) -> dict[int, int]:
-        producer = self._take_transactional(deadline)
-        positions: dict[int, int] = {}
-        failures: list = []
-
-        def delivered(err, msg):
-            if err is not None:
-                failures.append(err)
-            else:
-                positions[msg.partition()] = max(positions.get(msg.partition(), -1), msg.offset())
-
-        healthy = True
-        try:
-            producer.begin_transaction()
-            for record in records:
-                producer.produce(
-                    self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
-                )
-            # commit_transaction flushes, which serves every delivery report.
-            producer.commit_transaction(max(0.1, deadline - time.monotonic()))
-            if failures or not positions:
-                raise Unavailable(f"the transaction committed without every acknowledgement: {failures}")
-            return positions
-        except (KafkaException, BufferError) as err:
-            self._metrics.produce_errors.labels(reason="transaction").inc()
-            healthy = self._abort(producer, err)
-            self._fence(positions)  # if the commit did land after all, the store must show it first
-            raise Unavailable(f"the broker did not commit the write: {err}") from err
-        finally:
-            if healthy:
-                self._transactional.put(producer)
-            else:
-                self._release_slot(producer)
-                threading.Thread(target=self._replace_transactional, name="producer-replace", daemon=True).start()
-
-    def _abort(self, producer: Producer, err: Exception) -> bool:
-        """Abort after a failure; False when the producer is unusable and must be replaced."""
-        kafka_error = err.args[0] if isinstance(err, KafkaException) and err.args else None
-        if kafka_error is not None and kafka_error.fatal():
-            return False
-        try:
-            producer.abort_transaction(ABORT_TIMEOUT_S)
-            return True
-        except KafkaException as abort_err:
-            log.warning("abort failed, replacing the transactional producer: %s", abort_err)
-            return False
-
-    def start(self) -> None:
-        """Open the transactional producers now: their init fences transactions a crashed
-        predecessor left open, which would otherwise hold back every read_committed reader."""
-        opened = []
-        while (slot := self._reserve_slot()) is not None:
-            opened.append(self._new_transactional(slot))
-        for producer in opened:
-            self._transactional.put(producer)
-
-    def _replace_transactional(self) -> None:
-        """Open a successor for a dropped producer right away: its init_transactions aborts what
-        the dropped one left open, which would otherwise hold every read_committed reader of its
-        partitions (this store included) back until the transaction times out."""
-        while not self._stopping.is_set():
-            slot = self._reserve_slot()
-            if slot is None:
-                return
-            try:
-                self._transactional.put(self._new_transactional(slot))
-                return
-            except Unavailable as err:
-                log.warning("cannot replace a transactional producer yet: %s", err)
-                time.sleep(1)
-
-    def _reserve_slot(self) -> int | None:
-        with self._transactional_lock:
-            return self._free_slots.pop() if self._free_slots else None
-
-    def _release_slot(self, producer: Producer) -> None:
-        with self._transactional_lock:
-            self._free_slots.append(self._slot_of[id(producer)])
-
-    def _take_transactional(self, deadline: float) -> Producer:
-        try:
-            return self._transactional.get_nowait()
-        except queue.Empty:
-            pass
-        slot = self._reserve_slot()
-        if slot is not None:
-            return self._new_transactional(slot, max(0.1, deadline - time.monotonic()))
-        try:
-            return self._transactional.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise Unavailable("all transactional producers are busy") from None
-
-    def _new_transactional(self, slot: int, timeout: float | None = None) -> Producer:
-        producer = Producer(
-            self._config.kafka(
-                **{
-                    # A stable id per instance and slot: a restarted instance fences the
-                    # transactions its crashed predecessor left open.
-                    "transactional.id": f"{self._config.application_id}-{self._config.instance_id}-writer-{slot}",
-                    "acks": "all",
-                    "linger.ms": 1,
-                    "partitioner": "murmur2_random",
-                    "transaction.timeout.ms": max(60_000, self._config.write_timeout_ms * 2),
-                    "message.timeout.ms": self._config.write_timeout_ms,
-                }
-            )
+    def send(
+        self,
+        type_: str,
+        payload: dict,
+        deadline: float | None = None,
+        actor: str = commands.SYSTEM,
+        origin: str = commands.ORIGIN_HTTP,
+        idempotency: Idempotency | None = None,
+    ) -> Reply:
+        """Send a command and return the writer's reply once the own store has applied what it
+        produced. Raises Unavailable when that does not happen by the deadline, TooLarge when
+        the command cannot be sent."""
+        deadline = deadline if deadline is not None else self.deadline()
+        remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+        command = Command.new(
+            type_,
+            payload,
+            sender=self._config.instance_id,
+            deadline_ms=model.now_ms() + remaining_ms,
+            actor=actor,
+            origin=origin,
+            idempotency=idempotency,
         )
-        self._slot_of[id(producer)] = slot
+        raw = command.encode()
+        if len(raw) > commands.MAX_COMMAND_BYTES:
+            raise TooLarge(f"the write is {len(raw)} bytes as a command, more than the {commands.MAX_COMMAND_BYTES} the service takes")
+        started = time.perf_counter()
+        waiter = self._listener.expect(command.id)
         try:
-            producer.init_transactions(timeout or self._timeout)
-        except KafkaException as err:
-            self._release_slot(producer)
-            self._metrics.produce_errors.labels(reason="init_transactions").inc()
-            raise Unavailable(f"the broker cannot start transactions now: {err}") from err
-        return producer
+
+            def delivered(err, _msg):
+                if err is not None:
+                    waiter.failure = f"the broker did not take the write: {err.str()}"
+                    waiter.event.set()
+
+            try:
+                self._producer.produce(self._topic, key=command.id.encode(), value=raw, on_delivery=delivered)
+            except (BufferError, KafkaException) as err:
+                self._metrics.produce_errors.labels(reason="command").inc()
+                raise Unavailable(f"the broker cannot take writes now: {err}") from err
+            if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
+                self._metrics.produce_errors.labels(reason="no_reply").inc()
+                raise Unavailable("the writer did not answer in time; the outcome of the write is unknown")
+        finally:
+            self._listener.forget(command.id)
+        if waiter.failure is not None or waiter.reply is None:
+            self._metrics.produce_errors.labels(reason="command").inc()
+            raise Unavailable(waiter.failure or "no reply")
+        reply = waiter.reply
+        replied = time.perf_counter()
+        self._metrics.write_wait_seconds.labels(stage="reply").observe(replied - started)
+        if reply.status == 503:
+            raise Unavailable((reply.error or {}).get("message", "the writer could not apply the write"))
+        if reply.offsets and not self._materializer.wait_applied(reply.offsets, max(0.0, deadline - time.monotonic())):
+            self._metrics.produce_errors.labels(reason="apply_timeout").inc()
+            raise Unavailable("the write is committed but this replica's store did not apply it in time")
+        self._metrics.write_wait_seconds.labels(stage="store").observe(time.perf_counter() - replied)
+        return reply
 
     def close(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._poller.join(timeout)
         self._producer.flush(timeout)
-        while True:
-            try:
-                self._transactional.get_nowait()
-            except queue.Empty:
-                break

@@ -1,4 +1,5 @@
-"""The running service: store, materializer, publisher and auto-create, started and stopped together."""
+"""The running service: store, materializer, reply listener and command client, the writer and
+the conversation router, started and stopped together."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
-from contacts_streams.publisher import Publisher
+from contacts_streams.publisher import CommandClient, ReplyListener
 from contacts_streams.serialization import ContactCodec
 from contacts_streams.store import Store
 from contacts_streams.topics import ensure_topics
+from contacts_streams.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,16 @@ class Service:
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
         self.materializer = Materializer(config, self.store, self.metrics)
-        self.publisher = Publisher(config, self.materializer, self.metrics)
-        self.contacts = Contacts(self.store, self.publisher, self.codec)
-        self.auto_create = self.router = None
+        self.replies = ReplyListener(config, self.metrics)
+        self.publisher = CommandClient(config, self.replies, self.materializer, self.metrics)
+        self.contacts = Contacts(self.store, self.publisher, self.materializer)
+        # Every replica runs a writer; the one that holds the commands partition applies.
+        self.writer = Writer(config, self.store, self.materializer, self.metrics, self.codec)
+        self.router = None
         if config.auto_create_enabled:
-            from contacts_streams.auto_create import AutoCreate, ConversationRouter
+            from contacts_streams.auto_create import ConversationRouter
 
             self.router = ConversationRouter(config, self.store, self.metrics)
-            self.auto_create = AutoCreate(config, self.store, self.publisher, self.materializer, self.metrics, self.codec)
         self._start_error: BaseException | None = None
         self._closed = False
 
@@ -61,7 +65,7 @@ class Service:
         while not self._closed:
             try:
                 ensure_topics(self.config)
-                self.publisher.start()
+                self.replies.start()
                 break
             except FatalError as err:
                 self.fatal = err
@@ -92,6 +96,8 @@ class Service:
             return False, f"broker unreachable: {self._start_error}"
         if not self.materializer.ready:
             return False, self.materializer.status()
+        if not self.replies.ready:
+            return False, "reply listener not started"
         for loop in self._loops():
             if not loop.ready:
                 return False, loop.status()
@@ -102,21 +108,26 @@ class Service:
             return False, f"cannot start: {self.fatal}"
         if self.materializer.failure is not None:
             return False, self.materializer.status()
+        if self.replies.failure is not None:
+            return False, f"reply listener failed: {self.replies.failure}"
         for loop in self._loops():
             if loop.failure is not None:
                 return False, loop.status()
         return True, "alive"
 
     def _loops(self) -> list:
-        return [loop for loop in (self.router, self.auto_create) if loop is not None]
+        return [loop for loop in (self.writer, self.router) if loop is not None]
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for loop in self._loops():
+        # The router first (its last commands reach the writer), then the writer: its consumer
+        # leaves the group, so another replica takes over at once instead of after a session.
+        for loop in reversed(self._loops()):
             loop.stop()
         self.publisher.close()
+        self.replies.stop()
         self.materializer.stop()
         self.store.close()
         log.info("closed")
