@@ -120,16 +120,23 @@ class Contacts:
         raise WriterFailed(message)
 
     def _body(self, type_: str, reply: Reply):
+        # The store has applied at least this write; later writes may have changed the contacts
+        # since (a concurrent merge, a retried create of a contact edited since): the answer
+        # shows the contact as it is now, where it lives now.
         if type_ == commands.CREATE:
-            contact = self._store.get(reply.ids[0])
-            if contact is None:  # a retried create of a contact deleted since
-                raise self._not_found(reply.ids[0])
-            return contact
+            return self._current(reply.ids[0])
         if type_ == commands.IMPORT:
-            return [c for c in (self._store.get(i) for i in reply.ids) if c is not None]
+            return [self._current(i) for i in reply.ids]
         if type_ == commands.MERGE:
-            return self.info(reply.ids[0])
+            return self._current(reply.ids[0])
         return None
+
+    def _current(self, contact_id: str) -> dict:
+        contact = self._store.get(contact_id)
+        if contact is None:
+            home = self._store.merged_into(contact_id)
+            contact = self._store.get(home) if home else None
+        return contact if contact is not None else {"id": contact_id}
 
     # Shorthands (tests, tools): the body, as before commands existed.
 

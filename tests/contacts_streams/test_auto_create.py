@@ -135,7 +135,7 @@ def test_replay_restart_and_a_second_instance_create_nothing_twice(airy, make_co
 
     # A replay from the start under a new group: every conversation has its contact already.
     replay = start_service(make_config(auto_create_enabled=True, application_id=airy.config.application_id + "-replay", instance_id="replay"))
-    wait_for(lambda: replay.auto_create.ready, what="replaying consumer assigned")
+    wait_for(lambda: replay.router.ready, what="replaying consumer assigned")
     time.sleep(3)  # the replaying group reads all 240 messages in far less
     assert replay.store.count() == 60
     created = [cid for cid, op in airy.contact_records() if op == "auto_created"]
@@ -207,7 +207,7 @@ def test_a_poison_record_is_skipped_counted_and_its_neighbours_kept(airy, start_
     text = _metrics(service)
     poisoned = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("contacts_poison_records_total{"))
     assert poisoned == 3
-    assert service.auto_create.failure is None
+    assert service.router.failure is None and service.writer.failure is None
 
 
 def test_the_switch_off_creates_nothing(airy, make_config, start_service):
@@ -216,7 +216,7 @@ def test_the_switch_off_creates_nothing(airy, make_config, start_service):
         airy.message(conversation_id, source)
     airy.flush()
     off = start_service(make_config(auto_create_enabled=False))
-    assert off.auto_create is None
+    assert off.router is None
     time.sleep(2)
     assert off.store.count() == 0
     assert airy.contact_records() == []
