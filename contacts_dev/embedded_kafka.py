@@ -121,6 +121,19 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+@dataclass(frozen=True)
+class Listener:
+    """An extra client listener of a KraftBroker: its name, security protocol and the settings
+    of that listener (written as ``listener.name.<name>.<key>``), e.g. a SASL_SSL one::
+
+        Listener("SECURE", "SASL_SSL", {"sasl.enabled.mechanisms": "PLAIN", ...})
+    """
+
+    name: str
+    protocol: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+
 class KraftBroker:
     """A single-node KRaft broker that can be stopped and started again on the same ports and
     data folder (fault tests take it away under load and bring it back)::
@@ -129,14 +142,21 @@ class KraftBroker:
         broker.stop(kill=True)   # SIGKILL (a crash) or SIGTERM (a controlled shutdown)
         broker.start()           # same ports, same log.dirs, same cluster id
         broker.close()           # stop and delete the data folder
+
+    Extra listeners (``listeners=[Listener(...)]``) serve clients beside PLAINTEXT, which stays
+    the inter-broker and readiness listener; ``broker.bootstrap(name)`` is a listener's address.
     """
 
-    def __init__(self, log_dir: Path | None = None):
+    def __init__(self, log_dir: Path | None = None, listeners: tuple[Listener, ...] | list[Listener] = ()):
         libs = kafka_jars()
         self._jvm = [_java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC"]
         self.data = Path(tempfile.mkdtemp(prefix="contacts-kafka-"))
         self.port, self.controller_port = _free_port(), _free_port()
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        self.listener_ports = {listener.name: _free_port() for listener in listeners}
+        extra = "".join(f",{name}://127.0.0.1:{port}" for name, port in self.listener_ports.items())
+        protocols = "".join(f",{listener.name}:{listener.protocol}" for listener in listeners)
+        listener_props = [f"listener.name.{l.name.lower()}.{k}={v}" for l in listeners for k, v in l.properties.items()]
         self.log_file = _ensure(log_dir or Path(tempfile.gettempdir())) / f"contacts-kafka-{self.port}.log"
         self._proc: subprocess.Popen | None = None
         props = self.data / "server.properties"
@@ -146,10 +166,10 @@ class KraftBroker:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}{extra}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}{extra}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={self.data / 'logs'}",
                     # Single node: internal topics with one replica, or transactions and groups hang.
@@ -164,6 +184,7 @@ class KraftBroker:
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
                     "log.cleaner.backoff.ms=1000",
+                    *listener_props,
                 ]
             )
             + "\n"
@@ -177,6 +198,10 @@ class KraftBroker:
         if fmt.returncode != 0:
             shutil.rmtree(self.data, ignore_errors=True)
             raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+
+    def bootstrap(self, listener: str) -> str:
+        """The address of an extra listener (by name)."""
+        return f"127.0.0.1:{self.listener_ports[listener]}"
 
     @property
     def running(self) -> bool:

@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from contacts_streams.kafka_security import PLATFORM_KEYSTORE, PLATFORM_TRUSTSTORE, SecurityConfigError, settings_from_env
+
 
 class ConfigError(ValueError):
     """A variable is missing or malformed; the message names it."""
@@ -29,6 +31,11 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("KAFKA_BROKERS", "localhost:9092", "Kafka bootstrap servers (comma-separated host:port)"),
         Setting("KAFKA_SCHEMA_REGISTRY_URL", "", "Schema Registry URL; empty: Avro single-object encoding"),
+        Setting("AUTH_JAAS", "", "SASL PLAIN over TLS: a JAAS line `...PlainLoginModule required username=\"u\" password=\"p\";`"),
+        Setting("KAFKA_KEY_TRUST_SECRET", "", "certificate auth (mTLS): password of the truststore, keystore and key; wins over AUTH_JAAS"),
+        Setting("KAFKA_TRUSTSTORE_LOCATION", PLATFORM_TRUSTSTORE, "with KAFKA_KEY_TRUST_SECRET: the CA certificates (JKS, PKCS12 or PEM)"),
+        Setting("KAFKA_KEYSTORE_LOCATION", PLATFORM_KEYSTORE, "with KAFKA_KEY_TRUST_SECRET: the client key and certificate (PKCS12 or PEM)"),
+        Setting("KAFKA_CONFIG_<NAME>", "", "any librdkafka property, dots as underscores (KAFKA_CONFIG_SSL_CA_LOCATION: ssl.ca.location)"),
         Setting("KAFKA_COMMIT_INTERVAL_MS", "100", "longest time the auto-create consumer keeps a transaction open"),
         Setting("systemToken", "", "system token accepted as `Authorization: Bearer <token>`"),
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
@@ -55,8 +62,8 @@ class Config:
     kafka_brokers: str = "localhost:9092"
     schema_registry_url: str | None = None
     commit_interval_ms: int = 100
-    system_token: str | None = None
-    jwt_secret: str | None = None
+    system_token: str | None = field(default=None, repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     contacts_topic: str = "application.communication.contacts"
     messages_topic: str = "application.communication.messages"
@@ -71,6 +78,8 @@ class Config:
     auto_create_enabled: bool = True
     log_format: str = "text"
     log_level: str = "INFO"
+    # librdkafka settings from AUTH_JAAS, KAFKA_KEY_TRUST_SECRET and KAFKA_CONFIG_<NAME> (a
+    # KafkaSettings: its repr hides passwords).
     extra_kafka: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -114,6 +123,10 @@ class Config:
         if registry and not registry.startswith(("http://", "https://")):
             raise ConfigError(f"KAFKA_SCHEMA_REGISTRY_URL must be an http(s) URL, got {registry!r}")
         origins = tuple(o.strip() for o in get("allowedOrigins").split(",") if o.strip())
+        try:
+            extra_kafka = settings_from_env(env)
+        except SecurityConfigError as err:
+            raise ConfigError(str(err)) from None
         return cls(
             kafka_brokers=required("KAFKA_BROKERS"),
             schema_registry_url=registry or None,
@@ -134,11 +147,14 @@ class Config:
             auto_create_enabled=boolean("AUTO_CREATE_ENABLED"),
             log_format=one_of("LOG_FORMAT", ("text", "json")),
             log_level=one_of("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), fold=str.upper),
+            extra_kafka=extra_kafka,
         )
 
     def kafka(self, **overrides) -> dict:
-        """librdkafka settings shared by every client of this service; its logs go through
-        Python's logging (and so LOG_FORMAT) instead of straight to stderr."""
+        """librdkafka settings shared by every client of this service (consumers, producers,
+        admin), security included; its logs go through Python's logging (and so LOG_FORMAT)
+        instead of straight to stderr. A client's own overrides win: they are what its
+        guarantees rest on (idempotence, isolation, transactional ids)."""
         return {
             "bootstrap.servers": self.kafka_brokers,
             "log_level": 4,

@@ -10,6 +10,7 @@ from typing import Callable
 
 from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
+from contacts_streams.kafka_security import BrokerRefused, StartupErrors
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import Publisher
@@ -18,6 +19,8 @@ from contacts_streams.store import Store
 from contacts_streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+# One start attempt against the broker; readiness names the reason after each failed one.
+START_ATTEMPT_S = 10.0
 
 
 class FatalError(RuntimeError):
@@ -60,7 +63,10 @@ class Service:
     def _start(self) -> None:
         while not self._closed:
             try:
-                ensure_topics(self.config)
+                try:
+                    ensure_topics(self.config, timeout=START_ATTEMPT_S, errors=StartupErrors())
+                except BrokerRefused as refused:
+                    raise FatalError(str(refused)) from None
                 self.publisher.start()
                 break
             except FatalError as err:

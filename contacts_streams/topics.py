@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from contacts_streams.config import Config
+from contacts_streams.kafka_security import BrokerRefused, StartupErrors
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +17,12 @@ log = logging.getLogger(__name__)
 REPARTITION_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
-def ensure_topics(config: Config, timeout: float = 30.0) -> None:
-    """The compacted contacts topic and, with auto-create on, its repartition topic."""
+def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors | None = None) -> None:
+    """The compacted contacts topic and, with auto-create on, its repartition topic.
+
+    This is the service's first call to the broker. With `errors`, what librdkafka reports
+    meanwhile is judged: refused credentials or certificates raise BrokerRefused within about a
+    second instead of being retried (a metadata call only ever says "transport failure")."""
     from contacts_streams.auto_create import repartition_topic
 
     wanted = [
@@ -36,8 +42,8 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> None:
                 config={"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)},
             )
         )
-    admin = AdminClient(config.kafka())
-    existing = admin.list_topics(timeout=timeout).topics
+    admin = AdminClient(config.kafka(**({"error_cb": errors} if errors is not None else {})))
+    existing = _list_topics(admin, timeout, errors)
     missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:
         return
@@ -48,3 +54,16 @@ def ensure_topics(config: Config, timeout: float = 30.0) -> None:
         except KafkaException as err:
             if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+
+
+def _list_topics(admin: AdminClient, timeout: float, errors: StartupErrors | None) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic()))).topics
+        except KafkaException:
+            if errors is None or time.monotonic() >= deadline:
+                raise
+            admin.poll(0)  # serves error_cb
+            if errors.fatal is not None:
+                raise BrokerRefused(errors.fatal) from None
