@@ -324,3 +324,15 @@ def test_without_persistence_the_state_dir_is_an_empty_dir(helm):
     mount = container(docs)["volumeMounts"][0]
     assert mount["mountPath"] == "/var/lib/contacts-streams"
     assert "emptyDir" in volumes[mount["name"]]
+
+
+def test_certificate_auth_mounts_the_platforms_certificates(helm, rendered):
+    assert all(m["name"] != "kafka-config-certs" for m in container(rendered)["volumeMounts"])
+    for extra in ([], ["--set", "persistence.enabled=false"]):
+        docs = helm.template(*ON, "--set", "global.kafkaCertAuth=true", *extra)
+        mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+        assert mounts["kafka-config-certs"]["mountPath"] == "/opt/kafka/certs" and mounts["kafka-config-certs"]["readOnly"] is True
+        assert "state" in mounts
+        volumes = {v["name"]: v for v in only(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-config-certs"]["configMap"]["name"] == "kafka-config-certs"
+        assert ("state" in volumes) == bool(extra)
