@@ -397,7 +397,10 @@ def scrub(text: str, settings: Mapping[str, str]) -> str:
 # _TRANSPORT): SASL failures as _AUTHENTICATION, a broker certificate that does not verify as _SSL
 # ("certificate verify failed"), and a client certificate the broker refuses as a TLS alert,
 # which arrives after the handshake and so as _TRANSPORT.
-_TRANSIENT = re.compile(r"broker handle destroyed|timed out|disconnected|connection (refused|reset)", re.IGNORECASE)
+_TRANSIENT = re.compile(
+    r"broker handle destroyed|timed out|disconnected|connection (refused|reset|closed)|reset by peer|broken pipe|unexpected eof",
+    re.IGNORECASE,
+)
 _CLIENT_CERT_REFUSED = re.compile(r"alert (bad certificate|unknown ca|certificate (unknown|expired|revoked|unsupported)|access denied)", re.IGNORECASE)
 
 
@@ -426,12 +429,10 @@ class StartupErrors:
     def __init__(self):
         self._lock = threading.Lock()
         self.fatal: str | None = None
-        self.last: str | None = None
 
     def __call__(self, error: KafkaError) -> None:
         cause = fatal_cause(error)
         with self._lock:
-            self.last = error.str()
             if cause is not None and self.fatal is None:
                 self.fatal = cause
 

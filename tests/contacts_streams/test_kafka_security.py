@@ -300,6 +300,7 @@ PLAINTEXT_PORT = "ssl://127.0.0.1:47571/bootstrap: SSL handshake failed: Disconn
         (KafkaError._TRANSPORT, PLAINTEXT_PORT, None),
         (KafkaError._AUTHENTICATION, "sasl_ssl://h:9093/1: SASL authentication error: SaslAuthenticateRequest failed: Local: Broker handle destroyed", None),
         (KafkaError._SSL, "ssl://h:9093/1: SSL transport error: Disconnected", None),
+        (KafkaError._SSL, "ssl://h:9093/bootstrap: SSL handshake failed: error:0A000126:SSL routines::unexpected eof while reading", None),
         (KafkaError._RESOLVE, "h:9093/bootstrap: Failed to resolve 'h:9093': Name or service not known", None),
     ],
 )
