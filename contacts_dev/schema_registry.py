@@ -16,6 +16,7 @@ everything when stopped), and can be stopped and started again on the same port 
     registry = Registry().start()
     registry.url            # http://127.0.0.1:<port>
     registry.stop()         # SIGTERM; start() again: same port, empty registry
+    registry.pause()        # SIGSTOP: hangs with its schemas kept; resume() (SIGCONT)
     registry.close()
 
 As a program: ``python -m contacts_dev.schema_registry build`` builds it and prints its path;
@@ -180,6 +181,16 @@ class Registry:
             proc.wait()
 
     close = stop
+
+    def pause(self) -> None:
+        """SIGSTOP: it keeps its port and schemas but answers nothing (connections hang), as a
+        registry that is stuck would; resume() lets it answer again."""
+        assert self._proc is not None and self.running
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     # The few REST calls the tests make directly (Confluent's API; the registry's own client is
     # confluent-kafka's SchemaRegistryClient).
