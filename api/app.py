@@ -18,12 +18,14 @@ from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.contacts import Conflict, NotFound
 from contacts_streams.publisher import Unavailable
+from contacts_streams.serialization import RegistryError
 from contacts_streams.service import Service
 from contacts_streams.store import BadCursor
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+RETRY_AFTER_S = 2
 
 
 def _json(body, status: int) -> Response:
@@ -109,8 +111,11 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         return _message(err.message, 409, field=err.field)
 
     @app.errorhandler(Unavailable)
-    def unavailable(err: Unavailable):
-        return _message(f"contacts are not writable right now, retry later: {err}", 503)
+    @app.errorhandler(RegistryError)  # the record may be fine: the registry did not answer in time
+    def unavailable(err: Exception):
+        response = _message(f"contacts are not available right now, retry later: {err}", 503)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):

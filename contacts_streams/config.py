@@ -36,6 +36,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("KAFKA_TRUSTSTORE_LOCATION", PLATFORM_TRUSTSTORE, "with KAFKA_KEY_TRUST_SECRET: the CA certificates (JKS, PKCS12 or PEM)"),
         Setting("KAFKA_KEYSTORE_LOCATION", PLATFORM_KEYSTORE, "with KAFKA_KEY_TRUST_SECRET: the client key and certificate (PKCS12 or PEM)"),
         Setting("KAFKA_CONFIG_<NAME>", "", "any librdkafka property, dots as underscores (KAFKA_CONFIG_SSL_CA_LOCATION: ssl.ca.location)"),
+        Setting(
+            "SCHEMA_REGISTRY_CHECK_MS",
+            "30000",
+            "with a registry: how long a registration of the contact schema is trusted; the next write after it registers again "
+            "(a registry that lost it gets it back) and answers 503 if the registry cannot be reached",
+        ),
         Setting("KAFKA_COMMIT_INTERVAL_MS", "100", "longest time the auto-create consumer keeps a transaction open"),
         Setting("systemToken", "", "system token accepted as `Authorization: Bearer <token>`"),
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
@@ -61,6 +67,7 @@ SETTINGS: dict[str, Setting] = {
 class Config:
     kafka_brokers: str = "localhost:9092"
     schema_registry_url: str | None = None
+    schema_registry_check_ms: int = 30_000
     commit_interval_ms: int = 100
     system_token: str | None = field(default=None, repr=False)
     jwt_secret: str | None = field(default=None, repr=False)
@@ -130,6 +137,7 @@ class Config:
         return cls(
             kafka_brokers=required("KAFKA_BROKERS"),
             schema_registry_url=registry or None,
+            schema_registry_check_ms=integer("SCHEMA_REGISTRY_CHECK_MS", 100, 86_400_000),
             commit_interval_ms=integer("KAFKA_COMMIT_INTERVAL_MS", 1, 600_000),
             system_token=get("systemToken") or None,
             jwt_secret=get("jwtSecret") or None,

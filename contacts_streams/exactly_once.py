@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from contacts_streams.config import Config
 from contacts_streams.metrics import Metrics, report_lag
+from contacts_streams.serialization import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -217,4 +218,8 @@ class ExactlyOnceLoop:
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s consumer: %s", self.name, error)
             if real:
-                self.process(consumer, producer, real)
+                try:
+                    self.process(consumer, producer, real)
+                except RegistryError as err:  # the records may be fine: read them again later
+                    time.sleep(1)
+                    raise Restart(f"waiting for the schema registry: {err}") from err

@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from contacts_streams.config import Config
 from contacts_streams.metrics import Metrics, report_lag
+from contacts_streams.serialization import RegistryError
 from contacts_streams.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ class Materializer:
             headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (msg.headers() or [])}
             records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
         if records:
-            applied = self._store.apply(self._topic, records, on_poison=self._poisoned)
+            applied = self._apply(records)
+            if applied is None:
+                return
             self.applied_since_start += applied
             self._metrics.records_applied.inc(applied)
             self._metrics.store_contacts.set(self._store.count())
@@ -196,6 +199,17 @@ class Materializer:
                     self._applied[partition] = max(self._applied.get(partition, 0), end)
                     self._caught_up.add(partition)
                 self._changed.notify_all()
+
+    def _apply(self, records: list[Record]) -> int | None:
+        """Apply records; a record whose writer schema the registry cannot give right now is
+        retried (not skipped as poison): the store waits for the registry. None when stopping."""
+        while True:
+            try:
+                return self._store.apply(self._topic, records, on_poison=self._poisoned)
+            except RegistryError as err:  # nothing of the batch was written
+                log.warning("the store waits for the schema registry: %s", err)
+                if self._stopping.wait(1.0):
+                    return None
 
     def _poisoned(self, record: Record, _err: Exception) -> None:
         self._metrics.poison_records.labels(topic=self._topic).inc()

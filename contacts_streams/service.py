@@ -14,7 +14,7 @@ from contacts_streams.kafka_security import BrokerRefused, StartupErrors
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import Publisher
-from contacts_streams.serialization import ContactCodec
+from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
 from contacts_streams.store import Store
 from contacts_streams.topics import ensure_topics
 
@@ -37,7 +37,7 @@ class Service:
         self._on_fatal = on_fatal
         self.fatal: FatalError | None = None
         self.metrics = metrics or Metrics()
-        self.codec = ContactCodec(registry_url=config.schema_registry_url, subject=f"{config.contacts_topic}-value")
+        self.codec = _contact_codec(config)
         self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec)
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
@@ -68,6 +68,7 @@ class Service:
                 except BrokerRefused as refused:
                     raise FatalError(str(refused)) from None
                 self.publisher.start()
+                self._register_schema()
                 break
             except FatalError as err:
                 self.fatal = err
@@ -75,9 +76,9 @@ class Service:
                 if self._on_fatal is not None:
                     self._on_fatal(err)
                 return
-            except Exception as err:  # broker not there yet: keep trying, health says why
+            except Exception as err:  # broker or registry not there yet: keep trying, health says why
                 self._start_error = err
-                log.warning("waiting for Kafka: %s", err)
+                log.warning("waiting at start: %s", err)
                 time.sleep(1)
         else:
             return
@@ -86,16 +87,31 @@ class Service:
         for loop in self._loops():
             loop.start()
 
+    def _register_schema(self) -> None:
+        """Register the contact schema now rather than at the first write, so a subject that
+        refuses it stops the service at start instead of failing every write later."""
+        if self.codec.avro.registry is None:
+            return
+        try:
+            schema_id = self.codec.avro.register()
+        except SchemaRefused as err:
+            raise FatalError(str(err)) from err
+        log.info("the contact schema is registered under %s with id %d", self.codec.avro.subject, schema_id)
+
     def wait_ready(self, timeout: float) -> None:
+        """Block until ready; raises the FatalError that ended the start, if one did."""
         deadline = time.monotonic() + timeout
         while not self.ready()[0]:
+            if self.fatal is not None:
+                raise self.fatal
             if time.monotonic() > deadline:
                 raise TimeoutError(f"service not ready after {timeout}s: {self.ready()[1]}")
             time.sleep(0.05)
 
     def ready(self) -> tuple[bool, str]:
         if self._start_error is not None:
-            return False, f"broker unreachable: {self._start_error}"
+            what = "schema registry unreachable" if isinstance(self._start_error, RegistryError) else "broker unreachable"
+            return False, f"{what}: {self._start_error}"
         if not self.materializer.ready:
             return False, self.materializer.status()
         for loop in self._loops():
@@ -126,3 +142,14 @@ class Service:
         self.materializer.stop()
         self.store.close()
         log.info("closed")
+
+
+def _contact_codec(config: Config) -> ContactCodec:
+    subject = f"{config.contacts_topic}-value"
+    if not config.schema_registry_url:
+        return ContactCodec(subject=subject)
+    # A write waits for the registry at most about half its time (two tries), so a registry
+    # that hangs still gets the write its 503 within WRITE_TIMEOUT_MS.
+    write_timeout_s = config.write_timeout_ms / 1000
+    client = shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
+    return ContactCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)

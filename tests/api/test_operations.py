@@ -136,7 +136,7 @@ def test_cors_answers_preflights_for_allowed_origins_only(guarded):
 
 def test_configuration_errors_name_the_variable():
     assert Config.from_env({}).port == 8080
-    for env, name in [({"PORT": "eighty"}, "PORT"), ({"AUTO_CREATE_ENABLED": "maybe"}, "AUTO_CREATE_ENABLED"), ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"KAFKA_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_SCHEMA_REGISTRY_URL"), ({"CONTACTS_TOPIC": " "}, "CONTACTS_TOPIC")]:
+    for env, name in [({"PORT": "eighty"}, "PORT"), ({"AUTO_CREATE_ENABLED": "maybe"}, "AUTO_CREATE_ENABLED"), ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"KAFKA_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_SCHEMA_REGISTRY_URL"), ({"SCHEMA_REGISTRY_CHECK_MS": "soon"}, "SCHEMA_REGISTRY_CHECK_MS"), ({"CONTACTS_TOPIC": " "}, "CONTACTS_TOPIC")]:
         with pytest.raises(ConfigError, match=name):
             Config.from_env(env)
     config = Config.from_env({"systemToken": "t", "allowedOrigins": "https://a.org, https://b.org", "AUTO_CREATE_ENABLED": "false"})
