@@ -29,7 +29,12 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("KAFKA_BROKERS", "localhost:9092", "Kafka bootstrap servers (comma-separated host:port)"),
         Setting("KAFKA_SCHEMA_REGISTRY_URL", "", "Schema Registry URL; empty: Avro single-object encoding"),
-        Setting("KAFKA_COMMIT_INTERVAL_MS", "100", "longest time the auto-create consumer keeps a transaction open"),
+        Setting(
+            "KAFKA_COMMIT_INTERVAL_MS",
+            "100",
+            "longest the auto-create stream loops wait in one poll for new records; each batch commits its"
+            " own transaction as soon as it is processed, so this delays no commit",
+        ),
         Setting("systemToken", "", "system token accepted as `Authorization: Bearer <token>`"),
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
         Setting("allowedOrigins", "", "CORS origins, comma-separated, `*` for any; empty: no CORS headers"),

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -192,6 +193,18 @@ def test_cors_answers_preflights_for_allowed_origins_only(guarded):
 
 
 # --- configuration and logs --------------------------------------------------------------------
+
+
+def test_the_commit_interval_help_says_what_the_code_does():
+    # exactly_once.py: consumer.poll(interval) waits for the first record, the rest of the batch is
+    # taken without waiting, and each batch is committed in its own transaction right away. The
+    # interval is a poll wait, not a time a transaction stays open or a batch is gathered.
+    from contacts_streams.config import SETTINGS
+
+    text = SETTINGS["KAFKA_COMMIT_INTERVAL_MS"].help
+    assert "poll" in text and "transaction open" not in text and "gather" not in text
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"| `KAFKA_COMMIT_INTERVAL_MS` | 100 | {text} |" in readme
 
 
 def test_configuration_errors_name_the_variable():
