@@ -580,9 +580,10 @@ def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
 
     A field (or map key) set to "" is removed; maps update key by key; a map left empty is
     removed. ``id``, ``created_at`` and ``merge_history`` never change. ``updated_at`` is set
-    when anything changed; an update that changes nothing returns a dict equal to ``contact``, types
-    included (``same_json``), so the caller can tell and skip publishing. Raises ValidationError when the result would
-    break a size limit (``via`` keys, ``metadata`` bytes).
+    when anything changed, types included (``same_json``: ``1`` -> ``true`` is a change); an
+    update that changes nothing returns a dict equal to ``contact`` (so the caller can tell and
+    skip publishing). Raises ValidationError when the result would break a size limit (``via``
+    keys, ``metadata`` bytes).
     """
     updated = dict(contact)
     for name, value in changes.items():
