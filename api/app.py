@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 2
+IGNORED_FIELDS_HEADER = "X-Contacts-Ignored-Fields"
+MAX_IGNORED_HEADER_LENGTH = 1024
+# Printable ASCII stays as it is in the header; "%", ",", "+", space, quotes and backslash are
+# percent-encoded (as UTF-8, like everything outside ASCII), so "," separates paths and a
+# trailing "+N" (N paths left out) cannot be a path.
+_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '%,+"\\')
 
 
 def _json(body, status: int) -> Response:
@@ -53,6 +60,12 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     guard = security.Guard(config)
     series: dict[tuple, tuple] = {}
 
+    def ignored() -> list[str]:
+        """The list validators add ignored field paths to; after_request names them."""
+        if "ignored" not in g:
+            g.ignored = []
+        return g.ignored
+
     def body():
         # Parsed whatever the content type says: clients that forget the header still work,
         # and anything that is not JSON is a 400 below.
@@ -77,6 +90,8 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     @app.after_request
     def after(response: Response):
         guard.cors(request, response)
+        if g.get("ignored"):
+            response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(g.ignored)
         endpoint = request.path if request.url_rule is not None else "unmatched"
         key = (endpoint, request.method, response.status_code)
         counted = series.get(key)
@@ -132,18 +147,18 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.create")
     def create():
-        contact = contacts.create(model.validate_create(body()))
+        contact = contacts.create(model.validate_create(body(), ignored()))
         return _json(contact, 201)
 
     @app.post("/contacts.import")
     def import_():
-        payloads = model.validate_import(body())
+        payloads = model.validate_import(body(), ignored())
         metrics.import_size.observe(len(payloads))
         return _json({"data": contacts.import_(payloads)}, 201)
 
     @app.post("/contacts.list")
     def list_():
-        cursor, page_size = model.validate_list(body())
+        cursor, page_size = model.validate_list(body(), ignored())
         page = contacts.list(cursor, page_size)
         return _json(
             {
@@ -159,24 +174,24 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.info")
     def info():
-        kind, value = model.validate_info(body())
+        kind, value = model.validate_info(body(), ignored())
         contact = contacts.info(value) if kind == "id" else contacts.info_by_conversation(value)
         return _json(_with_history(contact), 200)
 
     @app.post("/contacts.update")
     def update():
-        contact_id, changes = model.validate_update(body())
+        contact_id, changes = model.validate_update(body(), ignored())
         contacts.update(contact_id, changes)
         return _empty(202)
 
     @app.post("/contacts.delete")
     def delete():
-        contacts.delete(model.validate_id(body()))
+        contacts.delete(model.validate_id(body(), ignored()))
         return _empty(202)
 
     @app.post("/contacts.merge")
     def merge():
-        source_id, destination_id = model.validate_merge(body())
+        source_id, destination_id = model.validate_merge(body(), ignored())
         return _json(_with_history(contacts.merge(source_id, destination_id)), 200)
 
     # --- operations ----------------------------------------------------------------------------
@@ -209,6 +224,23 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
 class _BadBody(Exception):
     pass
+
+
+def ignored_fields_header(paths: list[str]) -> str:
+    """The X-Contacts-Ignored-Fields value: comma-separated paths, at most
+    MAX_IGNORED_HEADER_LENGTH characters; when some do not fit, the last element is "+N"."""
+    out: list[str] = []
+    length = 0
+    for index, path in enumerate(paths):
+        encoded = quote(path.encode("utf-8", "surrogatepass"), safe=_HEADER_SAFE)
+        left = len(paths) - index
+        rest = f",+{left - 1}" if left > 1 else ""  # room for the marker, should a later path not fit
+        if length + len(encoded) + 1 + len(rest) > MAX_IGNORED_HEADER_LENGTH:
+            out.append(f"+{left}")
+            break
+        out.append(encoded)
+        length += len(encoded) + 1
+    return ",".join(out)
 
 
 def _with_history(contact: dict) -> dict:

@@ -42,7 +42,12 @@ SETTINGS: dict[str, Setting] = {
             "with a registry: how long a registration of the contact schema is trusted; the next write after it registers again "
             "(a registry that lost it gets it back) and answers 503 if the registry cannot be reached",
         ),
-        Setting("KAFKA_COMMIT_INTERVAL_MS", "100", "longest time the auto-create consumer keeps a transaction open"),
+        Setting(
+            "KAFKA_COMMIT_INTERVAL_MS",
+            "100",
+            "longest the auto-create stream loops wait in one poll for new records; each batch commits its"
+            " own transaction as soon as it is processed, so this delays no commit",
+        ),
         Setting("systemToken", "", "system token accepted as `Authorization: Bearer <token>`"),
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
         Setting("allowedOrigins", "", "CORS origins, comma-separated, `*` for any; empty: no CORS headers"),

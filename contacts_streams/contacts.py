@@ -78,6 +78,8 @@ class Contacts:
         return self.import_([fields], operation="created", single=True)[0]
 
     def import_(self, payloads: Sequence[dict], operation: str = "imported", single: bool = False) -> list[dict]:
+        if not payloads:
+            return []
         now = model.now_ms()
         contacts = [model.new_contact(fields, str(uuid.uuid4()), now) for fields in payloads]
         conversations = [c for contact in contacts for c in contact.get("conversations", {})]
@@ -106,7 +108,7 @@ class Contacts:
             for conversation_id in added:
                 self._check_conversation_free(conversation_id, contact_id, f"conversations.{conversation_id}")
             updated = model.apply_update(current, changes, model.now_ms())
-            if updated == current:  # apply_update leaves updated_at alone when nothing changed
+            if model.same_json(updated, current):  # apply_update leaves updated_at alone when nothing changed
                 return current
             write.publish([Outgoing(contact_id, self._encode(updated), "updated")])
             return updated

@@ -12,6 +12,17 @@ conversation id (lowercase UUID) -> source; ``metadata`` is any JSON object with
 ``created_at`` / ``updated_at`` are ISO 8601 UTC with milliseconds (``2021-11-16T13:21:03.580Z``);
 ``merge_history`` is a list of contacts, each without its own ``merge_history``.
 
+Unknown fields are ignored, not refused (DESIGN.md, "HTTP API"): at the top level of every
+request and inside ``address``; ``via``, ``metadata`` and ``conversations`` keys are the
+client's own, so nothing there is unknown. Each ``validate_*`` takes an optional ``ignored``
+list and appends the path of every field it ignored (``displayName``, ``address.addressLine1``,
+``[3].nickname``); the API names them in the ``X-Contacts-Ignored-Fields`` header. The fields
+the service sets (``SERVED_FIELDS``: ``id`` where it is not the request's own, ``created_at``,
+``updated_at``, ``merge_history``) are accepted and ignored too, so a fetched contact can be
+sent back as it is; they are known fields and not named as ignored. ``pageSize`` (the inbox's
+spelling) is read as ``page_size``; when both are given ``page_size`` wins and ``pageSize`` is
+named as ignored (it is still checked: a known field with a wrong value is a 400).
+
 Validation (``validate_*``) raises only :class:`ValidationError`, whatever the input: its
 ``field`` is the path of the offending value (``via.email``, ``address.postcode``,
 ``[3].display_name`` inside an import, ``""`` for the request body as a whole) and its message
@@ -95,6 +106,7 @@ __all__ = [
     "new_contact",
     "normalize_uuid",
     "now_ms",
+    "same_json",
     "sort_key",
     "validate_create",
     "validate_id",
@@ -119,7 +131,7 @@ SCALAR_FIELDS = (
 MAP_FIELDS = ("via", "address", "conversations", "metadata")
 #: The fields a client may write (create, import, update).
 CONTACT_FIELDS = SCALAR_FIELDS + MAP_FIELDS
-#: The fields only the service sets; sent by a client they are refused.
+#: The fields only the service sets; sent by a client (a contact it fetched) they are ignored.
 SERVED_FIELDS = ("id", "created_at", "updated_at", "merge_history")
 ADDRESS_FIELDS = (
     "organization_name",
@@ -252,19 +264,14 @@ def _require_object(payload: Any, prefix: str) -> dict:
     return payload
 
 
-def _refuse_unknown(payload: dict, allowed: tuple[str, ...], prefix: str) -> None:
-    unknown = [key for key in payload if key not in allowed]
-    if not unknown:
+def _note_unknown(payload: dict, known: tuple[str, ...], prefix: str, ignored: list[str] | None) -> None:
+    """Unknown keys are ignored (DESIGN.md); their paths go to ``ignored`` for the client to see.
+    Served fields are known: a fetched contact sent back is not a mistake worth naming."""
+    if ignored is None:
         return
-    paths = [_key_path(prefix, key) for key in unknown]
-    first = unknown[0]
-    if len(unknown) == 1 and first in SERVED_FIELDS:
-        message = f"{paths[0]} is set by the service and cannot be sent"
-    elif len(unknown) == 1:
-        message = f"unknown field {paths[0]} (allowed: {', '.join(allowed)})"
-    else:
-        message = f"unknown fields {', '.join(paths)} (allowed: {', '.join(allowed)})"
-    raise ValidationError(paths[0], message)
+    for key in payload:
+        if key not in known and key not in SERVED_FIELDS:
+            ignored.append(_key_path(prefix, key))
 
 
 # --- field values -------------------------------------------------------------------------------
@@ -300,15 +307,16 @@ def _check_via(value: Any, path: str, removals: bool) -> dict:
     return out
 
 
-def _check_address(value: Any, path: str, removals: bool) -> dict:
+def _check_address(value: Any, path: str, removals: bool, ignored: list[str] | None = None) -> dict:
     if not isinstance(value, dict):
         raise ValidationError(path, f"{path} must be an object, not {_type_name(value)}")
     out = {}
     for key, item in value.items():
-        item_path = _key_path(path, key)
         if key not in ADDRESS_FIELDS:
-            raise ValidationError(item_path, f"{item_path} is not an address field (allowed: {', '.join(ADDRESS_FIELDS)})")
-        out[key] = _check_text(item, item_path)
+            if ignored is not None:
+                ignored.append(_key_path(path, key))
+            continue
+        out[key] = _check_text(item, _key_path(path, key))
     return out
 
 
@@ -386,7 +394,7 @@ def _copy_json(value: Any) -> Any:
     return value
 
 
-def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
+def _check_fields(payload: dict, prefix: str, *, removals: bool, ignored: list[str] | None = None) -> dict:
     """The contact fields of an (already key-checked) payload, checked, in canonical order.
 
     With ``removals`` (an update), "" is kept as a removal marker for any field and any key of
@@ -402,7 +410,10 @@ def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
             if removals and value == "":
                 out[name] = ""
                 continue
-            checked = _MAP_CHECKS[name](value, path, removals)
+            if name == "address":
+                checked = _check_address(value, path, removals, ignored)
+            else:
+                checked = _MAP_CHECKS[name](value, path, removals)
             if checked or removals:
                 out[name] = checked
         else:
@@ -413,46 +424,52 @@ def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
 # --- payload validators -------------------------------------------------------------------------
 
 
-def _validate_contact_payload(payload: Any, prefix: str) -> dict:
+def _validate_contact_payload(payload: Any, prefix: str, ignored: list[str] | None) -> dict:
     _require_object(payload, prefix)
     if not payload:
         raise ValidationError(prefix, f"{_where(prefix)} must not be empty: give at least one contact field")
-    _refuse_unknown(payload, CONTACT_FIELDS, prefix)
-    fields = _check_fields(payload, prefix, removals=False)
+    unknown: list[str] = []
+    _note_unknown(payload, CONTACT_FIELDS, prefix, unknown)
+    fields = _check_fields(payload, prefix, removals=False, ignored=unknown)
+    if ignored is not None:
+        ignored.extend(unknown)
     if not fields:
-        raise ValidationError(prefix, f"{_where(prefix)} sets no field (its maps are all empty)")
+        why = "its maps are all empty" if any(name in payload for name in CONTACT_FIELDS) else "it has no contact field"
+        message = f"{_where(prefix)} sets no field ({why})"
+        if unknown:
+            message += f"; ignored unknown fields: {', '.join(unknown[:10])}"
+        raise ValidationError(prefix, message)
     return fields
 
 
-def validate_create(payload: Any) -> dict:
+def validate_create(payload: Any, ignored: list[str] | None = None) -> dict:
     """The writable fields of a ``contacts.create`` payload, checked and normalized."""
-    return _validate_contact_payload(payload, "")
+    return _validate_contact_payload(payload, "", ignored)
 
 
-def validate_import(payload: Any) -> list[dict]:
-    """The contacts of a ``contacts.import`` payload (a non-empty JSON array of create payloads)."""
+def validate_import(payload: Any, ignored: list[str] | None = None) -> list[dict]:
+    """The contacts of a ``contacts.import`` payload (a JSON array of create payloads; ``[]`` is
+    fine and imports nothing)."""
     if not isinstance(payload, list):
         raise ValidationError("", f"the request body must be a JSON array of contacts, not {_type_name(payload)}")
-    if not payload:
-        raise ValidationError("", "the request body must not be an empty array: give at least one contact")
     if len(payload) > MAX_IMPORT:
         raise ValidationError("", f"an import may hold at most {MAX_IMPORT} contacts, not {len(payload)}")
-    return [_validate_contact_payload(item, f"[{index}]") for index, item in enumerate(payload)]
+    return [_validate_contact_payload(item, f"[{index}]", ignored) for index, item in enumerate(payload)]
 
 
-def validate_update(payload: Any) -> tuple[str, dict]:
+def validate_update(payload: Any, ignored: list[str] | None = None) -> tuple[str, dict]:
     """(id, changes) of a ``contacts.update`` payload; changes keep "" as removal markers."""
     _require_object(payload, "")
     if "id" not in payload:
         raise ValidationError("id", "id is required")
     contact_id = normalize_uuid(payload["id"], "id")
-    _refuse_unknown(payload, ("id",) + CONTACT_FIELDS, "")
-    return contact_id, _check_fields(payload, "", removals=True)
+    _note_unknown(payload, ("id",) + CONTACT_FIELDS, "", ignored)
+    return contact_id, _check_fields(payload, "", removals=True, ignored=ignored)
 
 
-def _ids(payload: Any, names: tuple[str, ...]) -> list[str]:
+def _ids(payload: Any, names: tuple[str, ...], ignored: list[str] | None, known: tuple[str, ...] = ()) -> list[str]:
     _require_object(payload, "")
-    _refuse_unknown(payload, names, "")
+    _note_unknown(payload, names + known, "", ignored)
     out = []
     for name in names:
         if name not in payload:
@@ -461,15 +478,15 @@ def _ids(payload: Any, names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def validate_id(payload: Any) -> str:
+def validate_id(payload: Any, ignored: list[str] | None = None) -> str:
     """The id of a ``{"id"}`` payload (``contacts.delete``)."""
-    return _ids(payload, ("id",))[0]
+    return _ids(payload, ("id",), ignored)[0]
 
 
-def validate_info(payload: Any) -> tuple[str, str]:
+def validate_info(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
     """``("id", id)`` or ``("conversation_id", id)`` for ``contacts.info``: exactly one of them."""
     _require_object(payload, "")
-    _refuse_unknown(payload, ("id", "conversation_id"), "")
+    _note_unknown(payload, ("id", "conversation_id"), "", ignored)
     if "id" in payload and "conversation_id" in payload:
         raise ValidationError("conversation_id", "give either id or conversation_id, not both")
     if "conversation_id" in payload:
@@ -482,23 +499,43 @@ def validate_info(payload: Any) -> tuple[str, str]:
 _SELF_MERGE = "destination_id must differ from source_id: a contact cannot be merged into itself"
 
 
-def validate_merge(payload: Any) -> tuple[str, str]:
-    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ."""
-    source_id, destination_id = _ids(payload, ("source_id", "destination_id"))
+def validate_merge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
+    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ.
+
+    ``dry_run`` is a known field (DESIGN.md) that this version cannot honour: ignoring a
+    ``true`` would merge for real what the client only wanted to preview, so it is a 400.
+    """
+    source_id, destination_id = _ids(payload, ("source_id", "destination_id"), ignored, known=("dry_run",))
+    dry_run = payload.get("dry_run", False)
+    if dry_run is not False:
+        if dry_run is True:
+            raise ValidationError("dry_run", "dry_run is not supported by this version: nothing was merged")
+        raise ValidationError("dry_run", f"dry_run must be a boolean, not {_type_name(dry_run)}")
     if source_id == destination_id:
         raise ValidationError("destination_id", _SELF_MERGE)
     return source_id, destination_id
 
 
-def validate_list(payload: Any = None) -> tuple[str | None, int]:
+def _page_size(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(name, f"{name} must be an integer, not {_type_name(value)}")
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise ValidationError(name, f"{name} must be between 1 and {MAX_PAGE_SIZE}")
+    return value
+
+
+def validate_list(payload: Any = None, ignored: list[str] | None = None) -> tuple[str | None, int]:
     """(cursor or None, page_size) of a ``contacts.list`` payload; an empty body or {} is fine.
 
-    The cursor is opaque here (the store checks it); "" counts as no cursor.
+    The cursor is opaque here (the store checks it); null and "" count as no cursor.
+    ``pageSize`` is the inbox's spelling of ``page_size``; ``page_size`` wins when both are given.
     """
     if payload is None:
         return None, DEFAULT_PAGE_SIZE
     _require_object(payload, "")
-    _refuse_unknown(payload, ("cursor", "page_size"), "")
+    _note_unknown(payload, ("cursor", "page_size", "pageSize"), "", ignored)
     cursor = payload.get("cursor")
     if cursor is not None:
         if not isinstance(cursor, str):
@@ -506,14 +543,12 @@ def validate_list(payload: Any = None) -> tuple[str | None, int]:
         if len(cursor) > MAX_CURSOR_LENGTH:
             raise ValidationError("cursor", "cursor is not a cursor this service gave out")
         cursor = cursor or None
-    page_size = payload.get("page_size")
-    if page_size is None:
-        return cursor, DEFAULT_PAGE_SIZE
-    if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise ValidationError("page_size", f"page_size must be an integer, not {_type_name(page_size)}")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValidationError("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-    return cursor, page_size
+    page_size = _page_size(payload.get("page_size"), "page_size")
+    camel = _page_size(payload.get("pageSize"), "pageSize")
+    if page_size is not None and "pageSize" in payload and ignored is not None:
+        ignored.append("pageSize")
+    size = page_size if page_size is not None else camel
+    return cursor, DEFAULT_PAGE_SIZE if size is None else size
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -545,9 +580,10 @@ def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
 
     A field (or map key) set to "" is removed; maps update key by key; a map left empty is
     removed. ``id``, ``created_at`` and ``merge_history`` never change. ``updated_at`` is set
-    when anything changed; an update that changes nothing returns a dict equal to ``contact``
-    (so the caller can tell and skip publishing). Raises ValidationError when the result would
-    break a size limit (``via`` keys, ``metadata`` bytes).
+    when anything changed, types included (``same_json``: ``1`` -> ``true`` is a change); an
+    update that changes nothing returns a dict equal to ``contact`` (so the caller can tell and
+    skip publishing). Raises ValidationError when the result would break a size limit (``via``
+    keys, ``metadata`` bytes).
     """
     updated = dict(contact)
     for name, value in changes.items():
@@ -575,10 +611,24 @@ def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
         raise ValidationError("via", f"via would have more than {MAX_VIA_KEYS} keys")
     if "metadata" in changes and "metadata" in updated and _metadata_size(updated["metadata"]) > MAX_METADATA_BYTES:
         raise ValidationError("metadata", f"metadata would be larger than {MAX_METADATA_BYTES} bytes as JSON")
-    if updated == contact:
+    if same_json(updated, contact):
         return _ordered(updated)
     updated["updated_at"] = millis_to_iso(now_ms)
     return _ordered(updated)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included: Python's ``1 == True == 1.0`` would make an update
+    that changes a value's type look like a no-op, and the change would be dropped."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and a == 0.0 == b:
+        return math.copysign(1.0, a) == math.copysign(1.0, b)  # -0.0 and 0.0 are different JSON
+    return a == b
 
 
 def _present(value: Any) -> bool:

@@ -22,6 +22,7 @@ them differently) never changes the result; lookups pick the claimant that is st
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import shutil
@@ -58,6 +59,15 @@ _I64 = struct.Struct(">q")
 _PARTITION = struct.Struct(">I")
 
 FORWARD, BACKWARD = b"n", b"p"
+# A cursor holds the sort key of the contact at the page's edge. Names are up to
+# model.MAX_STRING_LENGTH characters, and case folding and NFKC can make them several times
+# longer in UTF-8, so a long name's cursor holds only CURSOR_NAME_BYTES of it, the contact's id
+# and a digest of its whole key (see _resolve). Its largest shape, base64-encoded, stays well
+# under model.MAX_CURSOR_LENGTH.
+CURSOR_NAME_BYTES = 512
+_CURSOR_DIGEST_BYTES = 8
+_NAMED, _UNNAMED, _LONG_NAMED = b"\x01", b"\x02", b"\x03"
+_ID_LENGTH = 36
 
 
 class StoreError(RuntimeError):
@@ -265,7 +275,7 @@ class Store:
 
     def page(self, cursor: str | None, page_size: int) -> Page:
         """A page of contacts in name order; the cost does not grow with the page's position."""
-        direction, after = _decode_cursor(cursor) if cursor else (FORWARD, None)
+        direction, after = self._resolve(*_decode_cursor(cursor)) if cursor else (FORWARD, None)
         names = self._cf[NAMES]
         it = names.iter(ReadOptions())
         keys: list[bytes] = []
@@ -308,6 +318,27 @@ class Store:
             total=self.count(),
         )
 
+    def _resolve(self, direction: bytes, cursor_key: bytes) -> tuple[bytes, bytes]:
+        """(direction, the names-index key to page from) of a decoded cursor.
+
+        A short name's cursor holds its whole sort key. A long name's holds a prefix of it, the
+        contact's id and a digest of the whole key: while the contact keeps that key (the usual
+        case), its current key is the exact position. If it was renamed or deleted meanwhile, the
+        page starts at the edge of every name sharing the prefix, so paging may show a few
+        contacts twice but never skips one.
+        """
+        if cursor_key[:1] != _LONG_NAMED:
+            return direction, cursor_key
+        prefix, contact_id, digest = _split_long(cursor_key)
+        raw = self._cf[CONTACTS].get(contact_id)
+        if raw is not None:
+            key = model.sort_key(self.codec.decode_contact(raw))
+            if _digest(key) == digest:
+                return direction, key
+        start = _NAMED + prefix
+        # 0xFF never occurs in UTF-8: start + 0xFF sorts after every key beginning with start.
+        return direction, start if direction == FORWARD else start + b"\xff"
+
     def _has_before(self, key: bytes, inclusive: bool) -> bool:
         it = self._cf[NAMES].iter(ReadOptions())
         it.seek_for_prev(key)
@@ -335,8 +366,22 @@ class Store:
         self._db.write(batch)
 
 
+def _digest(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=_CURSOR_DIGEST_BYTES).digest()
+
+
 def _encode_cursor(direction: bytes, key: bytes) -> str:
+    if key[:1] == _NAMED and len(key) > 1 + CURSOR_NAME_BYTES + 1 + _ID_LENGTH:
+        contact_id = key[-_ID_LENGTH:]
+        key = _LONG_NAMED + key[1 : 1 + CURSOR_NAME_BYTES] + SEPARATOR + contact_id + _digest(key)
     return base64.urlsafe_b64encode(direction + key).decode().rstrip("=")
+
+
+def _split_long(key: bytes) -> tuple[bytes, bytes, bytes]:
+    """(name prefix, contact id, digest) of a long name's cursor key."""
+    digest = key[-_CURSOR_DIGEST_BYTES:]
+    contact_id = key[-_CURSOR_DIGEST_BYTES - _ID_LENGTH : -_CURSOR_DIGEST_BYTES]
+    return key[1 : -_CURSOR_DIGEST_BYTES - _ID_LENGTH - 1], contact_id, digest
 
 
 def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
@@ -345,20 +390,27 @@ def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
     except (ValueError, TypeError):
         raise BadCursor("cursor is not a cursor this service handed out") from None
     direction, key = raw[:1], raw[1:]
-    if direction not in (FORWARD, BACKWARD) or not _is_sort_key(key):
+    if direction not in (FORWARD, BACKWARD) or not _is_cursor_key(key):
         raise BadCursor("cursor is not a cursor this service handed out")
     return direction, key
 
 
-def _is_sort_key(key: bytes) -> bool:
-    # The shapes model.sort_key makes: 0x01 + folded name + 0x00 + id, or 0x02 + id.
-    if key[:1] == b"\x01" and b"\x00" in key:
-        contact_id = key.rsplit(b"\x00", 1)[1]
-    elif key[:1] == b"\x02":
-        contact_id = key[1:]
-    else:
-        return False
-    return len(contact_id) == 36 and contact_id.count(b"-") == 4
+def _is_id(contact_id: bytes) -> bool:
+    return len(contact_id) == _ID_LENGTH and contact_id.count(b"-") == 4
+
+
+def _is_cursor_key(key: bytes) -> bool:
+    # The shapes model.sort_key makes (0x01 + folded name + 0x00 + id, or 0x02 + id) and a long
+    # name's (0x03 + CURSOR_NAME_BYTES of the name + 0x00 + id + digest).
+    if key[:1] == _NAMED and SEPARATOR in key:
+        return _is_id(key.rsplit(SEPARATOR, 1)[1])
+    if key[:1] == _UNNAMED:
+        return _is_id(key[1:])
+    if key[:1] == _LONG_NAMED and len(key) == 1 + CURSOR_NAME_BYTES + 1 + _ID_LENGTH + _CURSOR_DIGEST_BYTES:
+        prefix, contact_id, _ = _split_long(key)
+        separator = key[1 + CURSOR_NAME_BYTES : 2 + CURSOR_NAME_BYTES]
+        return separator == SEPARATOR and SEPARATOR not in prefix and _is_id(contact_id)
+    return False
 
 
 class _Batch:
