@@ -34,7 +34,7 @@ OPERATION, MERGED_INTO, MERGED_FROM = "operation", "merged_into", "merged_from"
 TRANSACTIONAL_PRODUCERS = 2
 ABORT_TIMEOUT_S = 1.0  # past it the producer is replaced, and its successor's init aborts for it
 
-# librdkafka's message.max.bytes default: the limit when the topic's cannot be read.
+# librdkafka's message.max.bytes default, below the broker's default max.message.bytes (1048588).
 DEFAULT_RECORD_LIMIT = 1_000_000
 DEFAULT_BATCH_BYTES = 1_000_000  # librdkafka's batch.size default
 # Room for what the broker counts beyond key, value and headers: the record batch header
@@ -153,9 +153,11 @@ class Publisher:
     # --- the record limit ------------------------------------------------------------------
 
     def _read_record_limit(self) -> None:
-        """The largest record the contacts topic takes: its max.message.bytes (which is the
-        broker's message.max.bytes unless the topic overrides it), capped by a producer
-        message.max.bytes the operator set, less framing. The producers are sized to it."""
+        """The largest record every producer of the service can write to the contacts topic:
+        the topic's max.message.bytes (the broker's message.max.bytes unless the topic overrides
+        it) or the producers' message.max.bytes (librdkafka's 1,000,000 unless set with
+        KAFKA_CONFIG_MESSAGE_MAX_BYTES), whichever is smaller, less framing. Batches of several
+        records are kept under it too (batch.size)."""
         topic_limit = None
         admin = AdminClient(self._config.kafka())
         resource = ConfigResource(ResourceType.TOPIC, self._topic)
@@ -167,14 +169,15 @@ class Publisher:
             if not isinstance(error, KafkaError) or error.retriable() or error.code() in _TRANSIENT:
                 raise Unavailable(f"cannot read max.message.bytes of {self._topic} yet: {err}") from err
             # no DescribeConfigs permission, an old broker: the default holds
-            log.warning("cannot read max.message.bytes of %s, assuming %d bytes: %s", self._topic, DEFAULT_RECORD_LIMIT, err)
-        limit = topic_limit or DEFAULT_RECORD_LIMIT
-        configured = self._config.extra_kafka.get("message.max.bytes")
-        if configured:
-            limit = min(limit, int(configured))
-        self._producer_limits = {"message.max.bytes": max(limit, 1000), "batch.size": max(1, min(DEFAULT_BATCH_BYTES, limit))}
+            log.warning("cannot read max.message.bytes of %s, assuming the producers' limit: %s", self._topic, err)
+        producer_limit = int(self._config.kafka().get("message.max.bytes", DEFAULT_RECORD_LIMIT))
+        limit = min(topic_limit or DEFAULT_RECORD_LIMIT, producer_limit)
+        self._producer_limits = {"batch.size": max(1, min(DEFAULT_BATCH_BYTES, limit))}
         self.record_limit = limit - RECORD_FRAMING_BYTES
-        log.info("records of %s may be up to %d bytes (max.message.bytes %s)", self._topic, self.record_limit, topic_limit)
+        log.info(
+            "records of %s may be up to %d bytes (topic max.message.bytes %s, producer message.max.bytes %d)",
+            self._topic, self.record_limit, topic_limit, producer_limit,
+        )
 
     def check_size(self, records: Sequence[Outgoing]) -> None:
         """Refuse the write (RecordTooLarge) if any of its records is over the record limit.
