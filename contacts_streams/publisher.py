@@ -41,7 +41,8 @@ DEFAULT_BATCH_BYTES = 1_000_000  # librdkafka's batch.size default
 # (61 bytes), the record's own framing (varints, at most ~25 bytes) and each header's framing.
 RECORD_FRAMING_BYTES = 512
 _TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
-_TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+# A topic just created may not be known to every broker yet: asked again, it is.
+_TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 class Unavailable(RuntimeError):
