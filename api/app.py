@@ -43,6 +43,12 @@ def _message(message: str, status: int, **extra) -> Response:
     return _json({"message": message, **extra}, status)
 
 
+def _unavailable(message: str) -> Response:
+    response = _message(message, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def _empty(status: int) -> Response:
     return Response(status=status)
 
@@ -86,6 +92,12 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
             denied = guard.check(request)
             if denied:
                 return _message(denied, 403)
+            # Reads and writes alike wait for the store: a write reads the contact it changes,
+            # and one read from a store still catching up would publish an old version over
+            # newer changes. Only the store's catch-up gates: auto-create's consumers joining
+            # their group change nothing a request reads or writes.
+            if not service.materializer.ready:
+                return _unavailable(f"contacts are not available yet, retry later: {service.store_status()}")
 
     @app.after_request
     def after(response: Response):
@@ -128,9 +140,12 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     @app.errorhandler(Unavailable)
     @app.errorhandler(RegistryError)  # the record may be fine: the registry did not answer in time
     def unavailable(err: Exception):
-        response = _message(f"contacts are not available right now, retry later: {err}", 503)
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return response
+        return _unavailable(f"contacts are not available right now, retry later: {err}")
+
+    @app.errorhandler(model.TooLarge)
+    def too_large(err: model.TooLarge):
+        extra = {"field": err.field} if err.field is not None else {}
+        return _message(err.message, 413, **extra)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):

@@ -197,7 +197,27 @@ def _contact_response(history: str) -> dict:
         properties["merge_history"] = {
             "type": "array",
             "items": _ref("MergedContact"),
-            "description": "The contacts merged into this one, as they were (oldest first).",
+            "maxItems": model.MAX_MERGE_HISTORY,
+            "description": (
+                "The contacts merged into this one (oldest first, a merged contact's own entries"
+                " included), each as it was when merged plus merged_at, merged_into and gained."
+                f" At most {model.MAX_MERGE_HISTORY}: a merge past that is refused with 413."
+            ),
+        }
+    else:
+        properties["merged_at"] = {"type": "string", "format": "date-time", "description": "When it was merged."}
+        properties["merged_into"] = _uuid(
+            "The contact it was merged into then: this contact, or one merged into it later (the entry came along)."
+        )
+        properties["gained"] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": (
+                "The field paths the destination took from it: `display_name` (any scalar field),"
+                " `via.<key>`, `address.<key>`, `metadata.<top-level key>`, `conversations.<id>`; the"
+                " part after the first dot is the whole key. merged_at, merged_into and gained are"
+                " absent in entries written before they existed."
+            ),
         }
     required = ["id", "created_at"] + (["merge_history"] if history == "required" else [])
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
@@ -342,6 +362,15 @@ _SCHEMAS: dict[str, dict] = {
         "required": ["message", "field"],
         "additionalProperties": False,
     },
+    "TooLargeError": {
+        "type": "object",
+        "properties": {
+            "message": {"type": "string", "description": "What is too large, its size and the limit."},
+            "field": {"type": "string", "description": "The element or id that causes it (`[3]`, `source_id`), when one does."},
+        },
+        "required": ["message"],
+        "additionalProperties": False,
+    },
     "Error": {
         "type": "object",
         "properties": {"message": {"type": "string"}},
@@ -379,11 +408,20 @@ _RESPONSES = {
         "NotFound",
     ),
     "Conflict": _json_response("A conversation in the request already belongs to another contact.", "Conflict"),
-    "TooLarge": _json_response("The request body is larger than the service accepts (the message gives the limit).", "Error"),
-    "Unavailable": _json_response(
-        "The write could not be made now (the broker or the store is not keeping up); nothing or all was written, retry.",
-        "Error",
+    "TooLarge": _json_response(
+        "The request body is larger than the service accepts, or the write would make a contact larger than the"
+        " contacts topic's record limit (about 1 MB) or its merge_history longer than"
+        f" {model.MAX_MERGE_HISTORY} entries. Nothing was written; the message gives the size and the limit.",
+        "TooLargeError",
     ),
+    "Unavailable": {
+        **_json_response(
+            "Not now: the store is still catching up with the contacts topic (start-up, rebuild), or a write could"
+            " not be made in time (nothing or all of it was written). Retry after Retry-After seconds.",
+            "Error",
+        ),
+        "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    },
 }
 
 
@@ -396,7 +434,6 @@ def _post(
     body_required: bool = True,
     not_found: bool = False,
     conflict: bool = False,
-    write: bool = False,
 ) -> dict:
     status, description, schema = ok
     ok_response = _json_response(description, schema, headers=True) if schema else {"description": description}
@@ -409,8 +446,7 @@ def _post(
     if conflict:
         responses["409"] = {"$ref": "#/components/responses/Conflict"}
     responses["413"] = {"$ref": "#/components/responses/TooLarge"}
-    if write:
-        responses["503"] = {"$ref": "#/components/responses/Unavailable"}
+    responses["503"] = {"$ref": "#/components/responses/Unavailable"}
     return {
         "post": {
             "operationId": operation_id,
@@ -440,7 +476,6 @@ _PATHS = {
         "ContactFields",
         (201, "The new contact, with id and created_at.", "Contact"),
         conflict=True,
-        write=True,
     ),
     "/contacts.import": _post(
         "importContacts",
@@ -448,7 +483,6 @@ _PATHS = {
         "ImportRequest",
         (201, "The new contacts, in the order given.", "ImportResponse"),
         conflict=True,
-        write=True,
     ),
     "/contacts.list": _post(
         "listContacts",
@@ -471,7 +505,6 @@ _PATHS = {
         (202, "Updated (or nothing to change); empty body.", None),
         not_found=True,
         conflict=True,
-        write=True,
     ),
     "/contacts.delete": _post(
         "deleteContact",
@@ -479,7 +512,6 @@ _PATHS = {
         "IdRequest",
         (202, "Deleted; empty body.", None),
         not_found=True,
-        write=True,
     ),
     "/contacts.merge": _post(
         "mergeContacts",
@@ -487,7 +519,6 @@ _PATHS = {
         "MergeRequest",
         (200, "The destination after the merge, with merge_history.", "ContactWithHistory"),
         not_found=True,
-        write=True,
     ),
     "/actuator/health": _get("health", "Readiness (the path the platform's probes use)", _HEALTH),
     "/actuator/health/readiness": _get("readiness", "Ready: the store has caught up with the contacts topic", _HEALTH),

@@ -11,7 +11,7 @@ import uuid
 from typing import Sequence
 
 from contacts_streams import model
-from contacts_streams.publisher import MERGED_FROM, MERGED_INTO, Outgoing, Publisher
+from contacts_streams.publisher import MERGED_FROM, MERGED_INTO, Outgoing, Publisher, RecordTooLarge, megabytes
 from contacts_streams.serialization import ContactCodec
 from contacts_streams.store import Page, Store
 
@@ -94,7 +94,13 @@ class Contacts:
                         raise Conflict(f"{field}: conversation is also given to [{seen[conversation_id]}]", field)
                     seen[conversation_id] = index
                     self._check_conversation_free(conversation_id, None, field)
-            write.publish([Outgoing(c["id"], self._encode(c), operation) for c in contacts])
+            try:
+                write.publish([Outgoing(c["id"], self._encode(c), operation) for c in contacts])
+            except RecordTooLarge as err:  # nothing of the import was produced
+                index = next(i for i, c in enumerate(contacts) if c["id"] == err.contact_id)
+                field = None if single else f"[{index}]"
+                where = "the contact" if single else f"{field}: the contact"
+                raise err.reworded(f"{where} would be {_size_against_limit(err)}", field) from None
         return contacts
 
     def update(self, contact_id: str, changes: dict) -> dict:
@@ -128,12 +134,20 @@ class Contacts:
             if destination is None:
                 raise self._not_found(destination_id, "destination_id")
             merged = model.merge_contacts(destination, source, model.now_ms())
-            write.publish(
-                [
-                    Outgoing(destination_id, self._encode(merged), "merged", {MERGED_FROM: source_id}),
-                    Outgoing(source_id, None, "merged_away", {MERGED_INTO: destination_id}),
-                ]
-            )
+            try:
+                write.publish(
+                    [
+                        Outgoing(destination_id, self._encode(merged), "merged", {MERGED_FROM: source_id}),
+                        Outgoing(source_id, None, "merged_away", {MERGED_INTO: destination_id}),
+                    ]
+                )
+            except RecordTooLarge as err:  # neither record was produced: both contacts stay as they were
+                raise err.reworded(
+                    f"merging {source_id} into {destination_id} would push contact {destination_id} to "
+                    f"{_size_against_limit(err)} (the merged contact holds the source's values and, in "
+                    "merge_history, the source as it was)",
+                    "source_id",
+                ) from None
             return merged
 
     def _check_conversation_free(self, conversation_id: str, owner: str | None, field: str) -> None:
@@ -141,3 +155,7 @@ class Contacts:
         if holder is not None and holder != owner:  # the store names live contacts only
             raise Conflict(f"{field}: conversation already belongs to contact {holder}", field)
 
+
+
+def _size_against_limit(err: RecordTooLarge) -> str:
+    return f"{megabytes(err.size)} ({err.size} bytes), over the record limit of {megabytes(err.limit)} ({err.limit} bytes) of the contacts topic"

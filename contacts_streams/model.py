@@ -10,7 +10,19 @@ never None, and so are empty maps. Keys, in this order::
 str -> str; ``address`` has a subset of ADDRESS_FIELDS (str values); ``conversations`` is
 conversation id (lowercase UUID) -> source; ``metadata`` is any JSON object without arrays;
 ``created_at`` / ``updated_at`` are ISO 8601 UTC with milliseconds (``2021-11-16T13:21:03.580Z``);
-``merge_history`` is a list of contacts, each without its own ``merge_history``.
+``merge_history`` is a list of entries, oldest first, one per contact merged into this one
+(flattened: a source's own entries come along), each the source as it was when merged (its
+fields, ``id``, ``created_at``, ``updated_at``, never its own ``merge_history``) plus:
+
+- ``merged_at``: when it was merged (ISO 8601, like ``updated_at``);
+- ``merged_into``: the contact it was merged into then (an entry that came along with a later
+  merge names the contact it first went into, so an unmerge knows which entries go back);
+- ``gained``: the field paths the destination took from it: ``display_name`` (and the other
+  scalars), ``via.<key>``, ``address.<key>``, ``metadata.<top-level key>``,
+  ``conversations.<id>``; the part after the first dot is the whole key (keys may hold dots).
+
+Entries written before these three fields existed (full snapshots) have none of them: absent
+means unknown, not "nothing gained".
 
 Unknown fields are ignored, not refused (DESIGN.md, "HTTP API"): at the top level of every
 request and inside ``address``; ``via``, ``metadata`` and ``conversations`` keys are the
@@ -50,7 +62,14 @@ metadata integers              int64        -2**63 .. 2**63-1
 MAX_IMPORT                     10000        contacts in one import
 MAX_PAGE_SIZE                  1000         contacts.list page_size (DEFAULT_PAGE_SIZE 20)
 MAX_CURSOR_LENGTH              1024         contacts.list cursor
+MAX_MERGE_HISTORY              1000         merge_history entries of one contact: a merge past
+                                            it is refused with TooLarge (413), never truncated
 =============================  ===========  ==================================================
+
+A contact's encoded size is bounded too, by the contacts topic's record limit (about 1 MB):
+the publisher refuses a record over it (TooLarge, 413) before anything is produced. These
+limits alone do not keep a contact under it (100 via values of 2048 four-byte characters are
+800 KB; merges add the source and its snapshot), so that check is what bounds a contact.
 
 No string (value or key, at any depth) may contain U+0000 (the sort key uses it as a separator)
 or an unpaired surrogate (it could not be encoded as UTF-8). Numbers must be finite.
@@ -95,7 +114,9 @@ __all__ = [
     "MAX_STRING_LENGTH",
     "MAX_TIMEZONE_OFFSET",
     "MAX_VIA_KEYS",
+    "MAX_MERGE_HISTORY",
     "SERVED_FIELDS",
+    "TooLarge",
     "ValidationError",
     "apply_update",
     "contact_id_for_conversation",
@@ -156,6 +177,9 @@ MAX_IMPORT = 10_000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 20
 MAX_CURSOR_LENGTH = 1024
+MAX_MERGE_HISTORY = 1000
+#: What a merge_history entry adds to the source's fields.
+HISTORY_ENTRY_FIELDS = ("merged_at", "merged_into", "gained")
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -174,6 +198,18 @@ class ValidationError(ValueError):
 
     def __repr__(self) -> str:
         return f"ValidationError({self.field!r}, {self.message!r})"
+
+
+class TooLarge(ValueError):
+    """A write that would make a contact too large to store (413): ``field`` may be None."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --- paths and primitive checks -----------------------------------------------------------------
@@ -636,12 +672,18 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and value == "")
 
 
-def _merge_maps(destination: dict | None, source: dict | None) -> dict:
+def _merge_maps(destination: dict | None, source: dict | None, name: str, gained: list[str]) -> dict:
     merged = _copy_json(destination) if destination else {}
     for key, item in (source or {}).items():
         if key not in merged or (not _present(merged[key]) and _present(item)):
             merged[key] = _copy_json(item)
+            gained.append(f"{name}.{key}")
     return merged
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal with the same type: timezone 2 and 2.0 are different values."""
+    return type(a) is type(b) and a == b
 
 
 def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
@@ -650,12 +692,26 @@ def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
     The destination keeps ``id`` and ``created_at``; each field it has (present, not "") wins
     and the source fills the gaps; ``via``, ``address`` and ``metadata`` the same way key by
     key; conversations are united (shared ones allowed, the destination's source wins);
-    ``merge_history`` = destination's + source's + the source as it was (without its own
-    history). Deleting the source is the caller's job. Merging a contact into itself raises
-    ValidationError (field ``destination_id``).
+    ``merge_history`` = destination's + source's + an entry for the source (see the module
+    docstring): the source as it was without its own history, when, into which contact, and
+    what the destination gained from it. Deleting the source is the caller's job.
+
+    Raises ValidationError (field ``destination_id``) for a merge of a contact into itself,
+    and TooLarge when the history would hold more than MAX_MERGE_HISTORY entries. Entries are
+    never dropped to make room: each names a merged-away id the store must keep finding, and
+    what an unmerge needs.
     """
     if str(destination["id"]).lower() == str(source["id"]).lower():
         raise ValidationError("destination_id", _SELF_MERGE)
+    history = list(destination.get("merge_history") or ())
+    carried = list(source.get("merge_history") or ())
+    if len(history) + len(carried) + 1 > MAX_MERGE_HISTORY:
+        raise TooLarge(
+            f"merging {source['id']} into {destination['id']} would give contact {destination['id']} "
+            f"{len(history) + len(carried) + 1} merged contacts in its merge_history, more than {MAX_MERGE_HISTORY}",
+            "source_id",
+        )
+    gained: list[str] = []
     merged: dict[str, Any] = {"id": destination["id"]}
     for name in SCALAR_FIELDS:
         mine, theirs = destination.get(name), source.get(name)
@@ -663,23 +719,28 @@ def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
             merged[name] = mine
         elif theirs is not None:
             merged[name] = theirs
+            if not (name in destination and _same(mine, theirs)):
+                gained.append(name)
         elif mine is not None:
             merged[name] = mine
     for name in ("via", "address", "metadata"):
-        value = _merge_maps(destination.get(name), source.get(name))
+        value = _merge_maps(destination.get(name), source.get(name), name, gained)
         if value:
             merged[name] = value
     conversations = dict(destination.get("conversations") or {})
     for conversation_id, channel in (source.get("conversations") or {}).items():
-        conversations.setdefault(conversation_id, channel)
+        if conversation_id not in conversations:
+            conversations[conversation_id] = channel
+            gained.append(f"conversations.{conversation_id}")
     if conversations:
         merged["conversations"] = conversations
     merged["created_at"] = destination["created_at"]
     merged["updated_at"] = millis_to_iso(now_ms)
-    snapshot = {name: value for name, value in source.items() if name != "merge_history"}
-    merged["merge_history"] = (
-        list(destination.get("merge_history") or ()) + list(source.get("merge_history") or ()) + [snapshot]
-    )
+    entry = {name: _copy_json(value) for name, value in source.items() if name != "merge_history"}
+    entry.update(merged_at=millis_to_iso(now_ms), merged_into=destination["id"], gained=gained)
+    # Entries written before merged_into existed came with the source, so they go back with it.
+    carried = [item if "merged_into" in item else {**item, "merged_into": source["id"]} for item in carried]
+    merged["merge_history"] = history + carried + [entry]
     return merged
 
 

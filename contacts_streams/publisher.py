@@ -2,10 +2,16 @@
 
 ``Publisher`` is the one interface writers use (DESIGN.md, "Scaling out"): swapping it for a
 commands topic applied by a transactional consumer group is a local change.
+
+It is also where a record's size is checked, once for every write path: a record the broker
+would refuse (over the contacts topic's ``max.message.bytes``, read at start) is refused here
+with :class:`RecordTooLarge` (413) before anything of its write is produced, so a too-large
+contact is bad input, never a 503 for ever and never half of a transaction.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -14,8 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
@@ -26,9 +34,39 @@ OPERATION, MERGED_INTO, MERGED_FROM = "operation", "merged_into", "merged_from"
 TRANSACTIONAL_PRODUCERS = 2
 ABORT_TIMEOUT_S = 1.0  # past it the producer is replaced, and its successor's init aborts for it
 
+# librdkafka's message.max.bytes default, below the broker's default max.message.bytes (1048588).
+DEFAULT_RECORD_LIMIT = 1_000_000
+DEFAULT_BATCH_BYTES = 1_000_000  # librdkafka's batch.size default
+# Room for what the broker counts beyond key, value and headers: the record batch header
+# (61 bytes), the record's own framing (varints, at most ~25 bytes) and each header's framing.
+RECORD_FRAMING_BYTES = 512
+_TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
+# A topic just created may not be known to every broker yet: asked again, it is.
+_TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
 
 class Unavailable(RuntimeError):
     """The broker did not acknowledge the write in time: nothing is promised, the client may retry."""
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.2f} MB"
+
+
+class RecordTooLarge(model.TooLarge):
+    """A record over the contacts topic's record limit; nothing of its write was produced."""
+
+    def __init__(self, contact_id: str, size: int, limit: int, field: str | None = None, message: str | None = None):
+        super().__init__(
+            message or f"contact {contact_id} would be {megabytes(size)} ({size} bytes), over the record limit of "
+            f"{megabytes(limit)} ({limit} bytes) of the contacts topic",
+            field,
+        )
+        self.contact_id, self.size, self.limit = contact_id, size, limit
+
+    def reworded(self, message: str, field: str | None = None) -> "RecordTooLarge":
+        """The same refusal, said the way the caller's request would understand it."""
+        return RecordTooLarge(self.contact_id, self.size, self.limit, field, message)
 
 
 @dataclass(frozen=True)
@@ -42,6 +80,14 @@ class Outgoing:
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [(OPERATION, self.operation.encode())] + [(k, v.encode()) for k, v in self.extra_headers.items()]
+
+    def size(self) -> int:
+        """The bytes the broker counts for this record, framing aside."""
+        return record_size(self.contact_id.encode(), self.value, self.headers())
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] = ()) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k.encode()) + len(v or b"") for k, v in headers)
 
 
 class Write:
@@ -86,18 +132,10 @@ class Publisher:
         self._metrics = metrics
         self._timeout = config.write_timeout_ms / 1000
         self.locks = KeyLocks()
-        self._producer = Producer(
-            config.kafka(
-                **{
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
-                    # Java's partitioner, so JVM services of the platform agree on partitions.
-                    "partitioner": "murmur2_random",
-                    "message.timeout.ms": config.write_timeout_ms,
-                }
-            )
-        )
+        # Made at start, once the contacts topic's record limit is known (batch.size follows it).
+        self._producer: Producer | None = None
+        self.record_limit = DEFAULT_RECORD_LIMIT - RECORD_FRAMING_BYTES
+        self._producer_limits: dict[str, int] = {}
         self._transactional: queue.Queue[Producer] = queue.Queue()
         self._transactional_lock = threading.Lock()
         # Slot numbers name transactional ids: a replaced producer's slot is reused, never shared.
@@ -108,11 +146,48 @@ class Publisher:
         self._in_flight = 0
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
-        self._poller.start()
 
     def _poll(self) -> None:
         while not self._stopping.is_set():
             self._producer.poll(0.05)
+
+    # --- the record limit ------------------------------------------------------------------
+
+    def _read_record_limit(self) -> None:
+        """The largest record every producer of the service can write to the contacts topic:
+        the topic's max.message.bytes (the broker's message.max.bytes unless the topic overrides
+        it) or the producers' message.max.bytes (librdkafka's 1,000,000 unless set with
+        KAFKA_CONFIG_MESSAGE_MAX_BYTES), whichever is smaller, less framing. Batches of several
+        records are kept under it too (batch.size)."""
+        topic_limit = None
+        admin = AdminClient(self._config.kafka())
+        resource = ConfigResource(ResourceType.TOPIC, self._topic)
+        try:
+            described = admin.describe_configs([resource], request_timeout=self._timeout)[resource].result(self._timeout)
+            topic_limit = int(described["max.message.bytes"].value)
+        except (KafkaException, concurrent.futures.TimeoutError) as err:
+            error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+            if not isinstance(error, KafkaError) or error.retriable() or error.code() in _TRANSIENT:
+                raise Unavailable(f"cannot read max.message.bytes of {self._topic} yet: {err}") from err
+            # no DescribeConfigs permission, an old broker: the default holds
+            log.warning("cannot read max.message.bytes of %s, assuming the producers' limit: %s", self._topic, err)
+        producer_limit = int(self._config.kafka().get("message.max.bytes", DEFAULT_RECORD_LIMIT))
+        limit = min(topic_limit or DEFAULT_RECORD_LIMIT, producer_limit)
+        self._producer_limits = {"batch.size": max(1, min(DEFAULT_BATCH_BYTES, limit))}
+        self.record_limit = limit - RECORD_FRAMING_BYTES
+        log.info(
+            "records of %s may be up to %d bytes (topic max.message.bytes %s, producer message.max.bytes %d)",
+            self._topic, self.record_limit, topic_limit, producer_limit,
+        )
+
+    def check_size(self, records: Sequence[Outgoing]) -> None:
+        """Refuse the write (RecordTooLarge) if any of its records is over the record limit.
+        Every write through publish() is checked; a stage that produces contact records itself
+        (auto-create's transaction) calls this first."""
+        for record in records:
+            size = record.size()
+            if size > self.record_limit:
+                raise RecordTooLarge(record.contact_id, size, self.record_limit)
 
     @contextmanager
     def writing(self, keys: Sequence[str]) -> Iterator["Write"]:
@@ -148,6 +223,7 @@ class Publisher:
                 self._unapplied[partition] = max(self._unapplied.get(partition, -1), offset)
 
     def _publish(self, records: Sequence[Outgoing], deadline: float) -> None:
+        self.check_size(records)
         if len(records) == 1:
             positions = self._produce_one(records[0], deadline)
         else:
@@ -176,6 +252,9 @@ class Publisher:
                 self._topic, key=record.contact_id.encode(), value=record.value, headers=record.headers(), on_delivery=delivered
             )
         except (BufferError, KafkaException) as err:
+            if _too_large(err):  # the check's framing allowance fell short: still bad input
+                self._metrics.produce_errors.labels(reason="too_large").inc()
+                raise RecordTooLarge(record.contact_id, record.size(), self.record_limit) from err
             self._metrics.produce_errors.labels(reason="enqueue").inc()
             raise Unavailable(f"the broker cannot take writes now: {err}") from err
         if not done.wait(max(0.0, deadline - time.monotonic())):
@@ -187,6 +266,9 @@ class Publisher:
                 self._metrics.produce_errors.labels(reason="timeout").inc()
                 raise Unavailable("the broker did not acknowledge the write in time")
         err, partition, offset = outcome[0]
+        if err is not None and err.code() in _TOO_LARGE:
+            self._metrics.produce_errors.labels(reason="too_large").inc()
+            raise RecordTooLarge(record.contact_id, record.size(), self.record_limit)
         if err is not None:
             self._metrics.produce_errors.labels(reason="delivery").inc()
             raise Unavailable(f"the broker did not acknowledge the write: {err.str()}")
@@ -219,6 +301,9 @@ class Publisher:
             self._metrics.produce_errors.labels(reason="transaction").inc()
             healthy = self._abort(producer, err)
             self._fence(positions)  # if the commit did land after all, the store must show it first
+            if _too_large(err) or any(f.code() in _TOO_LARGE for f in failures):
+                largest = max(records, key=Outgoing.size)
+                raise RecordTooLarge(largest.contact_id, largest.size(), self.record_limit) from err
             raise Unavailable(f"the broker did not commit the write: {err}") from err
         finally:
             if healthy:
@@ -240,8 +325,25 @@ class Publisher:
             return False
 
     def start(self) -> None:
-        """Open the transactional producers now: their init fences transactions a crashed
-        predecessor left open, which would otherwise hold back every read_committed reader."""
+        """Read the record limit and make the producers; open the transactional ones now: their
+        init fences transactions a crashed predecessor left open, which would otherwise hold
+        back every read_committed reader."""
+        if self._producer is None:
+            self._read_record_limit()
+            self._producer = Producer(
+                self._config.kafka(
+                    **{
+                        "enable.idempotence": True,
+                        "acks": "all",
+                        "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
+                        # Java's partitioner, so JVM services of the platform agree on partitions.
+                        "partitioner": "murmur2_random",
+                        "message.timeout.ms": self._config.write_timeout_ms,
+                        **self._producer_limits,
+                    }
+                )
+            )
+            self._poller.start()
         opened = []
         while (slot := self._reserve_slot()) is not None:
             opened.append(self._new_transactional(slot))
@@ -296,6 +398,8 @@ class Publisher:
                     "partitioner": "murmur2_random",
                     "transaction.timeout.ms": max(60_000, self._config.write_timeout_ms * 2),
                     "message.timeout.ms": self._config.write_timeout_ms,
+                    # A batch of several records must fit the topic's limit too.
+                    **self._producer_limits,
                 }
             )
         )
@@ -310,6 +414,8 @@ class Publisher:
 
     def close(self, timeout: float = 10.0) -> None:
         self._stopping.set()
+        if self._producer is None:
+            return
         self._poller.join(timeout)
         self._producer.flush(timeout)
         while True:
@@ -317,3 +423,8 @@ class Publisher:
                 self._transactional.get_nowait()
             except queue.Empty:
                 break
+
+
+def _too_large(err: BaseException) -> bool:
+    error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+    return isinstance(error, KafkaError) and error.code() in _TOO_LARGE

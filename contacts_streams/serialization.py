@@ -384,6 +384,8 @@ class AvroCodec:
 # --- contacts -----------------------------------------------------------------------------------
 
 _RECORD_FIELDS = frozenset(("id",) + model.CONTACT_FIELDS + ("created_at", "updated_at", "merge_history"))
+# A merge_history entry: the source's fields without its own history, plus what the merge added.
+_ENTRY_FIELDS = (_RECORD_FIELDS - {"merge_history"}) | frozenset(model.HISTORY_ENTRY_FIELDS)
 _ADDRESS_FIELDS = frozenset(model.ADDRESS_FIELDS)
 
 
@@ -391,25 +393,28 @@ def _metadata_text(metadata: dict) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def contact_to_record(contact: dict) -> dict:
-    """The Avro record of an API-shaped contact (timestamps to ms, metadata to JSON text)."""
+def contact_to_record(contact: dict, *, entry: bool = False) -> dict:
+    """The Avro record of an API-shaped contact (timestamps to ms, metadata to JSON text);
+    ``entry``: a merge_history entry (merged_at/merged_into/gained allowed, merge_history not)."""
     if not isinstance(contact, dict):
         raise EncodeError(f"a contact must be a dict, not {type(contact).__name__}")
-    unknown = contact.keys() - _RECORD_FIELDS
+    unknown = contact.keys() - (_ENTRY_FIELDS if entry else _RECORD_FIELDS)
     if unknown:
-        raise EncodeError(f"not contact fields: {', '.join(sorted(map(str, unknown)))}")
+        what = "merge_history entry" if entry else "contact"
+        raise EncodeError(f"not {what} fields: {', '.join(sorted(map(str, unknown)))}")
     for name, value in contact.items():
         if value is None:
             raise EncodeError(f"{name} is None: an absent field is omitted, not None")
     record = dict(contact)
     try:
         record["created_at"] = model.iso_to_millis(contact["created_at"])
-        if "updated_at" in contact:
-            record["updated_at"] = model.iso_to_millis(contact["updated_at"])
+        for name in ("updated_at", "merged_at"):
+            if name in contact:
+                record[name] = model.iso_to_millis(contact[name])
     except KeyError:
         raise EncodeError("a contact needs created_at") from None
     except (TypeError, ValueError) as err:
-        raise EncodeError(f"created_at/updated_at must be ISO 8601 timestamps: {err}") from None
+        raise EncodeError(f"created_at/updated_at/merged_at must be ISO 8601 timestamps: {err}") from None
     if "metadata" in contact:
         try:
             record["metadata"] = _metadata_text(contact["metadata"])
@@ -420,7 +425,7 @@ def contact_to_record(contact: dict) -> dict:
     if isinstance(contact.get("timezone"), bool):
         raise EncodeError("timezone must be a string or a number, not a boolean")
     if "merge_history" in contact:
-        record["merge_history"] = [contact_to_record(item) for item in contact["merge_history"]]
+        record["merge_history"] = [contact_to_record(item, entry=True) for item in contact["merge_history"]]
     return record
 
 
@@ -437,6 +442,7 @@ _FROM_RECORD = {
     "metadata": json.loads,
     "created_at": model.millis_to_iso,
     "updated_at": model.millis_to_iso,
+    "merged_at": model.millis_to_iso,
     "merge_history": _merge_history,
 }
 

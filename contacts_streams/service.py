@@ -119,6 +119,15 @@ class Service:
                 return False, loop.status()
         return True, "up"
 
+    def store_status(self) -> str:
+        """Why the store cannot answer yet (every /contacts.* call waits for
+        ``materializer.ready``: caught up with the contacts topic, rebuilt if it had to be)."""
+        if self._start_error is not None:
+            return f"broker unreachable: {self._start_error}"
+        if self.materializer.rebuild_reason and not self.materializer.ready:
+            return f"rebuilding the store ({self.materializer.rebuild_reason}): {self.materializer.status()}"
+        return self.materializer.status()
+
     def alive(self) -> tuple[bool, str]:
         if self.fatal is not None:
             return False, f"cannot start: {self.fatal}"

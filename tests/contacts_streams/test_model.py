@@ -620,7 +620,9 @@ def test_merge_of_the_seed_example():
         "organization_name": "Airy.co",
         "created_at": destination["created_at"],
         "updated_at": millis_to_iso(T1),
-        "merge_history": [source],
+        "merge_history": [
+            {**source, "merged_at": millis_to_iso(T1), "merged_into": OTHER_ID, "gained": ["title", "organization_name"]}
+        ],
     }
 
 
@@ -667,8 +669,64 @@ def test_merge_history_is_destination_then_source_then_the_source():
     source = dict(new_contact({"title": "s"}, CONTACT_ID, T0), merge_history=older[1:])
     merged = merge_contacts(destination, source, T1)
     source_as_it_was = {k: v for k, v in source.items() if k != "merge_history"}
-    assert merged["merge_history"] == older + [source_as_it_was]
+    entry = {**source_as_it_was, "merged_at": millis_to_iso(T1), "merged_into": OTHER_ID, "gained": []}
+    # entries written before merged_into existed came with the source: they name it
+    carried = [{**item, "merged_into": CONTACT_ID} for item in older[1:]]
+    assert merged["merge_history"] == older[:1] + carried + [entry]
     assert all("merge_history" not in entry for entry in merged["merge_history"])
+
+
+def test_merge_history_entries_say_what_the_destination_gained():
+    destination = new_contact(
+        {"display_name": "D", "title": "", "via": {"email": "d@x", "phone": ""}, "metadata": {"a": 1}, "conversations": {CONVERSATION_A: "facebook"}},
+        OTHER_ID,
+        T0,
+    )
+    source = new_contact(
+        {
+            "display_name": "S",
+            "title": "Dr",
+            "timezone": "",
+            "via": {"email": "s@x", "phone": "+1", "fax.home": "2"},
+            "address": {"city": "Paris"},
+            "metadata": {"a": 2, "b": {"c": 3}},
+            "conversations": {CONVERSATION_A: "twilio.sms", CONVERSATION_B: "google"},
+        },
+        CONTACT_ID,
+        T0,
+    )
+    entry = merge_contacts(destination, source, T1)["merge_history"][-1]
+    assert entry["gained"] == [
+        "title",
+        "timezone",
+        "via.phone",
+        "via.fax.home",
+        "address.city",
+        "metadata.b",
+        f"conversations.{CONVERSATION_B}",
+    ]
+    assert (entry["merged_at"], entry["merged_into"]) == (millis_to_iso(T1), OTHER_ID)
+    # a later merge carries the entry along unchanged: it still names where it went first
+    third = new_contact({"display_name": "T"}, str(uuid.UUID(int=9)), T0)
+    later = merge_contacts(third, merge_contacts(destination, source, T1), T1 + 1)
+    assert later["merge_history"][0] == entry
+    assert later["merge_history"][1]["merged_into"] == third["id"]
+
+
+def test_merge_history_is_bounded_by_refusing_not_by_forgetting():
+    def entries(n, base):
+        return [{"id": str(uuid.UUID(int=base + i)), "created_at": millis_to_iso(T0)} for i in range(n)]
+
+    half = model.MAX_MERGE_HISTORY // 2
+    destination = dict(new_contact({"title": "d"}, OTHER_ID, T0), merge_history=entries(half, 1000))
+    source = dict(new_contact({"title": "s"}, CONTACT_ID, T0), merge_history=entries(model.MAX_MERGE_HISTORY - half - 1, 5000))
+    merged = merge_contacts(destination, source, T1)
+    assert len(merged["merge_history"]) == model.MAX_MERGE_HISTORY
+    one_more = new_contact({"title": "x"}, str(uuid.UUID(int=77)), T0)
+    with pytest.raises(model.TooLarge) as caught:
+        merge_contacts(merged, one_more, T1)
+    assert str(model.MAX_MERGE_HISTORY) in caught.value.message and OTHER_ID in caught.value.message
+    assert caught.value.field == "source_id"
 
 
 def test_merge_refuses_self_merge_and_leaves_inputs_untouched():
@@ -794,8 +852,32 @@ def test_merge_keeps_every_destination_value_and_every_conversation(destination,
     assert set(conversations) == set(destination.get("conversations", {})) | set(source.get("conversations", {}))
     for conversation_id, channel in destination.get("conversations", {}).items():
         assert conversations[conversation_id] == channel
-    assert merged["merge_history"][-1] == source
+    entry = merged["merge_history"][-1]
+    assert {k: v for k, v in entry.items() if k not in model.HISTORY_ENTRY_FIELDS} == source
+    assert (entry["merged_at"], entry["merged_into"]) == (millis_to_iso(T1), destination["id"])
+    # gained names exactly the values the destination took: what an unmerge takes back
+    before, after, theirs = _paths(destination), _paths(merged), _paths(source)
+    assert len(set(entry["gained"])) == len(entry["gained"])
+    assert set(after) == set(before) | set(entry["gained"])
+    for path, value in after.items():
+        if path in entry["gained"]:
+            assert _same(value, theirs[path]) and not (path in before and _same(before[path], value)), path
+        else:
+            assert _same(value, before[path]), path
     json.dumps(merged)  # plain JSON data
+
+
+def _paths(contact: dict) -> dict:
+    """A contact's values by the field paths merge_history's ``gained`` uses."""
+    out = {name: contact[name] for name in model.SCALAR_FIELDS if name in contact}
+    for name in model.MAP_FIELDS:
+        for key, value in (contact.get(name) or {}).items():
+            out[f"{name}.{key}"] = value
+    return out
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 @settings(max_examples=200, deadline=None)

@@ -141,13 +141,16 @@ def test_fingerprints_are_crc64_avro_little_endian():
 def test_the_contact_schema_is_pinned():
     # Changing schemas/contact.avsc? Copy the old one to schemas/history/contact-vN.avsc (so every
     # record already on the topic stays readable), only add fields with a default, then update this.
-    assert ContactCodec().avro.fingerprint.hex() == "74b5a8800e6c0351"
+    assert ContactCodec().avro.fingerprint.hex() == "c8b4ffbb00fd5e14"
+    # every schema the topic was ever written with is shipped, the first one included
+    shipped = {AvroCodec(path).fingerprint.hex() for path in (SCHEMAS / "history").glob("contact-v*.avsc")}
+    assert "74b5a8800e6c0351" in shipped
 
 
 def test_contact_schema_carries_every_field_of_the_contract():
     schema = json.loads((SCHEMAS / "contact.avsc").read_text())
     names = [field["name"] for field in schema["fields"]]
-    assert names == ["id", *model.CONTACT_FIELDS, "created_at", "updated_at", "merge_history"]
+    assert names == ["id", *model.CONTACT_FIELDS, "created_at", "updated_at", "merge_history", *model.HISTORY_ENTRY_FIELDS]
     by_name = {field["name"]: field for field in schema["fields"]}
     assert by_name["merge_history"]["type"] == ["null", {"type": "array", "items": "Contact"}]
     assert by_name["timezone"]["type"] == ["null", "string", "long", "double"]
@@ -290,6 +293,46 @@ def test_older_writer_schemas_resolve_against_the_current_schema(tmp_path):
     assert ContactCodec(history=[path]).decode_contact(data) == V0_AS_CONTACT
     # and the current schema's own records still take the fast path
     assert codec.decode_contact(encode_contact(SEED_CONTACT)) == SEED_CONTACT
+
+
+def _without_entry_fields(contact: dict) -> dict:
+    """The contact as the first schema could carry it: history entries were bare snapshots."""
+    if "merge_history" not in contact:
+        return contact
+    history = [{k: v for k, v in e.items() if k not in model.HISTORY_ENTRY_FIELDS} for e in contact["merge_history"]]
+    return {**contact, "merge_history": history}
+
+
+def test_records_of_the_first_schema_with_full_snapshots_still_decode_and_merge():
+    """Records already on the topic (merge_history of full snapshots, no merged_at / gained)
+    decode with the current schema, and such a contact can be merged again."""
+    first = AvroCodec(SCHEMAS / "history" / "contact-v1.avsc")
+    older = dict(SEED_CONTACT, id="c564cea4-a96f-4ebb-a220-3fb81b6ad522")
+    contact = {"id": CONTACT_ID, "display_name": "D", "created_at": "2021-11-16T13:21:03.580Z", "merge_history": [older]}
+    data = first.encode(serialization.contact_to_record(contact))
+    assert data[2:10] == first.fingerprint != ContactCodec().avro.fingerprint
+    decoded = decode_contact(data)
+    assert decoded == contact and "gained" not in decoded["merge_history"][0]
+    source = model.new_contact({"title": "t"}, "8904adee-38b4-493b-a4d8-272e2e5a6815", T0)
+    merged = model.merge_contacts(decoded, source, T0 + 1)
+    assert decode_contact(encode_contact(merged)) == merged
+    assert merged["merge_history"][0] == older  # the old entry reads as it was
+    assert merged["merge_history"][1]["gained"] == ["title"]
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        dict(SEED_CONTACT, gained=[]),  # entry fields on a contact
+        dict(SEED_CONTACT, merged_at="2021-11-16T13:21:03.580Z"),
+        dict(SEED_CONTACT, merge_history=[dict(SEED_CONTACT, merge_history=[])]),  # nested history
+        dict(SEED_CONTACT, merge_history=[dict(SEED_CONTACT, merged_at="soon")]),
+        dict(SEED_CONTACT, merge_history=[dict(SEED_CONTACT, gained="via.email")]),
+    ],
+)
+def test_encode_keeps_entry_fields_in_entries(contact):
+    with pytest.raises(EncodeError):
+        encode_contact(contact)
 
 
 def test_a_writer_schema_that_cannot_resolve_is_a_decode_error():
@@ -471,10 +514,12 @@ CONTACTS = st.builds(
 
 
 @st.composite
-def merged_contacts(draw):
+def merged_contacts(draw, depth: int = 2):
+    """A contact with merges into it, sources that had merges of their own included."""
     contact = draw(CONTACTS)
-    for other in draw(st.lists(CONTACTS, max_size=2)):
-        if other["id"] != contact["id"]:
+    sources = st.lists(merged_contacts(depth - 1) if depth > 1 else CONTACTS, max_size=2)
+    for other in draw(sources):
+        if other["id"] != contact["id"] and not {e["id"] for e in other.get("merge_history", [])} & {contact["id"]}:
             contact = model.merge_contacts(contact, other, draw(MILLIS))
     return contact
 
@@ -485,6 +530,14 @@ def test_round_trip_of_any_valid_contact(contact):
     expected = copy.deepcopy(contact)
     assert decode_contact(encode_contact(contact)) == expected
     assert contact == expected  # encoding does not touch its input
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contact=merged_contacts())
+def test_any_contact_the_first_schema_wrote_reads_the_same_today(contact):
+    old = _without_entry_fields(contact)
+    data = AvroCodec(SCHEMAS / "history" / "contact-v1.avsc").encode(serialization.contact_to_record(old))
+    assert decode_contact(data) == old
 
 
 @settings(max_examples=200, deadline=None)
