@@ -59,6 +59,7 @@ class Service:
         self._closed = False
         self._stalled: str | None = None
         self._watchdog = threading.Event()
+        self.liveness_checked_at = 0.0  # when the watchdog last judged the stages
 
     def start(self, wait: bool = False, timeout: float = 120.0) -> "Service":
         """Start in the background (HTTP may serve health meanwhile); wait=True blocks until ready."""
@@ -136,7 +137,7 @@ class Service:
         interval = min(1.0, limit / 4)
         admin = None
         while not self._watchdog.wait(interval):
-            now = time.monotonic()
+            now = self.liveness_checked_at = time.monotonic()
             # While a store catches up (a rebuild), the stages that wait for it are not stuck:
             # the materializers' own progress is what counts then.
             catching_up = not all(m.ready for m in self._materializers())
