@@ -62,6 +62,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("HTTP_THREADS", "32", "threads serving HTTP requests"),
         Setting("WRITE_TIMEOUT_MS", "10000", "longest a write waits for the broker before answering 503"),
         Setting("AUTO_CREATE_ENABLED", "true", "create a contact for every new conversation (false: a CRM owns contacts)"),
+        Setting("ERASE_WITHIN_MS", "604800000", "longest time personal data stays on the topics the service keeps by retention (the dead-letter topic, ...)"),
+        Setting("LIVENESS_STALL_MS", "300000", "liveness fails when a stream stage has made no progress on waiting input for this long"),
         Setting("LOG_FORMAT", "text", "`text` or `json` (one object a line)"),
         Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ]
@@ -88,6 +90,8 @@ class Config:
     http_threads: int = 32
     write_timeout_ms: int = 10000
     auto_create_enabled: bool = True
+    erase_within_ms: int = 7 * 24 * 3600 * 1000
+    liveness_stall_ms: int = 300_000
     log_format: str = "text"
     log_level: str = "INFO"
     # librdkafka settings from AUTH_JAAS, KAFKA_KEY_TRUST_SECRET and KAFKA_CONFIG_<NAME> (a
@@ -158,6 +162,8 @@ class Config:
             http_threads=integer("HTTP_THREADS", 1, 1024),
             write_timeout_ms=integer("WRITE_TIMEOUT_MS", 100, 600_000),
             auto_create_enabled=boolean("AUTO_CREATE_ENABLED"),
+            erase_within_ms=integer("ERASE_WITHIN_MS", 60_000, 10 * 365 * 24 * 3600 * 1000),
+            liveness_stall_ms=integer("LIVENESS_STALL_MS", 1000, 7 * 24 * 3600 * 1000),
             log_format=one_of("LOG_FORMAT", ("text", "json")),
             log_level=one_of("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), fold=str.upper),
             extra_kafka=extra_kafka,

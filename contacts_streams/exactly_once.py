@@ -1,6 +1,12 @@
 """A consume-transform-produce loop with Kafka transactions: what a batch produces and the
 group's offsets for it commit together (``send_offsets_to_transaction``), one transaction per
 poll batch, so a replay, a restart or a rebalance never applies a record twice.
+
+A record a stage can never process never holds its partition up: the stage sends it, as
+received, to the dead-letter topic with the error in headers, in the transaction that commits
+its offset. Records a stage recognises as bad go there within their batch; when a batch fails in
+a way that names no record (a produce the broker refuses, an error while deciding), the loop
+splits the batch and commits its halves on their own until the record that fails alone is found.
 """
 
 from __future__ import annotations
@@ -10,16 +16,27 @@ import threading
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from contacts_streams.config import Config
+from contacts_streams.liveness import Progress
 from contacts_streams.metrics import Metrics, report_lag
 from contacts_streams.serialization import RegistryError
+from contacts_streams.topics import PRODUCER_MAX_BYTES, RECORD_OVERHEAD, dead_letter_topic, record_bytes
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5000
 LAG_INTERVAL_S = 1.0
+
+# Headers of a dead letter: where the record came from and why no stage could process it.
+DL_TOPIC, DL_PARTITION, DL_OFFSET = "dead_letter.topic", "dead_letter.partition", "dead_letter.offset"
+DL_STAGE, DL_ERROR_CLASS, DL_ERROR_MESSAGE = "dead_letter.stage", "dead_letter.error_class", "dead_letter.error_message"
+DL_VALUE_DROPPED = "dead_letter.value_dropped"
+MAX_ERROR_MESSAGE = 1000
+DEAD_LETTER_MAX_BYTES = PRODUCER_MAX_BYTES - RECORD_OVERHEAD - 4096
+# Errors of one record, not of the broker: producing it again can never succeed.
+RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG})
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,16 @@ class Restart(Exception):
         self.replace_producer = replace_producer
 
 
+class Unprocessable(Exception):
+    """A record (or a batch holding one) this stage can never process: the loop isolates the
+    record and dead-letters it. Transient trouble (the broker, locks, the store catching up)
+    is a ``Restart`` instead."""
+
+
+# What ``process`` may raise about a record's content: bad shapes and values of its input.
+RECORD_FAULTS = (Unprocessable, ValueError, KeyError, TypeError)
+
+
 class ExactlyOnceLoop:
     """Subclasses say what a batch of records becomes (``process``); this runs the loop."""
 
@@ -54,6 +81,8 @@ class ExactlyOnceLoop:
         self._thread: threading.Thread | None = None
         self._assigned = threading.Event()
         self._sources_missing = False
+        self._dead_letter_topic = dead_letter_topic(config)
+        self.progress = Progress(self.name)
         self.failure: BaseException | None = None
 
     # --- what others ask -----------------------------------------------------------------------
@@ -113,11 +142,41 @@ class ExactlyOnceLoop:
                 producer.abort_transaction(self._timeout)
             except KafkaException as abort_err:
                 raise Restart(f"abort failed: {abort_err}", replace_producer=True) from err
+            refused = [e for e in [error, *failures] if e.code() in RECORD_ERRORS]
+            if refused:  # the broker (or the client) will never take one of these records
+                raise Unprocessable(f"a record was refused: {refused[0].str()}") from err
             # The consumer read past what is now uncommitted: a new one resumes from the group's offsets.
             raise Restart(f"transaction aborted: {error}") from err
         if failures:
             raise Restart(f"committed with failed deliveries: {failures}", replace_producer=True)
+        for record in records:
+            if record.topic == self._dead_letter_topic:
+                source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
+                self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
+
+    def dead_letter(self, msg: Message, err: BaseException) -> Produced:
+        """The dead letter of a record: key and value as received, the error in headers. Give it
+        to ``commit`` with the record's offset."""
+        text = str(err) or type(err).__name__
+        log.error(
+            "%s sends %s[%d]@%d to %s: %s: %s",
+            self.name, msg.topic(), msg.partition(), msg.offset(), self._dead_letter_topic, type(err).__name__, text[:MAX_ERROR_MESSAGE],
+        )
+        headers = list(msg.headers() or []) + [
+            (DL_TOPIC, msg.topic().encode()),
+            (DL_PARTITION, str(msg.partition()).encode()),
+            (DL_OFFSET, str(msg.offset()).encode()),
+            (DL_STAGE, self.name.encode()),
+            (DL_ERROR_CLASS, type(err).__name__.encode()),
+            (DL_ERROR_MESSAGE, text[:MAX_ERROR_MESSAGE].encode("utf-8", "replace")),
+        ]
+        value = msg.value()
+        if record_bytes(msg.key(), value, headers) > DEAD_LETTER_MAX_BYTES:
+            # Never stuck on the dead letter itself: where it came from says where to find it.
+            headers.append((DL_VALUE_DROPPED, f"{len(value or b'')} bytes, too large to keep".encode()))
+            value = b""
+        return Produced(self._dead_letter_topic, msg.key(), value, headers)
 
     @staticmethod
     def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
@@ -140,6 +199,7 @@ class ExactlyOnceLoop:
                     self._consume(consumer, producer)
                 except Restart as restart:
                     log.warning("%s restarts its consumer: %s", self.name, restart)
+                    self.progress.problem(str(restart))
                     if restart.replace_producer:
                         producer = self._new_producer()
                     time.sleep(0.2)
@@ -188,6 +248,7 @@ class ExactlyOnceLoop:
         )
 
         def assigned(_consumer, partitions):
+            self.progress.only((tp.topic, tp.partition) for tp in partitions)
             self.on_assign(partitions)
             self._assigned.set()
 
@@ -205,7 +266,7 @@ class ExactlyOnceLoop:
             now = time.monotonic()
             if now - lag_reported > LAG_INTERVAL_S:
                 lag_reported = now
-                report_lag(consumer, self._metrics, consumer.position(consumer.assignment()))
+                self._note_lag(consumer, now)
             if not self._assigned.is_set() and now - checked_sources > 5:
                 checked_sources = now
                 topics = consumer.list_topics(timeout=5).topics
@@ -218,8 +279,46 @@ class ExactlyOnceLoop:
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s consumer: %s", self.name, error)
             if real:
+                partitions = {(msg.topic(), msg.partition()) for msg in real}
+                self.progress.waiting(partitions, now)
                 try:
-                    self.process(consumer, producer, real)
+                    self._process_isolating(consumer, producer, real)
                 except RegistryError as err:  # the records may be fine: read them again later
                     time.sleep(1)
                     raise Restart(f"waiting for the schema registry: {err}") from err
+                self.progress.advanced(partitions)
+
+    def _note_lag(self, consumer: Consumer, now: float) -> None:
+        # The position (not the committed offset) counts: it steps over the marker that ends
+        # each transaction, so a stage that read everything shows no lag.
+        positions = consumer.position(consumer.assignment())
+        report_lag(consumer, self._metrics, positions)
+        behind, level = [], []
+        for tp in positions:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset == OFFSET_INVALID or tp.offset < 0 or high < 0:
+                continue  # not fetched yet: nothing known
+            (behind if high > tp.offset else level).append((tp.topic, tp.partition))
+        self.progress.waiting(behind, now)
+        self.progress.advanced(level)
+
+    def _process_isolating(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
+        """Process a batch; when it fails on a record, process its halves on their own (each
+        half its own transaction, in order) down to the record that fails alone, which goes to
+        the dead-letter topic with its offset."""
+        try:
+            self.process(consumer, producer, messages)
+            return
+        except RECORD_FAULTS as err:
+            if len(messages) == 1:
+                letter = self.dead_letter(messages[0], err)
+                try:
+                    self.commit(consumer, producer, self.next_offsets(messages), [letter])
+                except Unprocessable:  # the broker refuses even the dead letter: keep where it was
+                    headers = letter.headers + [(DL_VALUE_DROPPED, b"refused by the dead-letter topic")]
+                    self.commit(consumer, producer, self.next_offsets(messages), [Produced(letter.topic, letter.key, b"", headers)])
+                return
+            log.warning("%s: a record in a batch of %d cannot be processed (%s): isolating it", self.name, len(messages), err)
+        half = len(messages) // 2
+        self._process_isolating(consumer, producer, messages[:half])
+        self._process_isolating(consumer, producer, messages[half:])

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
 from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
 from contacts_streams.kafka_security import BrokerRefused, StartupErrors
@@ -16,7 +19,7 @@ from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import Publisher
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
 from contacts_streams.store import Store
-from contacts_streams.topics import ensure_topics
+from contacts_streams.topics import conversations_topic, ensure_topics
 
 log = logging.getLogger(__name__)
 # One start attempt against the broker; readiness names the reason after each failed one.
@@ -44,14 +47,22 @@ class Service:
         self.materializer = Materializer(config, self.store, self.metrics)
         self.publisher = Publisher(config, self.materializer, self.metrics)
         self.contacts = Contacts(self.store, self.publisher, self.codec)
-        self.auto_create = self.router = None
+        self.auto_create = self.router = self.join_state = None
         if config.auto_create_enabled:
             from contacts_streams.auto_create import AutoCreate, ConversationRouter
 
+            self.join_state = Materializer(
+                config, self.store, self.metrics, topic=conversations_topic(config), target=self.store.join_state, name="join-state materializer"
+            )
             self.router = ConversationRouter(config, self.store, self.metrics)
-            self.auto_create = AutoCreate(config, self.store, self.publisher, self.materializer, self.metrics, self.codec)
+            self.auto_create = AutoCreate(
+                config, self.store, self.publisher, self.materializer, self.metrics, self.codec, join_state=self.join_state
+            )
         self._start_error: BaseException | None = None
         self._closed = False
+        self._stalled: str | None = None
+        self._watchdog = threading.Event()
+        self.liveness_checked_at = 0.0  # when the watchdog last judged the stages
 
     def start(self, wait: bool = False, timeout: float = 120.0) -> "Service":
         """Start in the background (HTTP may serve health meanwhile); wait=True blocks until ready."""
@@ -83,9 +94,11 @@ class Service:
         else:
             return
         self._start_error = None
-        self.materializer.start()
+        for materializer in self._materializers():
+            materializer.start()
         for loop in self._loops():
             loop.start()
+        threading.Thread(target=self._watch, name="liveness-watchdog", daemon=True).start()
 
     def _register_schema(self) -> None:
         """Register the contact schema now rather than at the first write, so a subject that
@@ -131,24 +144,64 @@ class Service:
     def alive(self) -> tuple[bool, str]:
         if self.fatal is not None:
             return False, f"cannot start: {self.fatal}"
-        if self.materializer.failure is not None:
-            return False, self.materializer.status()
+        for materializer in self._materializers():
+            if materializer.failure is not None:
+                return False, materializer.status()
         for loop in self._loops():
             if loop.failure is not None:
                 return False, loop.status()
+        if self._stalled is not None:
+            return False, self._stalled
         return True, "alive"
 
     def _loops(self) -> list:
         return [loop for loop in (self.router, self.auto_create) if loop is not None]
 
+    def _materializers(self) -> list[Materializer]:
+        return [m for m in (self.materializer, self.join_state) if m is not None]
+
+    def _watch(self) -> None:
+        """Liveness of the stream stages: one whose waiting input has not moved for
+        LIVENESS_STALL_MS is reported (liveness 503, so the platform restarts the pod), unless
+        the broker does not answer: that is readiness' business, and a restart would not help."""
+        limit = self.config.liveness_stall_ms / 1000
+        interval = min(1.0, limit / 4)
+        admin = None
+        while not self._watchdog.wait(interval):
+            now = self.liveness_checked_at = time.monotonic()
+            # While a store catches up (a rebuild), the stages that wait for it are not stuck:
+            # the materializers' own progress is what counts then.
+            catching_up = not all(m.ready for m in self._materializers())
+            watched = self._materializers() + ([] if catching_up else self._loops())
+            stages = [(stage.progress, stage.progress.stalled_for(now)) for stage in watched]
+            for progress, waited in stages:
+                self.metrics.stage_stalled.labels(stage=progress.stage).set(waited if waited > limit else 0)
+            stalled = [progress.describe(now) for progress, waited in stages if waited > limit]
+            if stalled and self._broker_answers(admin := admin or AdminClient(self.config.kafka())):
+                if self._stalled is None:
+                    log.error("liveness fails: %s", "; ".join(stalled))
+                self._stalled = "; ".join(stalled)
+            else:
+                self._stalled = None
+
+    def _broker_answers(self, admin: AdminClient) -> bool:
+        try:
+            admin.list_topics(timeout=5)
+            return True
+        except KafkaException as err:
+            log.warning("a stream stage has stalled while the broker does not answer: %s", err)
+            return False
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._watchdog.set()
         for loop in self._loops():
             loop.stop()
         self.publisher.close()
-        self.materializer.stop()
+        for materializer in self._materializers():
+            materializer.stop()
         self.store.close()
         log.info("closed")
 

@@ -1,4 +1,4 @@
-"""Creates the topics the service writes when they are missing."""
+"""The topics the service writes: their names, creation when missing, and record size limits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from contacts_streams.config import Config
 from contacts_streams.kafka_security import BrokerRefused, StartupErrors
@@ -15,23 +15,48 @@ log = logging.getLogger(__name__)
 
 
 REPARTITION_RETENTION_MS = 7 * 24 * 3600 * 1000
+# librdkafka's default message.max.bytes and the broker's default max.message.bytes.
+PRODUCER_MAX_BYTES = 1_000_000
+TOPIC_MAX_BYTES = 1_048_588
+# A record batch's header (61 bytes) and one record's varints and attributes, with room to spare.
+RECORD_OVERHEAD = 256
+
+
+def repartition_topic(config: Config) -> str:
+    return f"{config.application_id}-conversations-repartition"
+
+
+def conversations_topic(config: Config) -> str:
+    """Auto-create's join state: conversation id -> {source, display_name, avatar_url} (JSON)."""
+    return f"{config.application_id}-conversations"
+
+
+def dead_letter_topic(config: Config) -> str:
+    """Records a stream stage can never process, as received, with the error in headers."""
+    return f"{config.application_id}-dead-letter"
 
 
 def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors | None = None) -> None:
-    """The compacted contacts topic and, with auto-create on, its repartition topic.
+    """The compacted contacts topic, the dead-letter topic and, with auto-create on, its
+    repartition and join-state topics.
 
     This is the service's first call to the broker. With `errors`, what librdkafka reports
     meanwhile is judged: refused credentials or certificates raise BrokerRefused within about a
     second instead of being retried (a metadata call only ever says "transport failure")."""
-    from contacts_streams.auto_create import repartition_topic
-
     wanted = [
         NewTopic(
             config.contacts_topic,
             num_partitions=config.contacts_partitions,
             replication_factor=-1,  # the broker's default.replication.factor
             config={"cleanup.policy": "compact"},
-        )
+        ),
+        NewTopic(
+            dead_letter_topic(config),
+            num_partitions=1,  # a trickle, read by people
+            replication_factor=-1,
+            # Dead letters hold the records as received, personal data included.
+            config={"cleanup.policy": "delete", "retention.ms": str(config.erase_within_ms)},
+        ),
     ]
     if config.auto_create_enabled:
         wanted.append(
@@ -40,6 +65,14 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
                 num_partitions=config.contacts_partitions,
                 replication_factor=-1,
                 config={"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)},
+            )
+        )
+        wanted.append(
+            NewTopic(
+                conversations_topic(config),
+                num_partitions=config.contacts_partitions,
+                replication_factor=-1,
+                config={"cleanup.policy": "compact"},
             )
         )
     admin = AdminClient(config.kafka(**({"error_cb": errors} if errors is not None else {})))
@@ -67,3 +100,25 @@ def _list_topics(admin: AdminClient, timeout: float, errors: StartupErrors | Non
             admin.poll(0)  # serves error_cb
             if errors.fatal is not None:
                 raise BrokerRefused(errors.fatal) from None
+
+
+def max_record_bytes(config: Config, topic: str, timeout: float = 10.0) -> int:
+    """The largest record (key + value + headers) this service's producers can write to `topic`:
+    the smaller of the topic's max.message.bytes and the producer's message.max.bytes, less the
+    overhead of a batch that holds only that record."""
+    producer_max = int(config.kafka().get("message.max.bytes", PRODUCER_MAX_BYTES))
+    topic_max = TOPIC_MAX_BYTES
+    admin = AdminClient(config.kafka())
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+        if "max.message.bytes" in entries and entries["max.message.bytes"].value is not None:
+            topic_max = int(entries["max.message.bytes"].value)
+    except KafkaException as err:  # not allowed to describe it: assume the broker's default
+        log.warning("cannot read max.message.bytes of %s, assuming %d: %s", topic, topic_max, err)
+    return min(producer_max, topic_max) - RECORD_OVERHEAD
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> int:
+    """What a record counts against max_record_bytes."""
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers or [])
