@@ -122,9 +122,16 @@ def _ensure_platform_topics(bootstrap: str) -> None:
 def serve(folder: Path) -> int:
     from contacts_dev import embedded_kafka
 
+    from contacts_streams.config import Config, ConfigError
+
     if running(folder) is not None:
         print(f"make run is already running on {folder}; stop it first", file=sys.stderr)
         return 1
+    try:  # a bad setting stops it before a broker is started for nothing
+        Config.from_env({**os.environ, "KAFKA_BROKERS": os.environ.get("KAFKA_BROKERS") or "localhost:9092"})
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
