@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY contacts_streams ./contacts_streams
 COPY api ./api
+COPY contacts_cli ./contacts_cli
 COPY schemas ./schemas
 RUN pip install --no-cache-dir -e . && useradd --uid 1000 --create-home contacts \
     && mkdir -p /var/lib/contacts-streams && chown contacts /var/lib/contacts-streams

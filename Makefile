@@ -2,32 +2,49 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+HASH := $(shell cksum pyproject.toml | cut -d' ' -f1)
+# Two stamps: `make run` installs what the service needs, `make test` adds the test tools (the
+# `dev` extra). A changed pyproject.toml gives new stamp names, so both install again.
+RUN_STAMP := $(VENV)/.installed-run-$(HASH)
+DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: run test bench soak clean
+.PHONY: run demo test bench soak reset clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet -e .
+	rm -f $(VENV)/.installed-run-*
 	touch $@
 
-## run: broker (KAFKA_BROKERS, else testcontainers, else an embedded KRaft broker) + the service on :8080
-run: $(STAMP)
-	$(PY) -m contacts_dev.embedded_kafka -- $(PY) -m api
+$(DEV_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-dev-*
+	touch $@
+
+## run: broker (KAFKA_BROKERS, else an embedded KRaft broker keeping its data in .run/kafka) + the service on :8080 (store in .run/state)
+run: $(RUN_STAMP)
+	$(PY) -m contacts_dev.run
+
+## demo: write a few hundred Airy conversations (and some duplicate people) to what `make run` runs
+demo: $(RUN_STAMP)
+	$(VENV)/bin/contacts demo
 
 ## test: the whole suite on a real broker
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest
 
 ## bench: 10k and 1M contacts on a real broker -> bench/results.json, bench/RESULTS.md
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m bench --size full
 
 ## soak: the long fault and fuzz runs
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	SOAK=1 FUZZ_REQUESTS=12000 $(PY) -m pytest tests/faults tests/api/test_openapi.py -s
 
-clean:
+## reset: wipe what `make run` kept (.run/: the broker's topics and the store) and start over
+reset:
+	@$(PYTHON) -m contacts_dev.run --reset
+
+clean: reset
 	rm -rf $(VENV) state .pytest_cache .hypothesis

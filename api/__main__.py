@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
 from contacts_streams import logs
+from contacts_streams import kafka_security
 from contacts_streams.config import Config, ConfigError, describe
 
 log = logging.getLogger("contacts_streams")
@@ -99,6 +100,7 @@ def main(argv: list[str]) -> int:
     _fewer_malloc_arenas()
     logs.setup(config.log_format, config.log_level)
     log.info("serving the Contacts API on http://localhost:%d (state in %s)", config.port, config.state_dir)
+    log.info("Kafka at %s: %s", config.kafka_brokers, kafka_security.describe(config.extra_kafka))
     log.info("try: curl -s localhost:%d/contacts.create -d '{\"display_name\": \"Grace Hopper\"}'", config.port)
     Server(config).run()
     return 0

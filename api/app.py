@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +20,8 @@ from contacts_streams import commands, model
 from contacts_streams.commands import BadPosition, Idempotency
 from contacts_streams.config import Config
 from contacts_streams.contacts import Conflict, IdempotencyMismatch, NotFound, WriteContext, WriterFailed
-from contacts_streams.publisher import TooLarge, Unavailable
+from contacts_streams.publisher import Unavailable
+from contacts_streams.serialization import RegistryError
 from contacts_streams.service import Service
 from contacts_streams.store import BadCursor
 
@@ -28,6 +30,13 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 POSITION, MIN_POSITION, IDEMPOTENCY_KEY = "X-Contacts-Position", "X-Contacts-Min-Position", "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+RETRY_AFTER_S = 2
+IGNORED_FIELDS_HEADER = "X-Contacts-Ignored-Fields"
+MAX_IGNORED_HEADER_LENGTH = 1024
+# Printable ASCII stays as it is in the header; "%", ",", "+", space, quotes and backslash are
+# percent-encoded (as UTF-8, like everything outside ASCII), so "," separates paths and a
+# trailing "+N" (N paths left out) cannot be a path.
+_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '%,+"\\')
 
 
 def _json(body, status: int) -> Response:
@@ -36,6 +45,12 @@ def _json(body, status: int) -> Response:
 
 def _message(message: str, status: int, **extra) -> Response:
     return _json({"message": message, **extra}, status)
+
+
+def _unavailable(message: str) -> Response:
+    response = _message(message, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _empty(status: int) -> Response:
@@ -54,6 +69,12 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     contacts = service.contacts
     guard = security.Guard(config)
     series: dict[tuple, tuple] = {}
+
+    def ignored() -> list[str]:
+        """The list validators add ignored field paths to; after_request names them."""
+        if "ignored" not in g:
+            g.ignored = []
+        return g.ignored
 
     def body():
         # Parsed whatever the content type says: clients that forget the header still work,
@@ -104,11 +125,17 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
             denied = guard.check(request)
             if denied:
                 return _message(denied, 403)
+            # Reads and writes alike wait for the store: a write's answer is built from it, and
+            # a read must never come from a store still catching up.
+            if not service.materializer.ready:
+                return _unavailable(f"contacts are not available yet, retry later: {service.store_status()}")
             g.caller = guard.caller(request)
 
     @app.after_request
     def after(response: Response):
         guard.cors(request, response)
+        if g.get("ignored"):
+            response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(g.ignored)
         endpoint = request.path if request.url_rule is not None else "unmatched"
         key = (endpoint, request.method, response.status_code)
         counted = series.get(key)
@@ -143,14 +170,17 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         return _message(err.message, 409, field=err.field)
 
     @app.errorhandler(Unavailable)
-    def unavailable(err: Unavailable):
-        response = _message(f"contacts are not available right now, retry later: {err}", 503)
-        response.headers["Retry-After"] = "1"
-        return response
+    def unavailable_write(err: Unavailable):
+        return _unavailable(f"contacts are not available right now, retry later: {err}")
 
-    @app.errorhandler(TooLarge)
-    def too_large(err: TooLarge):
-        return _message(str(err), 413)
+    @app.errorhandler(RegistryError)  # the record may be fine: the registry did not answer in time
+    def unavailable(err: Exception):
+        return _unavailable(f"contacts are not available right now, retry later: {err}")
+
+    @app.errorhandler(model.TooLarge)
+    def too_large(err: model.TooLarge):
+        extra = {"field": err.field} if err.field is not None else {}
+        return _message(err.message, 413, **extra)
 
     @app.errorhandler(IdempotencyMismatch)
     def idempotency_mismatch(err: IdempotencyMismatch):
@@ -175,13 +205,13 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.create")
     def create():
-        fields = model.validate_create(body())
+        fields = model.validate_create(body(), ignored())
         payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
         return written(contacts.write(commands.CREATE, payload, write_context()))
 
     @app.post("/contacts.import")
     def import_():
-        payloads = model.validate_import(body())
+        payloads = model.validate_import(body(), ignored())
         metrics.import_size.observe(len(payloads))
         payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
         context = write_context()
@@ -190,7 +220,7 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.list")
     def list_():
-        cursor, page_size = model.validate_list(body())
+        cursor, page_size = model.validate_list(body(), ignored())
         wait_for_min_position()
         page = contacts.list(cursor, page_size)
         return _json(
@@ -207,24 +237,24 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.info")
     def info():
-        kind, value = model.validate_info(body())
+        kind, value = model.validate_info(body(), ignored())
         wait_for_min_position()
         contact = contacts.info(value) if kind == "id" else contacts.info_by_conversation(value)
         return _json(_with_history(contact), 200)
 
     @app.post("/contacts.update")
     def update():
-        contact_id, changes = model.validate_update(body())
+        contact_id, changes = model.validate_update(body(), ignored())
         return written(contacts.write(commands.UPDATE, {"id": contact_id, "changes": changes}, write_context()), empty=True)
 
     @app.post("/contacts.delete")
     def delete():
-        contact_id = model.validate_id(body())
+        contact_id = model.validate_id(body(), ignored())
         return written(contacts.write(commands.DELETE, {"id": contact_id}, write_context()), empty=True)
 
     @app.post("/contacts.merge")
     def merge():
-        source_id, destination_id = model.validate_merge(body())
+        source_id, destination_id = model.validate_merge(body(), ignored())
         outcome = contacts.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context())
         return written(outcome.__class__(outcome.status, _with_history(outcome.body), outcome.position))
 
@@ -258,6 +288,23 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
 class _BadBody(Exception):
     pass
+
+
+def ignored_fields_header(paths: list[str]) -> str:
+    """The X-Contacts-Ignored-Fields value: comma-separated paths, at most
+    MAX_IGNORED_HEADER_LENGTH characters; when some do not fit, the last element is "+N"."""
+    out: list[str] = []
+    length = 0
+    for index, path in enumerate(paths):
+        encoded = quote(path.encode("utf-8", "surrogatepass"), safe=_HEADER_SAFE)
+        left = len(paths) - index
+        rest = f",+{left - 1}" if left > 1 else ""  # room for the marker, should a later path not fit
+        if length + len(encoded) + 1 + len(rest) > MAX_IGNORED_HEADER_LENGTH:
+            out.append(f"+{left}")
+            break
+        out.append(encoded)
+        length += len(encoded) + 1
+    return ",".join(out)
 
 
 def _with_history(contact: dict) -> dict:

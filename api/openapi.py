@@ -8,7 +8,8 @@ finds no answer it does not describe).
 Request schemas say what `model.validate_*` accepts as far as OpenAPI 3.0 can say it; what it
 cannot (UUID keys of `conversations`, key lengths, the byte size of `metadata`, a merge of a
 contact with itself, a payload whose maps are all empty) is in the descriptions, and the service
-answers 400 naming the field. Response schemas describe what the service serves, without the
+answers 400 naming the field. No request schema forbids additional properties: unknown fields
+are ignored (DESIGN.md) and named in the X-Contacts-Ignored-Fields response header. Response schemas describe what the service serves, without the
 request limits: a merge or auto-creation may grow a contact past them.
 """
 
@@ -26,6 +27,20 @@ _UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 _INT64_MIN = model._INT64_MIN  # metadata integers: int64
 _INT64_MAX = model._INT64_MAX
 _NO_NUL = "No string may contain U+0000 or an unpaired surrogate."
+_IGNORED = (
+    "Unknown fields (here and inside `address`) are ignored and named in the X-Contacts-Ignored-Fields"
+    " response header; the fields the service sets ({served}) are accepted and ignored, so a fetched"
+    " contact can be sent back as it is."
+)
+IGNORED_FIELDS_HEADER = {
+    "description": (
+        "The request fields the service ignored because it does not know them, as comma-separated paths"
+        " (`displayName,address.addressLine1`, `[3].nickname`); characters other than printable ASCII,"
+        " and `%`, `,`, `+`, space, `\"` and `\\`, are percent-encoded as UTF-8. At most 1024 characters:"
+        " when paths are left out, the last element is `+N`, their number. Absent when nothing was ignored."
+    ),
+    "schema": {"type": "string", "maxLength": 1024},
+}
 _FIELD_DOCS = {
     "display_name": "The contact's name; `contacts.list` orders by it (case-insensitively).",
     "avatar_url": "URL of the contact's picture.",
@@ -119,9 +134,10 @@ def _field_schemas(*, limits: bool, update: bool = False) -> dict[str, dict]:
             schema = {
                 "type": "object",
                 "properties": {f: _text(model.MAX_STRING_LENGTH if limits else None) for f in model.ADDRESS_FIELDS},
-                "additionalProperties": False,
-                "description": _FIELD_DOCS["address"],
+                "description": _FIELD_DOCS["address"] + (" Other keys are ignored." if limits else ""),
             }
+            if not limits:  # served: only the address fields
+                schema["additionalProperties"] = False
         elif name == "conversations":
             source = _text(model.MAX_STRING_LENGTH if limits else None)
             if limits and not update:
@@ -149,17 +165,21 @@ def _field_schemas(*, limits: bool, update: bool = False) -> dict[str, dict]:
     return fields
 
 
+def _served_fields_request(update: bool) -> dict[str, dict]:
+    """The served fields in a request: any value, ignored (the id of an update is its own)."""
+    names = [name for name in model.SERVED_FIELDS if not (update and name == "id")]
+    return {name: {"description": "Set by the service: accepted and ignored."} for name in names}
+
+
 def _contact_fields_request() -> dict:
     return {
         "type": "object",
         "description": (
             "Contact fields, all optional; at least one must be given (a payload whose only fields"
-            f" are empty maps is refused too). Unknown fields and the served fields"
-            f" ({', '.join(model.SERVED_FIELDS)}) are refused. {_NO_NUL}"
+            f" are empty maps is refused too). {_IGNORED.format(served=', '.join(model.SERVED_FIELDS))} {_NO_NUL}"
         ),
-        "properties": _field_schemas(limits=True),
-        "additionalProperties": False,
-        "minProperties": 1,
+        "properties": {**_field_schemas(limits=True), **_served_fields_request(update=False)},
+        "anyOf": [{"required": [name]} for name in model.CONTACT_FIELDS],
     }
 
 
@@ -177,7 +197,27 @@ def _contact_response(history: str) -> dict:
         properties["merge_history"] = {
             "type": "array",
             "items": _ref("MergedContact"),
-            "description": "The contacts merged into this one, as they were (oldest first).",
+            "maxItems": model.MAX_MERGE_HISTORY,
+            "description": (
+                "The contacts merged into this one (oldest first, a merged contact's own entries"
+                " included), each as it was when merged plus merged_at, merged_into and gained."
+                f" At most {model.MAX_MERGE_HISTORY}: a merge past that is refused with 413."
+            ),
+        }
+    else:
+        properties["merged_at"] = {"type": "string", "format": "date-time", "description": "When it was merged."}
+        properties["merged_into"] = _uuid(
+            "The contact it was merged into then: this contact, or one merged into it later (the entry came along)."
+        )
+        properties["gained"] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": (
+                "The field paths the destination took from it: `display_name` (any scalar field),"
+                " `via.<key>`, `address.<key>`, `metadata.<top-level key>`, `conversations.<id>`; the"
+                " part after the first dot is the whole key. merged_at, merged_into and gained are"
+                " absent in entries written before they existed."
+            ),
         }
     required = ["id", "created_at"] + (["merge_history"] if history == "required" else [])
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
@@ -190,11 +230,10 @@ _SCHEMAS: dict[str, dict] = {
     "ImportRequest": {
         "type": "array",
         "items": _ref("ContactFields"),
-        "minItems": 1,
         "maxItems": model.MAX_IMPORT,
         "description": (
-            f"1 to {model.MAX_IMPORT} create payloads, all written or none; an error names the element"
-            " (`[3].display_name`)."
+            f"Up to {model.MAX_IMPORT} create payloads, all written or none (`[]` writes nothing); an error"
+            " names the element (`[3].display_name`), and so do ignored fields (`[3].nickname`)."
         ),
     },
     "ListRequest": {
@@ -213,41 +252,61 @@ _SCHEMAS: dict[str, dict] = {
                 "default": model.DEFAULT_PAGE_SIZE,
                 "nullable": True,
             },
+            "pageSize": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": model.MAX_PAGE_SIZE,
+                "nullable": True,
+                "description": (
+                    "The platform inbox's spelling of page_size, read the same way; when both are given,"
+                    " page_size wins and pageSize is named in X-Contacts-Ignored-Fields."
+                ),
+            },
         },
-        "additionalProperties": False,
-        "description": "An empty body, null or {} lists the first page of DEFAULT_PAGE_SIZE contacts.",
+        "description": (
+            "An empty body, null or {} lists the first page of DEFAULT_PAGE_SIZE contacts."
+            " Unknown fields are ignored and named in X-Contacts-Ignored-Fields."
+        ),
     },
     "InfoRequest": {
         "oneOf": [
-            {"type": "object", "properties": {"id": _uuid()}, "required": ["id"], "additionalProperties": False},
+            {"type": "object", "properties": {"id": _uuid(), "conversation_id": {"not": {}}}, "required": ["id"]},
             {
                 "type": "object",
-                "properties": {"conversation_id": _uuid()},
+                "properties": {"conversation_id": _uuid(), "id": {"not": {}}},
                 "required": ["conversation_id"],
-                "additionalProperties": False,
             },
         ],
-        "description": "A contact id or a conversation id, not both.",
+        "description": "A contact id or a conversation id, not both. Other fields are ignored.",
     },
     "UpdateRequest": {
         "type": "object",
-        "properties": {"id": _uuid(), **_field_schemas(limits=True, update=True)},
+        "properties": {"id": _uuid(), **_field_schemas(limits=True, update=True), **_served_fields_request(update=True)},
         "required": ["id"],
-        "additionalProperties": False,
-        "description": f'The contact\'s id and the fields to change; a field set to "" is removed. {_NO_NUL}',
+        "description": (
+            f'The contact\'s id and the fields to change; a field set to "" is removed.'
+            f" {_IGNORED.format(served=', '.join(model.SERVED_FIELDS[1:]))} {_NO_NUL}"
+        ),
     },
     "IdRequest": {
         "type": "object",
         "properties": {"id": _uuid()},
         "required": ["id"],
-        "additionalProperties": False,
+        "description": "Other fields are ignored.",
     },
     "MergeRequest": {
         "type": "object",
-        "properties": {"source_id": _uuid(), "destination_id": _uuid()},
+        "properties": {
+            "source_id": _uuid(),
+            "destination_id": _uuid(),
+            "dry_run": {
+                "type": "boolean",
+                "enum": [False],
+                "description": "Dry runs are not supported by this version: true is a 400 (nothing is merged).",
+            },
+        },
         "required": ["source_id", "destination_id"],
-        "additionalProperties": False,
-        "description": "Merges source into destination; the two must differ (else 400 naming destination_id).",
+        "description": "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
     },
     "Contact": _contact_response("optional"),
     "ContactWithHistory": _contact_response("required"),
@@ -303,6 +362,15 @@ _SCHEMAS: dict[str, dict] = {
         "required": ["message", "field"],
         "additionalProperties": False,
     },
+    "TooLargeError": {
+        "type": "object",
+        "properties": {
+            "message": {"type": "string", "description": "What is too large, its size and the limit."},
+            "field": {"type": "string", "description": "The element or id that causes it (`[3]`, `source_id`), when one does."},
+        },
+        "required": ["message"],
+        "additionalProperties": False,
+    },
     "Error": {
         "type": "object",
         "properties": {"message": {"type": "string"}},
@@ -318,14 +386,18 @@ _SCHEMAS: dict[str, dict] = {
 }
 
 
-def _json_response(description: str, schema: str) -> dict:
-    return {"description": description, "content": {_JSON: {"schema": _ref(schema)}}}
+def _json_response(description: str, schema: str, headers: bool = False) -> dict:
+    response: dict[str, Any] = {"description": description, "content": {_JSON: {"schema": _ref(schema)}}}
+    if headers:
+        response["headers"] = {"X-Contacts-Ignored-Fields": IGNORED_FIELDS_HEADER}
+    return response
 
 
 _RESPONSES = {
     "BadRequest": _json_response(
-        "Malformed input: a body that is not JSON, a wrong type, an unknown field, a limit broken. The message names the field.",
+        "Malformed input: a body that is not JSON, a known field of the wrong type or value, a limit broken. The message names the field.",
         "ValidationError",
+        headers=True,
     ),
     "Forbidden": _json_response(
         "Only when a system token or JWT secret is configured: the Authorization header is missing or not valid.",
@@ -336,11 +408,20 @@ _RESPONSES = {
         "NotFound",
     ),
     "Conflict": _json_response("A conversation in the request already belongs to another contact.", "Conflict"),
-    "TooLarge": _json_response("The request body is larger than the service accepts (the message gives the limit).", "Error"),
-    "Unavailable": _json_response(
-        "The write could not be made now (the broker or the store is not keeping up); nothing or all was written, retry.",
-        "Error",
+    "TooLarge": _json_response(
+        "The request body is larger than the service accepts, or the write would make a contact larger than the"
+        " contacts topic's record limit (about 1 MB) or its merge_history longer than"
+        f" {model.MAX_MERGE_HISTORY} entries. Nothing was written; the message gives the size and the limit.",
+        "TooLargeError",
     ),
+    "Unavailable": {
+        **_json_response(
+            "Not now: the store is still catching up with the contacts topic (start-up, rebuild), or a write could"
+            " not be made in time (nothing or all of it was written). Retry after Retry-After seconds.",
+            "Error",
+        ),
+        "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    },
 }
 
 
@@ -353,12 +434,11 @@ def _post(
     body_required: bool = True,
     not_found: bool = False,
     conflict: bool = False,
-    write: bool = False,
 ) -> dict:
     status, description, schema = ok
-    responses: dict[str, Any] = {
-        str(status): _json_response(description, schema) if schema else {"description": description}
-    }
+    ok_response = _json_response(description, schema, headers=True) if schema else {"description": description}
+    ok_response.setdefault("headers", {"X-Contacts-Ignored-Fields": IGNORED_FIELDS_HEADER})
+    responses: dict[str, Any] = {str(status): ok_response}
     responses["400"] = {"$ref": "#/components/responses/BadRequest"}
     responses["403"] = {"$ref": "#/components/responses/Forbidden"}
     if not_found:
@@ -366,8 +446,7 @@ def _post(
     if conflict:
         responses["409"] = {"$ref": "#/components/responses/Conflict"}
     responses["413"] = {"$ref": "#/components/responses/TooLarge"}
-    if write:
-        responses["503"] = {"$ref": "#/components/responses/Unavailable"}
+    responses["503"] = {"$ref": "#/components/responses/Unavailable"}
     return {
         "post": {
             "operationId": operation_id,
@@ -397,7 +476,6 @@ _PATHS = {
         "ContactFields",
         (201, "The new contact, with id and created_at.", "Contact"),
         conflict=True,
-        write=True,
     ),
     "/contacts.import": _post(
         "importContacts",
@@ -405,7 +483,6 @@ _PATHS = {
         "ImportRequest",
         (201, "The new contacts, in the order given.", "ImportResponse"),
         conflict=True,
-        write=True,
     ),
     "/contacts.list": _post(
         "listContacts",
@@ -428,7 +505,6 @@ _PATHS = {
         (202, "Updated (or nothing to change); empty body.", None),
         not_found=True,
         conflict=True,
-        write=True,
     ),
     "/contacts.delete": _post(
         "deleteContact",
@@ -436,7 +512,6 @@ _PATHS = {
         "IdRequest",
         (202, "Deleted; empty body.", None),
         not_found=True,
-        write=True,
     ),
     "/contacts.merge": _post(
         "mergeContacts",
@@ -444,7 +519,6 @@ _PATHS = {
         "MergeRequest",
         (200, "The destination after the merge, with merge_history.", "ContactWithHistory"),
         not_found=True,
-        write=True,
     ),
     "/actuator/health": _get("health", "Readiness (the path the platform's probes use)", _HEALTH),
     "/actuator/health/readiness": _get("readiness", "Ready: the store has caught up with the contacts topic", _HEALTH),
@@ -465,7 +539,8 @@ OPENAPI: dict = {
         "version": VERSION,
         "description": (
             "The contacts component of the Airy platform. Every API call is a POST with a JSON body;"
-            " malformed input is a 400 naming the field, unknown ids a 404. When the platform's"
+            " malformed input is a 400 naming the field, unknown ids a 404; unknown fields are ignored and"
+            " named in the X-Contacts-Ignored-Fields response header. When the platform's"
             " systemToken or jwtSecret is configured, every /contacts.* call needs"
             " `Authorization: Bearer <system token or HS256 JWT>` (else 403)."
         ),

@@ -10,8 +10,11 @@ from flask import Request, Response
 from contacts_streams.config import Config
 
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Contacts-Min-Position"
-CORS_EXPOSED = "X-Contacts-Position"
+# What a browser may send: the write and read headers of the API, and X-Requested-With, which
+# the platform's inbox client (lib/typescript/httpclient) sends on every call.
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Contacts-Min-Position, X-Requested-With"
+# What a browser script may read of an answer besides the CORS-safelisted headers.
+CORS_EXPOSE = "X-Contacts-Ignored-Fields, X-Contacts-Position"
 
 
 class Guard:
@@ -59,29 +62,36 @@ class Guard:
             return "anonymous"
         return str(claims.get("sub") or "jwt")
 
-    def _allowed_origin(self, request: Request) -> str | None:
+    def _allowed_origin(self, request: Request) -> tuple[str, bool] | None:
+        """(Access-Control-Allow-Origin, whether credentials may be sent) for the request's origin.
+
+        With ``*`` any origin may call, but anonymously: ``*`` itself, never the origin reflected
+        with credentials, which would let every web site make calls with the user's cookies.
+        A listed origin is reflected and may send credentials (the inbox sends them)."""
         origin = request.headers.get("Origin")
         if not origin or not self._origins:
             return None
+        if origin in self._origins:
+            return origin, True
         if "*" in self._origins:
-            return origin
-        return origin if origin in self._origins else None
+            return "*", False
+        return None
 
     def preflight(self, request: Request) -> Response:
         response = Response(status=204)
-        origin = self._allowed_origin(request)
-        if origin:
+        if self._allowed_origin(request):
             response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
-            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
-                "Access-Control-Request-Headers", CORS_HEADERS
-            )
+            response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
             response.headers["Access-Control-Max-Age"] = "3600"
         return response
 
     def cors(self, request: Request, response: Response) -> None:
-        origin = self._allowed_origin(request)
-        if origin:
+        allowed = self._allowed_origin(request)
+        if allowed:
+            origin, credentials = allowed
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
+            if credentials:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
+        if self._origins:  # the answer depends on the Origin header: caches keep one per origin
             response.headers.add("Vary", "Origin")

@@ -9,12 +9,15 @@ Resolution order (DESIGN.md, "Real parts, everywhere"):
 
 Run as a program it starts a broker, exports ``KAFKA_BROKERS`` and runs the command after ``--``,
 stopping the broker when the command ends:  ``python -m contacts_dev.embedded_kafka -- CMD``.
+``make run`` is ``contacts_dev.run``: a broker that keeps its data in the clone (``data_dir``).
 """
 
 from __future__ import annotations
 
 import base64
 import ctypes
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -91,6 +94,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    # SO_REUSEADDR as the JVM's acceptor sets it: a port left in TIME_WAIT by the last run is
+    # free for Kafka, one that something listens on is not.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _kept_ports(data: Path) -> tuple[int, int]:
+    """The ports a kept data folder used last time where they are still free, else new ones
+    (remembered for next time): clients find the broker where they found it before."""
+    remembered = data / "ports.json"
+    try:
+        ports = json.loads(remembered.read_text())
+        port, controller_port = int(ports["port"]), int(ports["controller_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        port = controller_port = 0
+    port = port if port and _port_free(port) else _free_port()
+    controller_port = controller_port if controller_port and controller_port != port and _port_free(controller_port) else _free_port()
+    remembered.write_text(json.dumps({"port": port, "controller_port": controller_port}) + "\n")
+    return port, controller_port
+
+
+def _wait_unlocked(data: Path, timeout: float = 30.0) -> None:
+    """Wait until no broker holds the kept data folder (Kafka holds an fcntl lock on
+    ``logs/.lock`` while it runs): the broker of a run that was killed hard gets SIGTERM from
+    its parent's death and needs a moment to go. A second live run on the folder is an error."""
+    lock_file = data / "logs" / ".lock"
+    deadline = time.monotonic() + timeout
+    said = False
+    while lock_file.exists():
+        with open(lock_file, "a") as handle:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass
+            else:
+                fcntl.lockf(handle, fcntl.LOCK_UN)
+                return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"another Kafka broker still runs on {data} (its lock: {lock_file}); stop it first")
+        if not said:
+            print(f"waiting for the Kafka broker of an earlier run to let go of {data}", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(0.5)
+
+
 def _die_with_parent() -> None:
     # The JVM gets SIGTERM if the Python process that started it dies, even by SIGKILL: no orphans.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -121,6 +175,19 @@ LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+@dataclass(frozen=True)
+class Listener:
+    """An extra client listener of a KraftBroker: its name, security protocol and the settings
+    of that listener (written as ``listener.name.<name>.<key>``), e.g. a SASL_SSL one::
+
+        Listener("SECURE", "SASL_SSL", {"sasl.enabled.mechanisms": "PLAIN", ...})
+    """
+
+    name: str
+    protocol: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+
 class KraftBroker:
     """A single-node KRaft broker that can be stopped and started again on the same ports and
     data folder (fault tests take it away under load and bring it back)::
@@ -129,14 +196,34 @@ class KraftBroker:
         broker.stop(kill=True)   # SIGKILL (a crash) or SIGTERM (a controlled shutdown)
         broker.start()           # same ports, same log.dirs, same cluster id
         broker.close()           # stop and delete the data folder
+
+    Extra listeners (``listeners=[Listener(...)]``) serve clients beside PLAINTEXT, which stays
+    the inter-broker and readiness listener; ``broker.bootstrap(name)`` is a listener's address.
+
+    With ``data_dir`` (``make run``'s ``.run/kafka``) the data outlives the process: a later
+    KraftBroker on the same folder finds it again (the storage is formatted once, so the cluster id
+    and node stay those of meta.properties), on the same ports when they are free and on new ones
+    (advertised with them) when something else took them; close() then keeps the data too.
     """
 
-    def __init__(self, log_dir: Path | None = None):
+    def __init__(
+        self, log_dir: Path | None = None, data_dir: Path | None = None, listeners: tuple[Listener, ...] | list[Listener] = ()
+    ):
         libs = kafka_jars()
         self._jvm = [_java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC"]
-        self.data = Path(tempfile.mkdtemp(prefix="contacts-kafka-"))
-        self.port, self.controller_port = _free_port(), _free_port()
+        self.kept = data_dir is not None
+        if self.kept:
+            self.data = _ensure(Path(data_dir).resolve())
+            _wait_unlocked(self.data)
+            self.port, self.controller_port = _kept_ports(self.data)
+        else:
+            self.data = Path(tempfile.mkdtemp(prefix="contacts-kafka-"))
+            self.port, self.controller_port = _free_port(), _free_port()
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        self.listener_ports = {listener.name: _free_port() for listener in listeners}
+        extra = "".join(f",{name}://127.0.0.1:{port}" for name, port in self.listener_ports.items())
+        protocols = "".join(f",{listener.name}:{listener.protocol}" for listener in listeners)
+        listener_props = [f"listener.name.{l.name.lower()}.{k}={v}" for l in listeners for k, v in l.properties.items()]
         self.log_file = _ensure(log_dir or Path(tempfile.gettempdir())) / f"contacts-kafka-{self.port}.log"
         self._proc: subprocess.Popen | None = None
         props = self.data / "server.properties"
@@ -146,10 +233,10 @@ class KraftBroker:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}{extra}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}{extra}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={self.data / 'logs'}",
                     # Single node: internal topics with one replica, or transactions and groups hang.
@@ -164,19 +251,27 @@ class KraftBroker:
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
                     "log.cleaner.backoff.ms=1000",
+                    *listener_props,
                 ]
             )
             + "\n"
         )
         (self.data / "log4j2.xml").write_text(LOG4J2.replace("{log}", str(self.log_file)))
         self._jvm += [f"-Dlog4j2.configurationFile={self.data / 'log4j2.xml'}", "-cp", str(libs / "*")]
+        if self.kept and (self.data / "logs" / "meta.properties").exists():
+            return  # formatted before: formatting again would give it a new cluster id
+        shutil.rmtree(self.data / "logs", ignore_errors=True)  # a format that was interrupted
         fmt = subprocess.run(
             self._jvm + ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
             capture_output=True, text=True,
         )
         if fmt.returncode != 0:
-            shutil.rmtree(self.data, ignore_errors=True)
+            shutil.rmtree(self.data / "logs" if self.kept else self.data, ignore_errors=True)
             raise BrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+
+    def bootstrap(self, listener: str) -> str:
+        """The address of an extra listener (by name)."""
+        return f"127.0.0.1:{self.listener_ports[listener]}"
 
     @property
     def running(self) -> bool:
@@ -190,6 +285,9 @@ class KraftBroker:
             self._proc = subprocess.Popen(
                 self._jvm + ["kafka.Kafka", str(self.data / "server.properties")],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                # Its own process group: Ctrl-C reaches the program that started it, which stops
+                # its clients first and then the broker, not all of them at once.
+                process_group=0,
             )
         try:
             _wait_ready(self.bootstrap_servers, self._proc, self.log_file, timeout)
@@ -214,9 +312,21 @@ class KraftBroker:
             proc.wait()
 
     def close(self) -> None:
-        """Stop the broker and delete its data folder."""
+        """Stop the broker and delete its data folder (a kept one stays)."""
         self.stop()
-        shutil.rmtree(self.data, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.data, ignore_errors=True)
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The cluster id the storage was formatted with (meta.properties)."""
+        meta = self.data / "logs" / "meta.properties"
+        if not meta.exists():
+            return None
+        for line in meta.read_text().splitlines():
+            if line.startswith("cluster.id="):
+                return line.split("=", 1)[1].strip()
+        return None
 
 
 def _cluster_id() -> str:
@@ -228,9 +338,10 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def start_kraft(log_dir: Path | None = None) -> Broker:
-    """Start a single-node KRaft broker on free loopback ports; its data folder goes on stop."""
-    broker = KraftBroker(log_dir)
+def start_kraft(log_dir: Path | None = None, data_dir: Path | None = None) -> Broker:
+    """Start a single-node KRaft broker on free loopback ports; its data folder goes on stop,
+    unless it is a kept ``data_dir`` (see KraftBroker)."""
+    broker = KraftBroker(log_dir, data_dir)
     try:
         broker.start()
     except BaseException:

@@ -17,11 +17,11 @@ from collections import OrderedDict
 
 from confluent_kafka import Consumer, Message
 
-from contacts_streams import commands, topics
+from contacts_streams import commands, model, topics
 from contacts_streams.commands import Command
 from contacts_streams.config import Config
 from contacts_streams.decisions import AVATAR_URL, DISPLAY_NAME, SOURCE
-from contacts_streams.exactly_once import ExactlyOnceLoop, Produced
+from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Unprocessable
 from contacts_streams.metrics import Metrics
 from contacts_streams.serialization import DecodeError, message_codec, metadata_codec
 from contacts_streams.store import Store
@@ -32,6 +32,21 @@ SUBJECT_PREFIX = "conversation:"
 RECENTLY_ROUTED = 200_000
 REROUTE_AFTER_S = 30.0
 CONVERSATIONS_PER_COMMAND = 1000
+
+
+def _checked_text(value, what: str, limit: int = model.MAX_STRING_LENGTH) -> str:
+    """A value auto-create may put into a contact: what the API would accept there."""
+    if not isinstance(value, str):
+        raise Unprocessable(f"{what} is not a string")
+    if len(value) > limit:
+        raise Unprocessable(f"{what} is longer than {limit} characters")
+    if "\x00" in value:
+        raise Unprocessable(f"{what} contains the character U+0000")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unprocessable(f"{what} is not valid Unicode") from None
+    return value
 
 
 class ConversationRouter(ExactlyOnceLoop):
@@ -64,6 +79,7 @@ class ConversationRouter(ExactlyOnceLoop):
         if not messages:
             return
         events: dict[str, dict] = {}
+        letters: list[Produced] = []
         for msg in messages:
             if msg.value() is None:
                 continue
@@ -72,9 +88,10 @@ class ConversationRouter(ExactlyOnceLoop):
                     self._read_message(msg, events)
                 else:
                     self._read_metadata(msg, events)
-            except (DecodeError, ValueError, KeyError, TypeError) as err:
-                log.error("skipping undecodable record %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), err)
-                self._metrics.poison_records.labels(topic=msg.topic()).inc()
+            except (DecodeError, Unprocessable, ValueError, KeyError, TypeError) as err:
+                if isinstance(err, DecodeError):
+                    self._metrics.poison_records.labels(topic=msg.topic()).inc()
+                letters.append(self.dead_letter(msg, err))
         items = list(events.items())
         records = []
         for start in range(0, len(items), CONVERSATIONS_PER_COMMAND):
@@ -86,7 +103,7 @@ class ConversationRouter(ExactlyOnceLoop):
                 origin=commands.ORIGIN_AUTO_CREATE,
             )
             records.append(Produced(self._target, command.id.encode(), command.encode(), []))
-        self.commit(consumer, self.next_offsets(messages), records)
+        self.commit(consumer, self.next_offsets(messages), records + letters)
         now = time.monotonic()
         for conversation_id, event in events.items():
             if SOURCE in event:
@@ -100,15 +117,19 @@ class ConversationRouter(ExactlyOnceLoop):
         conversation_id = str(message["conversationId"])
         if not conversation_id:
             return
+        _checked_text(conversation_id, "conversationId", model.MAX_KEY_LENGTH)
+        source = _checked_text(str(message["source"]), "source")
         routed_at = self._routed.get(conversation_id)
         if routed_at is not None and time.monotonic() - routed_at < self.reroute_after_s:
             return
         if conversation_id not in events and self._store.contact_id_for_conversation(conversation_id):
             return
-        events.setdefault(conversation_id, {}).setdefault(SOURCE, str(message["source"]))
+        events.setdefault(conversation_id, {}).setdefault(SOURCE, source)
 
     def _read_metadata(self, msg: Message, events: dict[str, dict]) -> None:
         metadata = self._metadata.decode(msg.value())
         subject, key, value = metadata["subject"], metadata["key"], metadata["value"]
         if subject.startswith(SUBJECT_PREFIX) and key in (DISPLAY_NAME, AVATAR_URL) and value:
-            events.setdefault(subject[len(SUBJECT_PREFIX) :], {})[key] = value
+            conversation_id = _checked_text(subject[len(SUBJECT_PREFIX) :], "the subject's conversation id", model.MAX_KEY_LENGTH)
+            if conversation_id:
+                events.setdefault(conversation_id, {})[key] = _checked_text(value, key)

@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from contacts_streams.kafka_security import PLATFORM_KEYSTORE, PLATFORM_TRUSTSTORE, SecurityConfigError, settings_from_env
+
 
 class ConfigError(ValueError):
     """A variable is missing or malformed; the message names it."""
@@ -29,7 +31,23 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("KAFKA_BROKERS", "localhost:9092", "Kafka bootstrap servers (comma-separated host:port)"),
         Setting("KAFKA_SCHEMA_REGISTRY_URL", "", "Schema Registry URL; empty: Avro single-object encoding"),
-        Setting("KAFKA_COMMIT_INTERVAL_MS", "100", "longest time the auto-create consumer keeps a transaction open"),
+        Setting("AUTH_JAAS", "", "SASL PLAIN over TLS: a JAAS line `...PlainLoginModule required username=\"u\" password=\"p\";`"),
+        Setting("KAFKA_KEY_TRUST_SECRET", "", "certificate auth (mTLS): password of the truststore, keystore and key; wins over AUTH_JAAS"),
+        Setting("KAFKA_TRUSTSTORE_LOCATION", PLATFORM_TRUSTSTORE, "with KAFKA_KEY_TRUST_SECRET: the CA certificates (JKS, PKCS12 or PEM)"),
+        Setting("KAFKA_KEYSTORE_LOCATION", PLATFORM_KEYSTORE, "with KAFKA_KEY_TRUST_SECRET: the client key and certificate (PKCS12 or PEM)"),
+        Setting("KAFKA_CONFIG_<NAME>", "", "any librdkafka property, dots as underscores (KAFKA_CONFIG_SSL_CA_LOCATION: ssl.ca.location)"),
+        Setting(
+            "SCHEMA_REGISTRY_CHECK_MS",
+            "30000",
+            "with a registry: how long a registration of the contact schema is trusted; the next write after it registers again "
+            "(a registry that lost it gets it back) and answers 503 if the registry cannot be reached",
+        ),
+        Setting(
+            "KAFKA_COMMIT_INTERVAL_MS",
+            "100",
+            "longest the auto-create stream loops wait in one poll for new records; each batch commits its"
+            " own transaction as soon as it is processed, so this delays no commit",
+        ),
         Setting("systemToken", "", "system token accepted as `Authorization: Bearer <token>`"),
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
         Setting("allowedOrigins", "", "CORS origins, comma-separated, `*` for any; empty: no CORS headers"),
@@ -44,6 +62,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("HTTP_THREADS", "32", "threads serving HTTP requests"),
         Setting("WRITE_TIMEOUT_MS", "10000", "longest a write waits for the broker before answering 503"),
         Setting("AUTO_CREATE_ENABLED", "true", "create a contact for every new conversation (false: a CRM owns contacts)"),
+        Setting("ERASE_WITHIN_MS", "604800000", "longest time personal data stays on the topics the service keeps by retention (the dead-letter topic, ...)"),
+        Setting("LIVENESS_STALL_MS", "300000", "liveness fails when a stream stage has made no progress on waiting input for this long"),
         Setting("LOG_FORMAT", "text", "`text` or `json` (one object a line)"),
         Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ]
@@ -54,9 +74,10 @@ SETTINGS: dict[str, Setting] = {
 class Config:
     kafka_brokers: str = "localhost:9092"
     schema_registry_url: str | None = None
+    schema_registry_check_ms: int = 30_000
     commit_interval_ms: int = 100
-    system_token: str | None = None
-    jwt_secret: str | None = None
+    system_token: str | None = field(default=None, repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     contacts_topic: str = "application.communication.contacts"
     messages_topic: str = "application.communication.messages"
@@ -69,8 +90,12 @@ class Config:
     http_threads: int = 32
     write_timeout_ms: int = 10000
     auto_create_enabled: bool = True
+    erase_within_ms: int = 7 * 24 * 3600 * 1000
+    liveness_stall_ms: int = 300_000
     log_format: str = "text"
     log_level: str = "INFO"
+    # librdkafka settings from AUTH_JAAS, KAFKA_KEY_TRUST_SECRET and KAFKA_CONFIG_<NAME> (a
+    # KafkaSettings: its repr hides passwords).
     extra_kafka: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -114,9 +139,14 @@ class Config:
         if registry and not registry.startswith(("http://", "https://")):
             raise ConfigError(f"KAFKA_SCHEMA_REGISTRY_URL must be an http(s) URL, got {registry!r}")
         origins = tuple(o.strip() for o in get("allowedOrigins").split(",") if o.strip())
+        try:
+            extra_kafka = settings_from_env(env)
+        except SecurityConfigError as err:
+            raise ConfigError(str(err)) from None
         return cls(
             kafka_brokers=required("KAFKA_BROKERS"),
             schema_registry_url=registry or None,
+            schema_registry_check_ms=integer("SCHEMA_REGISTRY_CHECK_MS", 100, 86_400_000),
             commit_interval_ms=integer("KAFKA_COMMIT_INTERVAL_MS", 1, 600_000),
             system_token=get("systemToken") or None,
             jwt_secret=get("jwtSecret") or None,
@@ -132,13 +162,18 @@ class Config:
             http_threads=integer("HTTP_THREADS", 1, 1024),
             write_timeout_ms=integer("WRITE_TIMEOUT_MS", 100, 600_000),
             auto_create_enabled=boolean("AUTO_CREATE_ENABLED"),
+            erase_within_ms=integer("ERASE_WITHIN_MS", 60_000, 10 * 365 * 24 * 3600 * 1000),
+            liveness_stall_ms=integer("LIVENESS_STALL_MS", 1000, 7 * 24 * 3600 * 1000),
             log_format=one_of("LOG_FORMAT", ("text", "json")),
             log_level=one_of("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), fold=str.upper),
+            extra_kafka=extra_kafka,
         )
 
     def kafka(self, **overrides) -> dict:
-        """librdkafka settings shared by every client of this service; its logs go through
-        Python's logging (and so LOG_FORMAT) instead of straight to stderr."""
+        """librdkafka settings shared by every client of this service (consumers, producers,
+        admin), security included; its logs go through Python's logging (and so LOG_FORMAT)
+        instead of straight to stderr. A client's own overrides win: they are what its
+        guarantees rest on (idempotence, isolation, transactional ids)."""
         return {
             "bootstrap.servers": self.kafka_brokers,
             "log_level": 4,

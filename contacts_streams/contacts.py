@@ -114,7 +114,7 @@ class Contacts:
         if reply.status == 400:
             raise ValidationError(error.get("field", ""), message)
         if reply.status == 413:
-            raise TooLarge(message)
+            raise TooLarge(message, error.get("field"))
         if reply.status == 422:
             raise IdempotencyMismatch(message)
         raise WriterFailed(message)

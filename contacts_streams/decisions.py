@@ -139,7 +139,7 @@ def _update(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
             if source != "":
                 _check_conversation_free(view, conversation_id, contact_id, f"conversations.{conversation_id}")
     updated = model.apply_update(current, changes, now_ms)
-    if updated == current:  # apply_update leaves updated_at alone when nothing changed
+    if model.same_json(updated, current):  # apply_update leaves updated_at alone when nothing changed
         return Decision(202, [contact_id])
     return Decision(202, [contact_id], [Change(contact_id, updated, "updated")])
 
@@ -173,16 +173,29 @@ def _merge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
 # --- auto-create (router commands) ----------------------------------------------------------------
 
 
+# The join state's fields (as the join-state topic holds them), by the router's event keys.
+JOINED = {DISPLAY_NAME: "display_name", AVATAR_URL: "avatar_url"}
+
+
 def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
     """Create the contact of every conversation no contact references (id derived from the
     conversation, Airy's default name unless the channel named it) and fill names and avatars
-    from conversation metadata; one command carries a router's whole batch."""
+    from conversation metadata; one command carries a router's whole batch. What the batch
+    teaches about each conversation is its new join state (``conversation_metadata``)."""
     conversations: dict = payload["conversations"]
     learned: dict[str, dict] = {}
+    filling: dict[str, dict] = {}
     for conversation_id, event in conversations.items():
-        values = {k: v for k, v in event.items() if k in (DISPLAY_NAME, AVATAR_URL) and isinstance(v, str) and v}
+        committed = view.conversation_metadata(conversation_id)
+        state = dict(committed)
+        if isinstance(event.get(SOURCE), str):
+            state.setdefault(SOURCE, event[SOURCE])
+        values = {JOINED[k]: v for k, v in event.items() if k in JOINED and isinstance(v, str) and v}
         if values:
-            learned[conversation_id] = {**view.conversation_metadata(conversation_id), **values}
+            state.update(values)
+            filling[conversation_id] = values
+        if state != committed:
+            learned[conversation_id] = state
     changed: dict[str, tuple[dict, str]] = {}  # contact id -> (state, operation)
     owners: dict[str, str | None] = {}
     for conversation_id, event in conversations.items():
@@ -199,14 +212,14 @@ def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision
             continue
         known = learned.get(conversation_id) or view.conversation_metadata(conversation_id)
         fields = {
-            "display_name": known.get(DISPLAY_NAME) or model.default_display_name(conversation_id, source),
+            "display_name": known.get("display_name") or model.default_display_name(conversation_id, source),
             "conversations": {conversation_id: source},
         }
-        if known.get(AVATAR_URL):
-            fields["avatar_url"] = known[AVATAR_URL]
+        if known.get("avatar_url"):
+            fields["avatar_url"] = known["avatar_url"]
         changed[contact_id] = (model.new_contact(fields, contact_id, now_ms), "auto_created")
         owners[conversation_id] = contact_id
-    for conversation_id, values in learned.items():
+    for conversation_id, values in filling.items():
         owner = owners.get(conversation_id) or view.owner_of_conversation(conversation_id)
         if owner is None:
             continue
@@ -224,13 +237,13 @@ def fill(contact: dict, conversation_id: str, values: dict, now_ms: int) -> dict
     """A real name replaces the default name and an avatar fills an empty one; a value a person
     set is never overwritten. Returns the contact itself when nothing changes."""
     changes = {}
-    name = values.get(DISPLAY_NAME)
+    name = values.get("display_name")
     source = contact.get("conversations", {}).get(conversation_id)
     current = contact.get("display_name")
     if name and name != current and source is not None:
         if current is None or current == model.default_display_name(conversation_id, source):
             changes["display_name"] = name
-    avatar = values.get(AVATAR_URL)
+    avatar = values.get("avatar_url")
     if avatar and not contact.get("avatar_url"):
         changes["avatar_url"] = avatar
     if not changes:

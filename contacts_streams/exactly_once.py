@@ -6,6 +6,13 @@ The one transaction helper of the service: the writer and the conversation route
 subclasses. A failed transaction is aborted and the batch read again from the group's committed
 offsets (a seek, the group membership stays); a producer that cannot abort is replaced; a fenced
 one means another member took over, so the consumer rejoins.
+
+A record a stage can never process never holds its partition up: the stage sends it, as
+received, to the dead-letter topic with the error in headers, in the transaction that commits
+its offset (the writer also answers the command). Records a stage recognises as bad go there
+within their batch; when a batch fails in a way that names no record (a produce the broker
+refuses, an error while deciding), the loop splits the batch and commits its halves on their own
+until the record that fails alone is found.
 """
 
 from __future__ import annotations
@@ -16,15 +23,27 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from contacts_streams.config import Config
+from contacts_streams.liveness import Progress
 from contacts_streams.metrics import Metrics, report_lag
+from contacts_streams.serialization import RegistryError
+from contacts_streams.topics import PRODUCER_MAX_BYTES, RECORD_OVERHEAD, dead_letter_topic, record_bytes
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5000
 LAG_INTERVAL_S = 1.0
+
+# Headers of a dead letter: where the record came from and why no stage could process it.
+DL_TOPIC, DL_PARTITION, DL_OFFSET = "dead_letter.topic", "dead_letter.partition", "dead_letter.offset"
+DL_STAGE, DL_ERROR_CLASS, DL_ERROR_MESSAGE = "dead_letter.stage", "dead_letter.error_class", "dead_letter.error_message"
+DL_VALUE_DROPPED = "dead_letter.value_dropped"
+MAX_ERROR_MESSAGE = 1000
+DEAD_LETTER_MAX_BYTES = PRODUCER_MAX_BYTES - RECORD_OVERHEAD - 4096
+# Errors of one record, not of the broker: producing it again can never succeed.
+RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG})
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,16 @@ class Restart(Exception):
         super().__init__(message)
         self.replace_producer = replace_producer
         self.rejoin = rejoin
+
+
+class Unprocessable(Exception):
+    """A record (or a batch holding one) this stage can never process: the loop isolates the
+    record and dead-letters it. Transient trouble (the broker, the store catching up) is a
+    ``Restart`` instead."""
+
+
+# What ``process`` may raise about a record's content: bad shapes and values of its input.
+RECORD_FAULTS = (Unprocessable, ValueError, KeyError, TypeError)
 
 
 def fenced(error: KafkaError) -> bool:
@@ -69,6 +98,8 @@ class ExactlyOnceLoop:
         self._assigned = threading.Event()
         self._sources_missing = False
         self._producer: Producer | None = None
+        self._dead_letter_topic = dead_letter_topic(config)
+        self.progress = Progress(self.name)
         self.failure: BaseException | None = None
 
     # --- what others ask -----------------------------------------------------------------------
@@ -173,10 +204,45 @@ class ExactlyOnceLoop:
                 producer.abort_transaction(self._timeout)
             except KafkaException as abort_err:
                 raise Restart(f"abort failed: {abort_err}", replace_producer=True) from err
+            refused = [e for e in [error, *failures] if isinstance(e, KafkaError) and e.code() in RECORD_ERRORS]
+            if refused:  # the broker (or the client) will never take one of these records
+                raise Unprocessable(f"a record was refused: {refused[0].str()}") from err
             raise Restart(f"transaction aborted: {err}") from err
         if failures:
             raise Restart(f"committed with failed deliveries: {failures}", replace_producer=True)
+        for record in records:
+            if record.topic == self._dead_letter_topic:
+                source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
+                self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
+
+    def dead_letter(self, msg: Message, err: BaseException) -> Produced:
+        """The dead letter of a record: key and value as received, the error in headers. Give it
+        to ``commit`` with the record's offset."""
+        text = str(err) or type(err).__name__
+        log.error(
+            "%s sends %s[%d]@%d to %s: %s: %s",
+            self.name, msg.topic(), msg.partition(), msg.offset(), self._dead_letter_topic, type(err).__name__, text[:MAX_ERROR_MESSAGE],
+        )
+        headers = list(msg.headers() or []) + [
+            (DL_TOPIC, msg.topic().encode()),
+            (DL_PARTITION, str(msg.partition()).encode()),
+            (DL_OFFSET, str(msg.offset()).encode()),
+            (DL_STAGE, self.name.encode()),
+            (DL_ERROR_CLASS, type(err).__name__.encode()),
+            (DL_ERROR_MESSAGE, text[:MAX_ERROR_MESSAGE].encode("utf-8", "replace")),
+        ]
+        value = msg.value()
+        if record_bytes(msg.key(), value, headers) > DEAD_LETTER_MAX_BYTES:
+            # Never stuck on the dead letter itself: where it came from says where to find it.
+            headers.append((DL_VALUE_DROPPED, f"{len(value or b'')} bytes, too large to keep".encode()))
+            value = b""
+        return Produced(self._dead_letter_topic, msg.key(), value, headers)
+
+    def unprocessable(self, consumer: Consumer, msg: Message, err: BaseException) -> list[Produced]:
+        """What a record that fails alone becomes (committed with its offset): its dead letter.
+        The writer adds the answer to the command."""
+        return [self.dead_letter(msg, err)]
 
     @staticmethod
     def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
@@ -201,6 +267,7 @@ class ExactlyOnceLoop:
                     self._consume(consumer)
                 except Restart as restart:
                     log.warning("%s rejoins its group: %s", self.name, restart)
+                    self.progress.problem(str(restart))
                     self._replace_producer_if(restart)
                     time.sleep(0.2)
                 finally:
@@ -213,9 +280,7 @@ class ExactlyOnceLoop:
     def _replace_producer_if(self, restart: Restart) -> None:
         if restart.replace_producer or restart.rejoin:
             self._producer = None  # dropped: a successor's init_transactions ends what it left open
-            if self.producer_at_start and not restart.rejoin:
-                self._producer = self.new_producer()
-            elif self.producer_at_start:
+            if self.producer_at_start:
                 self._producer = self.new_producer()
 
     def new_producer(self) -> Producer:
@@ -254,6 +319,7 @@ class ExactlyOnceLoop:
         )
 
         def assigned(_consumer, partitions):
+            self.progress.only((tp.topic, tp.partition) for tp in consumer.assignment() + list(partitions))
             self.on_assign(partitions)
             self._assigned.set()
 
@@ -285,7 +351,7 @@ class ExactlyOnceLoop:
             now = time.monotonic()
             if now - lag_reported > LAG_INTERVAL_S:
                 lag_reported = now
-                report_lag(consumer, self._metrics, consumer.position(consumer.assignment()))
+                self._note_lag(consumer, now)
             if not self._assigned.is_set() and now - checked_sources > 5:
                 checked_sources = now
                 topics = consumer.list_topics(timeout=5).topics
@@ -297,8 +363,17 @@ class ExactlyOnceLoop:
                     real.append(msg)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s consumer: %s", self.name, error)
+            partitions = {(msg.topic(), msg.partition()) for msg in real}
+            if partitions:
+                self.progress.waiting(partitions, now)
             try:
-                self.process(consumer, real)
+                try:
+                    self._process_isolating(consumer, real)
+                except RegistryError as err:  # the records may be fine: read them again later
+                    time.sleep(1)
+                    raise Restart(f"waiting for the schema registry: {err}") from err
+                if partitions:
+                    self.progress.advanced(partitions)
             except Restart as restart:
                 if restart.rejoin:
                     raise
@@ -312,3 +387,39 @@ class ExactlyOnceLoop:
                 except KafkaException as err:
                     raise Restart(f"cannot rewind: {err}", rejoin=True) from err
                 time.sleep(0.1)
+
+    def _note_lag(self, consumer: Consumer, now: float) -> None:
+        # The position (not the committed offset) counts: it steps over the marker that ends
+        # each transaction, so a stage that read everything shows no lag.
+        positions = consumer.position(consumer.assignment())
+        report_lag(consumer, self._metrics, positions)
+        behind, level = [], []
+        for tp in positions:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset == OFFSET_INVALID or tp.offset < 0 or high < 0:
+                continue  # not fetched yet: nothing known
+            (behind if high > tp.offset else level).append((tp.topic, tp.partition))
+        self.progress.waiting(behind, now)
+        self.progress.advanced(level)
+
+    def _process_isolating(self, consumer: Consumer, messages: list[Message]) -> None:
+        """Process a batch; when it fails on a record, process its halves on their own (each
+        half its own transaction, in order) down to the record that fails alone, which goes to
+        the dead-letter topic with its offset."""
+        try:
+            self.process(consumer, messages)
+            return
+        except RECORD_FAULTS as err:
+            if len(messages) == 1:
+                records = self.unprocessable(consumer, messages[0], err)
+                try:
+                    self.commit(consumer, self.next_offsets(messages), records)
+                except Unprocessable:  # the broker refuses even the dead letter: keep where it was
+                    letter = records[0]
+                    headers = letter.headers + [(DL_VALUE_DROPPED, b"refused by the dead-letter topic")]
+                    self.commit(consumer, self.next_offsets(messages), [Produced(letter.topic, letter.key, b"", headers)] + records[1:])
+                return
+            log.warning("%s: a record in a batch of %d cannot be processed (%s): isolating it", self.name, len(messages), err)
+        half = len(messages) // 2
+        self._process_isolating(consumer, messages[:half])
+        self._process_isolating(consumer, messages[half:])

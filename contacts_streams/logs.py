@@ -30,3 +30,7 @@ def setup(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The schema registry client's HTTP library logs every request at INFO, URL and all (a
+    # registry URL may carry credentials); its failures reach our logs as RegistryErrors.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,5 +1,8 @@
 """Materializes the contacts topic into the store, and tells writers when their record is applied.
 
+The same class materializes auto-create's join-state topic into its part of the store
+(``Materializer(..., topic=conversations_topic, target=store.join_state)``).
+
 It reads every partition ``read_committed`` from the offsets stored with the data (no consumer
 group: the store is the source of truth for where to resume), so a restart resumes where the last
 write batch stopped and never replays the topic. A store whose offsets do not fit the topic (beyond
@@ -17,7 +20,9 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from contacts_streams.config import Config
+from contacts_streams.liveness import Progress
 from contacts_streams.metrics import Metrics, report_lag
+from contacts_streams.serialization import RegistryError
 from contacts_streams.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -28,11 +33,16 @@ LAG_INTERVAL_S = 1.0
 
 
 class Materializer:
-    def __init__(self, config: Config, store: Store, metrics: Metrics):
+    def __init__(self, config: Config, store: Store, metrics: Metrics, topic: str | None = None, target=None, name: str = "materializer"):
         self._config = config
-        self._store = store
+        # What it writes: the store's contacts part, or another part with the same methods
+        # (topic, offsets, count, reset, apply).
+        self._store = target if target is not None else store
+        self._counts_contacts = target is None
         self._metrics = metrics
-        self._topic = config.contacts_topic
+        self._topic = topic or config.contacts_topic
+        self.name = name
+        self.progress = Progress(name)
         self._applied: dict[int, int] = {}
         self._changed = threading.Condition()
         self._stopping = threading.Event()
@@ -55,12 +65,12 @@ class Materializer:
 
     def status(self) -> str:
         if self.failure is not None:
-            return f"materializer failed: {self.failure}"
+            return f"{self.name} failed: {self.failure}"
         if not self._partitions:
-            return "connecting to the contacts topic"
+            return f"{self.name} connecting to {self._topic}"
         if not self.ready:
             behind = len(set(self._partitions) - self._caught_up)
-            return f"catching up with the contacts topic ({behind} of {len(self._partitions)} partitions behind)"
+            return f"{self.name} catching up with {self._topic} ({behind} of {len(self._partitions)} partitions behind)"
         return "up to date"
 
     def wait_applied(self, positions: dict[int, int], timeout: float) -> bool:
@@ -81,7 +91,7 @@ class Materializer:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="materializer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -114,8 +124,9 @@ class Materializer:
                     with self._changed:
                         positions = [TopicPartition(self._topic, p, self._applied.get(p, 0)) for p in self._partitions]
                     report_lag(consumer, self._metrics, positions)
+                    self._note_lag(consumer, positions)
         except BaseException as err:  # a store that cannot be written is fatal: liveness reports it
-            log.exception("materializer stopped")
+            log.exception("%s stopped", self.name)
             self.failure = err
             with self._changed:
                 self._changed.notify_all()
@@ -128,32 +139,46 @@ class Materializer:
             topic = metadata.topics.get(self._topic)
             if topic is not None and topic.error is None and topic.partitions:
                 break
-            log.info("waiting for the contacts topic %s", self._topic)
+            log.info("%s waits for the topic %s", self.name, self._topic)
             time.sleep(0.5)
         partitions = sorted(topic.partitions)
-        while True:
-            try:
-                watermarks = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
-                break
-            except KafkaException as err:  # a new topic's leaders are still being elected
-                if self._stopping.is_set() or err.args[0].fatal():
-                    raise
-                log.info("waiting for the contacts topic's leaders: %s", err)
-                time.sleep(0.5)
+        watermarks = self._watermarks(consumer, partitions)
         stored = self._store.offsets()
         reason = self._rebuild_reason(stored, watermarks)
         if reason:
             log.warning("rebuilding the store from %s: %s", self._topic, reason)
             self.rebuild_reason = reason
-            self._metrics.store_rebuilds.labels(reason=reason.split(":")[0]).inc()
+            label = reason.split(":")[0] if self._counts_contacts else f"{self.name}: {reason.split(':')[0]}"
+            self._metrics.store_rebuilds.labels(reason=label).inc()
             self._store.reset()
             stored = {}
         with self._changed:
             self._applied = {p: stored.get(p, 0) for p in partitions}
         self._partitions = partitions
         consumer.assign([TopicPartition(self._topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
-        self._metrics.store_contacts.set(self._store.count())
+        if self._counts_contacts:
+            self._metrics.store_contacts.set(self._store.count())
         log.info("materializing %s from %s", self._topic, {p: stored.get(p, 0) for p in partitions})
+
+    def _watermarks(self, consumer: Consumer, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        # A topic created a moment ago may have no leader yet: wait for it, don't fail.
+        while True:
+            try:
+                return {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
+            except KafkaException as err:
+                if self._stopping.is_set():
+                    raise
+                log.info("%s waits for the partitions of %s: %s", self.name, self._topic, err)
+                time.sleep(0.5)
+
+    def _note_lag(self, consumer: Consumer, positions: list[TopicPartition]) -> None:
+        behind, level = [], []
+        for tp in positions:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                (behind if high > tp.offset else level).append(tp.partition)
+        self.progress.waiting(behind)
+        self.progress.advanced(level)
 
     def _rebuild_reason(self, stored: dict[int, int], watermarks: dict[int, tuple[int, int]]) -> str | None:
         built_from = self._store.topic()
@@ -178,6 +203,8 @@ class Materializer:
         if first is None:
             return
         messages = [first] + consumer.consume(BATCH_SIZE - 1, 0)
+        # Records in hand: if the store does not take them, the stall clock runs.
+        self.progress.waiting({msg.partition() for msg in messages if msg.error() is None})
         records: list[Record] = []
         reached_end: list[tuple[int, int]] = []
         for msg in messages:
@@ -191,10 +218,14 @@ class Materializer:
             headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (msg.headers() or [])}
             records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
         if records:
-            applied = self._store.apply(self._topic, records, on_poison=self._poisoned)
+            applied = self._apply(records)
+            if applied is None:
+                return
             self.applied_since_start += applied
-            self._metrics.records_applied.inc(applied)
-            self._metrics.store_contacts.set(self._store.count())
+            if self._counts_contacts:
+                self._metrics.records_applied.inc(applied)
+                self._metrics.store_contacts.set(self._store.count())
+            self.progress.advanced({record.partition for record in records})
         if records or reached_end:
             with self._changed:
                 for record in records:
@@ -204,6 +235,17 @@ class Materializer:
                     self._applied[partition] = max(self._applied.get(partition, 0), end)
                     self._caught_up.add(partition)
                 self._changed.notify_all()
+
+    def _apply(self, records: list[Record]) -> int | None:
+        """Apply records; a record whose writer schema the registry cannot give right now is
+        retried (not skipped as poison): the store waits for the registry. None when stopping."""
+        while True:
+            try:
+                return self._store.apply(self._topic, records, on_poison=self._poisoned)
+            except RegistryError as err:  # nothing of the batch was written
+                log.warning("the store waits for the schema registry: %s", err)
+                if self._stopping.wait(1.0):
+                    return None
 
     def _poisoned(self, record: Record, _err: Exception) -> None:
         self._metrics.poison_records.labels(topic=self._topic).inc()

@@ -25,6 +25,18 @@ class Metrics:
         self.poison_records = Counter(
             "contacts_poison_records", "Records skipped because they could not be decoded", ["topic"], registry=r
         )
+        self.dead_letters = Counter(
+            "contacts_dead_letters",
+            "Records a stream stage could never process, sent to the dead-letter topic",
+            ["stage", "topic"],
+            registry=r,
+        )
+        self.stage_stalled = Gauge(
+            "contacts_stage_stalled_seconds",
+            "How long input has waited for a stream stage without it making progress (0: moving or idle)",
+            ["stage"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "contacts_consumer_lag_records", "Records behind the end of a partition", ["topic", "partition"], registry=r
         )

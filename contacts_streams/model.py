@@ -10,7 +10,30 @@ never None, and so are empty maps. Keys, in this order::
 str -> str; ``address`` has a subset of ADDRESS_FIELDS (str values); ``conversations`` is
 conversation id (lowercase UUID) -> source; ``metadata`` is any JSON object without arrays;
 ``created_at`` / ``updated_at`` are ISO 8601 UTC with milliseconds (``2021-11-16T13:21:03.580Z``);
-``merge_history`` is a list of contacts, each without its own ``merge_history``.
+``merge_history`` is a list of entries, oldest first, one per contact merged into this one
+(flattened: a source's own entries come along), each the source as it was when merged (its
+fields, ``id``, ``created_at``, ``updated_at``, never its own ``merge_history``) plus:
+
+- ``merged_at``: when it was merged (ISO 8601, like ``updated_at``);
+- ``merged_into``: the contact it was merged into then (an entry that came along with a later
+  merge names the contact it first went into, so an unmerge knows which entries go back);
+- ``gained``: the field paths the destination took from it: ``display_name`` (and the other
+  scalars), ``via.<key>``, ``address.<key>``, ``metadata.<top-level key>``,
+  ``conversations.<id>``; the part after the first dot is the whole key (keys may hold dots).
+
+Entries written before these three fields existed (full snapshots) have none of them: absent
+means unknown, not "nothing gained".
+
+Unknown fields are ignored, not refused (DESIGN.md, "HTTP API"): at the top level of every
+request and inside ``address``; ``via``, ``metadata`` and ``conversations`` keys are the
+client's own, so nothing there is unknown. Each ``validate_*`` takes an optional ``ignored``
+list and appends the path of every field it ignored (``displayName``, ``address.addressLine1``,
+``[3].nickname``); the API names them in the ``X-Contacts-Ignored-Fields`` header. The fields
+the service sets (``SERVED_FIELDS``: ``id`` where it is not the request's own, ``created_at``,
+``updated_at``, ``merge_history``) are accepted and ignored too, so a fetched contact can be
+sent back as it is; they are known fields and not named as ignored. ``pageSize`` (the inbox's
+spelling) is read as ``page_size``; when both are given ``page_size`` wins and ``pageSize`` is
+named as ignored (it is still checked: a known field with a wrong value is a 400).
 
 Validation (``validate_*``) raises only :class:`ValidationError`, whatever the input: its
 ``field`` is the path of the offending value (``via.email``, ``address.postcode``,
@@ -39,7 +62,14 @@ metadata integers              int64        -2**63 .. 2**63-1
 MAX_IMPORT                     10000        contacts in one import
 MAX_PAGE_SIZE                  1000         contacts.list page_size (DEFAULT_PAGE_SIZE 20)
 MAX_CURSOR_LENGTH              1024         contacts.list cursor
+MAX_MERGE_HISTORY              1000         merge_history entries of one contact: a merge past
+                                            it is refused with TooLarge (413), never truncated
 =============================  ===========  ==================================================
+
+A contact's encoded size is bounded too, by the contacts topic's record limit (about 1 MB):
+the publisher refuses a record over it (TooLarge, 413) before anything is produced. These
+limits alone do not keep a contact under it (100 via values of 2048 four-byte characters are
+800 KB; merges add the source and its snapshot), so that check is what bounds a contact.
 
 No string (value or key, at any depth) may contain U+0000 (the sort key uses it as a separator)
 or an unpaired surrogate (it could not be encoded as UTF-8). Numbers must be finite.
@@ -84,7 +114,9 @@ __all__ = [
     "MAX_STRING_LENGTH",
     "MAX_TIMEZONE_OFFSET",
     "MAX_VIA_KEYS",
+    "MAX_MERGE_HISTORY",
     "SERVED_FIELDS",
+    "TooLarge",
     "ValidationError",
     "apply_update",
     "contact_id_for_conversation",
@@ -95,6 +127,7 @@ __all__ = [
     "new_contact",
     "normalize_uuid",
     "now_ms",
+    "same_json",
     "sort_key",
     "validate_create",
     "validate_id",
@@ -119,7 +152,7 @@ SCALAR_FIELDS = (
 MAP_FIELDS = ("via", "address", "conversations", "metadata")
 #: The fields a client may write (create, import, update).
 CONTACT_FIELDS = SCALAR_FIELDS + MAP_FIELDS
-#: The fields only the service sets; sent by a client they are refused.
+#: The fields only the service sets; sent by a client (a contact it fetched) they are ignored.
 SERVED_FIELDS = ("id", "created_at", "updated_at", "merge_history")
 ADDRESS_FIELDS = (
     "organization_name",
@@ -144,6 +177,9 @@ MAX_IMPORT = 10_000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 20
 MAX_CURSOR_LENGTH = 1024
+MAX_MERGE_HISTORY = 1000
+#: What a merge_history entry adds to the source's fields.
+HISTORY_ENTRY_FIELDS = ("merged_at", "merged_into", "gained")
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -162,6 +198,18 @@ class ValidationError(ValueError):
 
     def __repr__(self) -> str:
         return f"ValidationError({self.field!r}, {self.message!r})"
+
+
+class TooLarge(ValueError):
+    """A write that would make a contact too large to store (413): ``field`` may be None."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --- paths and primitive checks -----------------------------------------------------------------
@@ -252,19 +300,14 @@ def _require_object(payload: Any, prefix: str) -> dict:
     return payload
 
 
-def _refuse_unknown(payload: dict, allowed: tuple[str, ...], prefix: str) -> None:
-    unknown = [key for key in payload if key not in allowed]
-    if not unknown:
+def _note_unknown(payload: dict, known: tuple[str, ...], prefix: str, ignored: list[str] | None) -> None:
+    """Unknown keys are ignored (DESIGN.md); their paths go to ``ignored`` for the client to see.
+    Served fields are known: a fetched contact sent back is not a mistake worth naming."""
+    if ignored is None:
         return
-    paths = [_key_path(prefix, key) for key in unknown]
-    first = unknown[0]
-    if len(unknown) == 1 and first in SERVED_FIELDS:
-        message = f"{paths[0]} is set by the service and cannot be sent"
-    elif len(unknown) == 1:
-        message = f"unknown field {paths[0]} (allowed: {', '.join(allowed)})"
-    else:
-        message = f"unknown fields {', '.join(paths)} (allowed: {', '.join(allowed)})"
-    raise ValidationError(paths[0], message)
+    for key in payload:
+        if key not in known and key not in SERVED_FIELDS:
+            ignored.append(_key_path(prefix, key))
 
 
 # --- field values -------------------------------------------------------------------------------
@@ -300,15 +343,16 @@ def _check_via(value: Any, path: str, removals: bool) -> dict:
     return out
 
 
-def _check_address(value: Any, path: str, removals: bool) -> dict:
+def _check_address(value: Any, path: str, removals: bool, ignored: list[str] | None = None) -> dict:
     if not isinstance(value, dict):
         raise ValidationError(path, f"{path} must be an object, not {_type_name(value)}")
     out = {}
     for key, item in value.items():
-        item_path = _key_path(path, key)
         if key not in ADDRESS_FIELDS:
-            raise ValidationError(item_path, f"{item_path} is not an address field (allowed: {', '.join(ADDRESS_FIELDS)})")
-        out[key] = _check_text(item, item_path)
+            if ignored is not None:
+                ignored.append(_key_path(path, key))
+            continue
+        out[key] = _check_text(item, _key_path(path, key))
     return out
 
 
@@ -386,7 +430,7 @@ def _copy_json(value: Any) -> Any:
     return value
 
 
-def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
+def _check_fields(payload: dict, prefix: str, *, removals: bool, ignored: list[str] | None = None) -> dict:
     """The contact fields of an (already key-checked) payload, checked, in canonical order.
 
     With ``removals`` (an update), "" is kept as a removal marker for any field and any key of
@@ -402,7 +446,10 @@ def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
             if removals and value == "":
                 out[name] = ""
                 continue
-            checked = _MAP_CHECKS[name](value, path, removals)
+            if name == "address":
+                checked = _check_address(value, path, removals, ignored)
+            else:
+                checked = _MAP_CHECKS[name](value, path, removals)
             if checked or removals:
                 out[name] = checked
         else:
@@ -413,46 +460,52 @@ def _check_fields(payload: dict, prefix: str, *, removals: bool) -> dict:
 # --- payload validators -------------------------------------------------------------------------
 
 
-def _validate_contact_payload(payload: Any, prefix: str) -> dict:
+def _validate_contact_payload(payload: Any, prefix: str, ignored: list[str] | None) -> dict:
     _require_object(payload, prefix)
     if not payload:
         raise ValidationError(prefix, f"{_where(prefix)} must not be empty: give at least one contact field")
-    _refuse_unknown(payload, CONTACT_FIELDS, prefix)
-    fields = _check_fields(payload, prefix, removals=False)
+    unknown: list[str] = []
+    _note_unknown(payload, CONTACT_FIELDS, prefix, unknown)
+    fields = _check_fields(payload, prefix, removals=False, ignored=unknown)
+    if ignored is not None:
+        ignored.extend(unknown)
     if not fields:
-        raise ValidationError(prefix, f"{_where(prefix)} sets no field (its maps are all empty)")
+        why = "its maps are all empty" if any(name in payload for name in CONTACT_FIELDS) else "it has no contact field"
+        message = f"{_where(prefix)} sets no field ({why})"
+        if unknown:
+            message += f"; ignored unknown fields: {', '.join(unknown[:10])}"
+        raise ValidationError(prefix, message)
     return fields
 
 
-def validate_create(payload: Any) -> dict:
+def validate_create(payload: Any, ignored: list[str] | None = None) -> dict:
     """The writable fields of a ``contacts.create`` payload, checked and normalized."""
-    return _validate_contact_payload(payload, "")
+    return _validate_contact_payload(payload, "", ignored)
 
 
-def validate_import(payload: Any) -> list[dict]:
-    """The contacts of a ``contacts.import`` payload (a non-empty JSON array of create payloads)."""
+def validate_import(payload: Any, ignored: list[str] | None = None) -> list[dict]:
+    """The contacts of a ``contacts.import`` payload (a JSON array of create payloads; ``[]`` is
+    fine and imports nothing)."""
     if not isinstance(payload, list):
         raise ValidationError("", f"the request body must be a JSON array of contacts, not {_type_name(payload)}")
-    if not payload:
-        raise ValidationError("", "the request body must not be an empty array: give at least one contact")
     if len(payload) > MAX_IMPORT:
         raise ValidationError("", f"an import may hold at most {MAX_IMPORT} contacts, not {len(payload)}")
-    return [_validate_contact_payload(item, f"[{index}]") for index, item in enumerate(payload)]
+    return [_validate_contact_payload(item, f"[{index}]", ignored) for index, item in enumerate(payload)]
 
 
-def validate_update(payload: Any) -> tuple[str, dict]:
+def validate_update(payload: Any, ignored: list[str] | None = None) -> tuple[str, dict]:
     """(id, changes) of a ``contacts.update`` payload; changes keep "" as removal markers."""
     _require_object(payload, "")
     if "id" not in payload:
         raise ValidationError("id", "id is required")
     contact_id = normalize_uuid(payload["id"], "id")
-    _refuse_unknown(payload, ("id",) + CONTACT_FIELDS, "")
-    return contact_id, _check_fields(payload, "", removals=True)
+    _note_unknown(payload, ("id",) + CONTACT_FIELDS, "", ignored)
+    return contact_id, _check_fields(payload, "", removals=True, ignored=ignored)
 
 
-def _ids(payload: Any, names: tuple[str, ...]) -> list[str]:
+def _ids(payload: Any, names: tuple[str, ...], ignored: list[str] | None, known: tuple[str, ...] = ()) -> list[str]:
     _require_object(payload, "")
-    _refuse_unknown(payload, names, "")
+    _note_unknown(payload, names + known, "", ignored)
     out = []
     for name in names:
         if name not in payload:
@@ -461,15 +514,15 @@ def _ids(payload: Any, names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def validate_id(payload: Any) -> str:
+def validate_id(payload: Any, ignored: list[str] | None = None) -> str:
     """The id of a ``{"id"}`` payload (``contacts.delete``)."""
-    return _ids(payload, ("id",))[0]
+    return _ids(payload, ("id",), ignored)[0]
 
 
-def validate_info(payload: Any) -> tuple[str, str]:
+def validate_info(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
     """``("id", id)`` or ``("conversation_id", id)`` for ``contacts.info``: exactly one of them."""
     _require_object(payload, "")
-    _refuse_unknown(payload, ("id", "conversation_id"), "")
+    _note_unknown(payload, ("id", "conversation_id"), "", ignored)
     if "id" in payload and "conversation_id" in payload:
         raise ValidationError("conversation_id", "give either id or conversation_id, not both")
     if "conversation_id" in payload:
@@ -482,23 +535,43 @@ def validate_info(payload: Any) -> tuple[str, str]:
 _SELF_MERGE = "destination_id must differ from source_id: a contact cannot be merged into itself"
 
 
-def validate_merge(payload: Any) -> tuple[str, str]:
-    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ."""
-    source_id, destination_id = _ids(payload, ("source_id", "destination_id"))
+def validate_merge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
+    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ.
+
+    ``dry_run`` is a known field (DESIGN.md) that this version cannot honour: ignoring a
+    ``true`` would merge for real what the client only wanted to preview, so it is a 400.
+    """
+    source_id, destination_id = _ids(payload, ("source_id", "destination_id"), ignored, known=("dry_run",))
+    dry_run = payload.get("dry_run", False)
+    if dry_run is not False:
+        if dry_run is True:
+            raise ValidationError("dry_run", "dry_run is not supported by this version: nothing was merged")
+        raise ValidationError("dry_run", f"dry_run must be a boolean, not {_type_name(dry_run)}")
     if source_id == destination_id:
         raise ValidationError("destination_id", _SELF_MERGE)
     return source_id, destination_id
 
 
-def validate_list(payload: Any = None) -> tuple[str | None, int]:
+def _page_size(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(name, f"{name} must be an integer, not {_type_name(value)}")
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise ValidationError(name, f"{name} must be between 1 and {MAX_PAGE_SIZE}")
+    return value
+
+
+def validate_list(payload: Any = None, ignored: list[str] | None = None) -> tuple[str | None, int]:
     """(cursor or None, page_size) of a ``contacts.list`` payload; an empty body or {} is fine.
 
-    The cursor is opaque here (the store checks it); "" counts as no cursor.
+    The cursor is opaque here (the store checks it); null and "" count as no cursor.
+    ``pageSize`` is the inbox's spelling of ``page_size``; ``page_size`` wins when both are given.
     """
     if payload is None:
         return None, DEFAULT_PAGE_SIZE
     _require_object(payload, "")
-    _refuse_unknown(payload, ("cursor", "page_size"), "")
+    _note_unknown(payload, ("cursor", "page_size", "pageSize"), "", ignored)
     cursor = payload.get("cursor")
     if cursor is not None:
         if not isinstance(cursor, str):
@@ -506,14 +579,12 @@ def validate_list(payload: Any = None) -> tuple[str | None, int]:
         if len(cursor) > MAX_CURSOR_LENGTH:
             raise ValidationError("cursor", "cursor is not a cursor this service gave out")
         cursor = cursor or None
-    page_size = payload.get("page_size")
-    if page_size is None:
-        return cursor, DEFAULT_PAGE_SIZE
-    if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise ValidationError("page_size", f"page_size must be an integer, not {_type_name(page_size)}")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValidationError("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-    return cursor, page_size
+    page_size = _page_size(payload.get("page_size"), "page_size")
+    camel = _page_size(payload.get("pageSize"), "pageSize")
+    if page_size is not None and "pageSize" in payload and ignored is not None:
+        ignored.append("pageSize")
+    size = page_size if page_size is not None else camel
+    return cursor, DEFAULT_PAGE_SIZE if size is None else size
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -545,9 +616,10 @@ def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
 
     A field (or map key) set to "" is removed; maps update key by key; a map left empty is
     removed. ``id``, ``created_at`` and ``merge_history`` never change. ``updated_at`` is set
-    when anything changed; an update that changes nothing returns a dict equal to ``contact``
-    (so the caller can tell and skip publishing). Raises ValidationError when the result would
-    break a size limit (``via`` keys, ``metadata`` bytes).
+    when anything changed, types included (``same_json``: ``1`` -> ``true`` is a change); an
+    update that changes nothing returns a dict equal to ``contact`` (so the caller can tell and
+    skip publishing). Raises ValidationError when the result would break a size limit (``via``
+    keys, ``metadata`` bytes).
     """
     updated = dict(contact)
     for name, value in changes.items():
@@ -575,10 +647,24 @@ def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
         raise ValidationError("via", f"via would have more than {MAX_VIA_KEYS} keys")
     if "metadata" in changes and "metadata" in updated and _metadata_size(updated["metadata"]) > MAX_METADATA_BYTES:
         raise ValidationError("metadata", f"metadata would be larger than {MAX_METADATA_BYTES} bytes as JSON")
-    if updated == contact:
+    if same_json(updated, contact):
         return _ordered(updated)
     updated["updated_at"] = millis_to_iso(now_ms)
     return _ordered(updated)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included: Python's ``1 == True == 1.0`` would make an update
+    that changes a value's type look like a no-op, and the change would be dropped."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and a == 0.0 == b:
+        return math.copysign(1.0, a) == math.copysign(1.0, b)  # -0.0 and 0.0 are different JSON
+    return a == b
 
 
 def _present(value: Any) -> bool:
@@ -586,12 +672,18 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and value == "")
 
 
-def _merge_maps(destination: dict | None, source: dict | None) -> dict:
+def _merge_maps(destination: dict | None, source: dict | None, name: str, gained: list[str]) -> dict:
     merged = _copy_json(destination) if destination else {}
     for key, item in (source or {}).items():
         if key not in merged or (not _present(merged[key]) and _present(item)):
             merged[key] = _copy_json(item)
+            gained.append(f"{name}.{key}")
     return merged
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal with the same type: timezone 2 and 2.0 are different values."""
+    return type(a) is type(b) and a == b
 
 
 def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
@@ -600,12 +692,26 @@ def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
     The destination keeps ``id`` and ``created_at``; each field it has (present, not "") wins
     and the source fills the gaps; ``via``, ``address`` and ``metadata`` the same way key by
     key; conversations are united (shared ones allowed, the destination's source wins);
-    ``merge_history`` = destination's + source's + the source as it was (without its own
-    history). Deleting the source is the caller's job. Merging a contact into itself raises
-    ValidationError (field ``destination_id``).
+    ``merge_history`` = destination's + source's + an entry for the source (see the module
+    docstring): the source as it was without its own history, when, into which contact, and
+    what the destination gained from it. Deleting the source is the caller's job.
+
+    Raises ValidationError (field ``destination_id``) for a merge of a contact into itself,
+    and TooLarge when the history would hold more than MAX_MERGE_HISTORY entries. Entries are
+    never dropped to make room: each names a merged-away id the store must keep finding, and
+    what an unmerge needs.
     """
     if str(destination["id"]).lower() == str(source["id"]).lower():
         raise ValidationError("destination_id", _SELF_MERGE)
+    history = list(destination.get("merge_history") or ())
+    carried = list(source.get("merge_history") or ())
+    if len(history) + len(carried) + 1 > MAX_MERGE_HISTORY:
+        raise TooLarge(
+            f"merging {source['id']} into {destination['id']} would give contact {destination['id']} "
+            f"{len(history) + len(carried) + 1} merged contacts in its merge_history, more than {MAX_MERGE_HISTORY}",
+            "source_id",
+        )
+    gained: list[str] = []
     merged: dict[str, Any] = {"id": destination["id"]}
     for name in SCALAR_FIELDS:
         mine, theirs = destination.get(name), source.get(name)
@@ -613,23 +719,28 @@ def merge_contacts(destination: dict, source: dict, now_ms: int) -> dict:
             merged[name] = mine
         elif theirs is not None:
             merged[name] = theirs
+            if not (name in destination and _same(mine, theirs)):
+                gained.append(name)
         elif mine is not None:
             merged[name] = mine
     for name in ("via", "address", "metadata"):
-        value = _merge_maps(destination.get(name), source.get(name))
+        value = _merge_maps(destination.get(name), source.get(name), name, gained)
         if value:
             merged[name] = value
     conversations = dict(destination.get("conversations") or {})
     for conversation_id, channel in (source.get("conversations") or {}).items():
-        conversations.setdefault(conversation_id, channel)
+        if conversation_id not in conversations:
+            conversations[conversation_id] = channel
+            gained.append(f"conversations.{conversation_id}")
     if conversations:
         merged["conversations"] = conversations
     merged["created_at"] = destination["created_at"]
     merged["updated_at"] = millis_to_iso(now_ms)
-    snapshot = {name: value for name, value in source.items() if name != "merge_history"}
-    merged["merge_history"] = (
-        list(destination.get("merge_history") or ()) + list(source.get("merge_history") or ()) + [snapshot]
-    )
+    entry = {name: _copy_json(value) for name, value in source.items() if name != "merge_history"}
+    entry.update(merged_at=millis_to_iso(now_ms), merged_into=destination["id"], gained=gained)
+    # Entries written before merged_into existed came with the source, so they go back with it.
+    carried = [item if "merged_into" in item else {**item, "merged_into": source["id"]} for item in carried]
+    merged["merge_history"] = history + carried + [entry]
     return merged
 
 

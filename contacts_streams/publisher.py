@@ -5,15 +5,21 @@ own store has applied what the writer produced (DESIGN.md, "Writes: commands and
 their commands in their own transactions. ``ReplyListener`` reads the replies topic (assigned,
 not subscribed: every replica reads every reply) and hands each reply to the request waiting
 for it.
+
+It also knows the record limit of the contacts topic (read at start), which the writer checks
+every contact record against: a record the broker would refuse is a 413 before anything of its
+write is produced, never a 503 for ever and never half of a transaction.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from contacts_streams import commands, model, topics
 from contacts_streams.commands import BadCommand, Command, Idempotency, Reply
@@ -23,13 +29,26 @@ from contacts_streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# librdkafka's message.max.bytes default, below the broker's default max.message.bytes (1048588).
+DEFAULT_RECORD_LIMIT = 1_000_000
+DEFAULT_BATCH_BYTES = 1_000_000  # librdkafka's batch.size default
+# Room for what the broker counts beyond key, value and headers: the record batch header
+# (61 bytes), the record's own framing (varints, at most ~25 bytes) and each header's framing.
+RECORD_FRAMING_BYTES = 512
+# A topic just created may not be known to every broker yet: asked again, it is.
+_TRANSIENT = (KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.2f} MB"
+
 
 class Unavailable(RuntimeError):
     """The write was not answered in time: its outcome is unknown, the client may retry (with
     the same Idempotency-Key, safely)."""
 
 
-class TooLarge(ValueError):
+class TooLarge(model.TooLarge):
     """The write cannot be sent to the writer at all (413)."""
 
 
@@ -145,6 +164,33 @@ class CommandClient:
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="command-producer-poll", daemon=True)
         self._poller.start()
+        self.record_limit = DEFAULT_RECORD_LIMIT - RECORD_FRAMING_BYTES
+        # What the writer's producer needs to keep batches under the limit too.
+        self.producer_limits: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Read the contacts topic's record limit: the largest record every producer of the
+        service can write there, the topic's max.message.bytes (the broker's message.max.bytes
+        unless the topic overrides it) or the producers' message.max.bytes (librdkafka's
+        1,000,000 unless set with KAFKA_CONFIG_MESSAGE_MAX_BYTES), whichever is smaller, less
+        framing. Batches of several records are kept under it too (batch.size)."""
+        topic = self._config.contacts_topic
+        topic_limit = None
+        admin = AdminClient(self._config.kafka())
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        try:
+            described = admin.describe_configs([resource], request_timeout=self._timeout)[resource].result(self._timeout)
+            topic_limit = int(described["max.message.bytes"].value)
+        except (KafkaException, concurrent.futures.TimeoutError) as err:
+            error = err.args[0] if isinstance(err, KafkaException) and err.args else None
+            if not isinstance(error, KafkaError) or error.retriable() or error.code() in _TRANSIENT:
+                raise Unavailable(f"cannot read max.message.bytes of {topic} yet: {err}") from err
+            log.warning("cannot read max.message.bytes of %s, assuming the producers' limit: %s", topic, err)
+        producer_limit = int(self._config.kafka().get("message.max.bytes", DEFAULT_RECORD_LIMIT))
+        limit = min(topic_limit or DEFAULT_RECORD_LIMIT, producer_limit)
+        self.producer_limits = {"batch.size": max(1, min(DEFAULT_BATCH_BYTES, limit))}
+        self.record_limit = limit - RECORD_FRAMING_BYTES
+        log.info("records of %s may be up to %d bytes (topic max.message.bytes %s, producer message.max.bytes %d)", topic, self.record_limit, topic_limit, producer_limit)
 
     def _poll(self) -> None:
         while not self._stopping.is_set():

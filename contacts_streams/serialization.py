@@ -8,11 +8,16 @@ Two framings, and readers accept both whatever the configuration:
   older versions the project ships (``schemas/history/<name>-v*.avsc``, loaded by
   ContactCodec) and whatever ``add_writer_schema`` registered.
 - **Confluent wire format** (``registry_url`` given, the platform's ``KAFKA_SCHEMA_REGISTRY_URL``):
-  magic byte ``0`` + the 4-byte big-endian schema id + the body. ``encode`` registers the
-  current schema under the codec's subject once (``POST /subjects/{subject}/versions``);
-  ``decode`` fetches an unknown id's writer schema once (``GET /schemas/ids/{id}``) through
-  confluent-kafka's SchemaRegistryClient and caches it. The framing is done here, not by
-  confluent-kafka's AvroSerializer, so that both framings share one fast code path.
+  magic byte ``0`` + the 4-byte big-endian schema id + the body. ``register`` registers the
+  current schema under the codec's subject (``POST /subjects/{subject}/versions``; the service
+  calls it at start, so a subject that refuses the schema stops it there) and ``encode`` frames
+  with that id. With ``confirm_every`` the registration is repeated by the first encode after
+  that many seconds: a registry that lost its schemas (restarted empty, redeployed) gets ours
+  back, and records never carry an id the registry has not confirmed lately. ``decode``
+  fetches an unknown id's writer schema once (``GET /schemas/ids/{id}``) through
+  confluent-kafka's SchemaRegistryClient and keeps it for good (ids are immutable), so records
+  written under an id the registry has since forgotten still decode. The framing is done here,
+  not by confluent-kafka's AvroSerializer, so that both framings share one fast code path.
 
 A writer schema other than the current one is resolved against the current (reader) schema by
 Avro's rules (fields added since get their defaults; removed ones are skipped).
@@ -23,17 +28,21 @@ int milliseconds; ContactCodec turns them into the API's ISO strings itself.
 
 Errors: anything undecodable (bad magic, unknown fingerprint or schema id, truncated or
 trailing bytes, bytes that do not fit the schema) raises :class:`DecodeError`. A registry that
-cannot be reached (or answers 5xx) raises :class:`RegistryError` instead: the record may be
-fine, so a consumer should retry rather than skip it. A record that does not fit the schema
-on encode raises :class:`EncodeError`.
+cannot be reached, times out or answers 5xx raises :class:`RegistryError` instead: the record
+may be fine, so a consumer should retry rather than skip it, and a writer answer "unavailable".
+A registration the registry refuses (an incompatible or invalid schema, refused credentials)
+raises :class:`SchemaRefused`, a RegistryError no retry fixes. A record that does not fit the
+schema on encode raises :class:`EncodeError`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -51,6 +60,7 @@ __all__ = [
     "AvroCodec",
     "RegistryError",
     "SCHEMA_DIR",
+    "SchemaRefused",
     "contact_to_record",
     "decode_contact",
     "encode_contact",
@@ -71,6 +81,16 @@ METADATA_SUBJECT = "application.communication.metadata-value"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 
+#: After a failed registration, encodes fail at once for this long instead of each waiting for
+#: its own timeout against a registry that just did not answer.
+REGISTRY_RETRY_PAUSE_S = 1.0
+
+#: SchemaRegistryClient settings: its own defaults wait for ever on a registry that accepts the
+#: connection but does not answer (no timeout) and retry three times with back-off.
+REGISTRY_CLIENT_DEFAULTS = {"timeout": 5.0, "max.retries": 1, "retries.wait.ms": 100, "retries.max.wait.ms": 500}
+
+log = logging.getLogger(__name__)
+
 
 class DecodeError(ValueError):
     """The bytes are not a record this codec can read."""
@@ -81,7 +101,18 @@ class EncodeError(ValueError):
 
 
 class RegistryError(RuntimeError):
-    """The schema registry could not be reached, or refused (e.g. an incompatible schema)."""
+    """The schema registry could not be reached, timed out or failed (5xx): retry later."""
+
+    def __init__(self, message: str, status: int | None = None, code: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status, when the registry answered
+        self.code = code  # the registry's error_code, when it gave one
+
+
+class SchemaRefused(RegistryError):
+    """The registry answered a registration with a client error: the subject's compatibility
+    rule refuses the schema (409), the schema is invalid (422), the credentials are refused
+    (401/403). Retrying does not help; someone has to change the subject or the schema."""
 
 
 # --- schemas ------------------------------------------------------------------------------------
@@ -126,15 +157,39 @@ _clients_lock = threading.Lock()
 
 
 def shared_registry_client(url: str, **conf: Any):
-    """A SchemaRegistryClient for ``url`` (one per URL and configuration, shared by codecs)."""
+    """A SchemaRegistryClient for ``url`` (one per URL and configuration, shared by codecs);
+    ``conf`` overrides REGISTRY_CLIENT_DEFAULTS (e.g. ``timeout=2.0``)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
+    conf = {**REGISTRY_CLIENT_DEFAULTS, **conf}
     key = json.dumps([url, sorted(conf.items())], default=str)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             client = _clients[key] = SchemaRegistryClient({"url": url, **conf})
         return client
+
+
+_REFUSALS = {
+    409: "it is incompatible with the schemas the subject already holds (the subject's compatibility rule refuses it)",
+    422: "the registry finds the schema invalid",
+    401: "the registry refuses the credentials",
+    403: "the registry refuses the credentials",
+}
+
+
+def _registration_error(name: str, subject: str, err: Exception) -> RegistryError:
+    from confluent_kafka.schema_registry import SchemaRegistryError
+
+    if isinstance(err, SchemaRegistryError):
+        status, code = err.http_status_code, err.error_code
+        said = f"HTTP {status}, error code {code}: {err.error_message}"
+        if 400 <= status < 500 and status not in (408, 429):
+            why = _REFUSALS.get(status, "the registry refuses it")
+            return SchemaRefused(f"the schema registry refuses the {name} schema under subject {subject}: {why} ({said})", status, code)
+        return RegistryError(f"the schema registry failed to register the {name} schema under subject {subject} ({said})", status, code)
+    # httpx's transport errors (refused, reset, timed out) and anything else on the way
+    return RegistryError(f"the schema registry cannot be reached to register the {name} schema under subject {subject}: {type(err).__name__}: {err}")
 
 
 # --- the codec ----------------------------------------------------------------------------------
@@ -146,7 +201,8 @@ class AvroCodec:
     ``schema`` is a dict, a path to an .avsc file or JSON text. With ``registry_url`` (or a
     ready ``registry_client``) ``encode`` writes the Confluent wire format under ``subject``
     (default ``<record full name>-value``); without, single-object encoding. ``history`` lists
-    older writer schemas of the same record for single-object decoding.
+    older writer schemas of the same record for single-object decoding. ``confirm_every``
+    (seconds; None: never) makes the first encode after that long register the schema again.
     """
 
     def __init__(
@@ -157,6 +213,7 @@ class AvroCodec:
         *,
         registry_client: Any = None,
         history: Iterable[Any] = (),
+        confirm_every: float | None = None,
     ):
         self.schema = _load_schema(schema)
         self.parsed = _parse(self.schema)
@@ -172,9 +229,13 @@ class AvroCodec:
             registry_client = shared_registry_client(registry_url)
         self.registry = registry_client
         self.subject = subject or f"{self.name}-value"
+        self.confirm_every = confirm_every
         self._schema_id: int | None = None
         self._confluent_header: bytes | None = None
-        # schema id -> parsed writer schema; None means "the current schema".
+        self._confirmed_at = 0.0  # time.monotonic() of the last registration the registry answered
+        self._failure: tuple[float, RegistryError] | None = None  # the last failed registration
+        # schema id -> parsed writer schema; None means "the current schema". Never evicted:
+        # records keep the id they were written with, whatever the registry says later.
         self._registry_writers: dict[int, dict | None] = {}
         self._lock = threading.Lock()
 
@@ -192,24 +253,49 @@ class AvroCodec:
     def schema_id(self) -> int:
         """The registry id of the current schema (registers it under the subject on first use)."""
         if self._schema_id is None:
-            if self.registry is None:
-                raise RegistryError("no schema registry is configured")
-            from confluent_kafka.schema_registry import Schema
-
-            with self._lock:
-                if self._schema_id is None:
-                    try:
-                        schema_id = self.registry.register_schema(
-                            self.subject, Schema(json.dumps(self.schema), "AVRO")
-                        )
-                    except Exception as err:  # httpx errors, SchemaRegistryError (e.g. 409)
-                        raise RegistryError(
-                            f"could not register {self.name} under subject {self.subject}: {err}"
-                        ) from err
-                    self._registry_writers[schema_id] = None
-                    self._confluent_header = bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
-                    self._schema_id = schema_id
+            return self.register()
         return self._schema_id
+
+    def register(self) -> int:
+        """Register the current schema under the subject and return its id: the one the registry
+        already gives it, or a new one. Registration is idempotent, so this also confirms the id
+        and gives a registry that lost its schemas ours back. Raises SchemaRefused when the
+        registry refuses the schema, RegistryError when it cannot answer."""
+        if self.registry is None:
+            raise RegistryError("no schema registry is configured")
+        from confluent_kafka.schema_registry import Schema
+
+        with self._lock:
+            now = time.monotonic()
+            if self._schema_id is not None and self._fresh(now):  # another thread just did it
+                return self._schema_id
+            if self._failure is not None and now - self._failure[0] < REGISTRY_RETRY_PAUSE_S:
+                failed = self._failure[1]
+                raise type(failed)(str(failed), failed.status, failed.code) from failed
+            if self._schema_id is not None:
+                # The client answers a repeated registration from its cache: ask the registry.
+                self.registry.clear_caches()
+            try:
+                schema_id = self.registry.register_schema(self.subject, Schema(json.dumps(self.schema), "AVRO"))
+            except Exception as err:  # SchemaRegistryError, httpx errors
+                failure = _registration_error(self.name, self.subject, err)
+                self._failure = (time.monotonic(), failure)
+                raise failure from err
+            self._failure = None
+            if self._schema_id is not None and schema_id != self._schema_id:
+                log.warning(
+                    "the schema registry gives the %s schema under %s id %d, not %d as before (did it lose its schemas?); "
+                    "records written with %d still decode here",
+                    self.name, self.subject, schema_id, self._schema_id, self._schema_id,
+                )
+            self._registry_writers[schema_id] = None
+            self._confluent_header = bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
+            self._schema_id = schema_id
+            self._confirmed_at = time.monotonic()
+            return schema_id
+
+    def _fresh(self, now: float) -> bool:
+        return self.confirm_every is None or now - self._confirmed_at < self.confirm_every
 
     def _registry_writer(self, schema_id: int) -> dict | None:
         try:
@@ -245,8 +331,8 @@ class AvroCodec:
     def encode(self, record: dict) -> bytes:
         """The record's bytes: Confluent-framed with a registry, single-object without."""
         if self.registry is not None:
-            if self._confluent_header is None:
-                self.schema_id  # noqa: B018 - registers the schema
+            if self._confluent_header is None or not self._fresh(time.monotonic()):
+                self.register()
             header = self._confluent_header
         else:
             header = self._single_object_header
@@ -298,6 +384,8 @@ class AvroCodec:
 # --- contacts -----------------------------------------------------------------------------------
 
 _RECORD_FIELDS = frozenset(("id",) + model.CONTACT_FIELDS + ("created_at", "updated_at", "merge_history"))
+# A merge_history entry: the source's fields without its own history, plus what the merge added.
+_ENTRY_FIELDS = (_RECORD_FIELDS - {"merge_history"}) | frozenset(model.HISTORY_ENTRY_FIELDS)
 _ADDRESS_FIELDS = frozenset(model.ADDRESS_FIELDS)
 
 
@@ -305,25 +393,28 @@ def _metadata_text(metadata: dict) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def contact_to_record(contact: dict) -> dict:
-    """The Avro record of an API-shaped contact (timestamps to ms, metadata to JSON text)."""
+def contact_to_record(contact: dict, *, entry: bool = False) -> dict:
+    """The Avro record of an API-shaped contact (timestamps to ms, metadata to JSON text);
+    ``entry``: a merge_history entry (merged_at/merged_into/gained allowed, merge_history not)."""
     if not isinstance(contact, dict):
         raise EncodeError(f"a contact must be a dict, not {type(contact).__name__}")
-    unknown = contact.keys() - _RECORD_FIELDS
+    unknown = contact.keys() - (_ENTRY_FIELDS if entry else _RECORD_FIELDS)
     if unknown:
-        raise EncodeError(f"not contact fields: {', '.join(sorted(map(str, unknown)))}")
+        what = "merge_history entry" if entry else "contact"
+        raise EncodeError(f"not {what} fields: {', '.join(sorted(map(str, unknown)))}")
     for name, value in contact.items():
         if value is None:
             raise EncodeError(f"{name} is None: an absent field is omitted, not None")
     record = dict(contact)
     try:
         record["created_at"] = model.iso_to_millis(contact["created_at"])
-        if "updated_at" in contact:
-            record["updated_at"] = model.iso_to_millis(contact["updated_at"])
+        for name in ("updated_at", "merged_at"):
+            if name in contact:
+                record[name] = model.iso_to_millis(contact[name])
     except KeyError:
         raise EncodeError("a contact needs created_at") from None
     except (TypeError, ValueError) as err:
-        raise EncodeError(f"created_at/updated_at must be ISO 8601 timestamps: {err}") from None
+        raise EncodeError(f"created_at/updated_at/merged_at must be ISO 8601 timestamps: {err}") from None
     if "metadata" in contact:
         try:
             record["metadata"] = _metadata_text(contact["metadata"])
@@ -334,7 +425,7 @@ def contact_to_record(contact: dict) -> dict:
     if isinstance(contact.get("timezone"), bool):
         raise EncodeError("timezone must be a string or a number, not a boolean")
     if "merge_history" in contact:
-        record["merge_history"] = [contact_to_record(item) for item in contact["merge_history"]]
+        record["merge_history"] = [contact_to_record(item, entry=True) for item in contact["merge_history"]]
     return record
 
 
@@ -351,6 +442,7 @@ _FROM_RECORD = {
     "metadata": json.loads,
     "created_at": model.millis_to_iso,
     "updated_at": model.millis_to_iso,
+    "merged_at": model.millis_to_iso,
     "merge_history": _merge_history,
 }
 
@@ -381,12 +473,15 @@ class ContactCodec:
         registry_client: Any = None,
         schema: Any = None,
         history: Iterable[Any] | None = None,
+        confirm_every: float | None = None,
     ):
         if schema is None:
             schema = SCHEMA_DIR / "contact.avsc"
         if history is None:
             history = sorted((SCHEMA_DIR / "history").glob("contact-v*.avsc"))
-        self.avro = AvroCodec(schema, registry_url, subject, registry_client=registry_client, history=history)
+        self.avro = AvroCodec(
+            schema, registry_url, subject, registry_client=registry_client, history=history, confirm_every=confirm_every
+        )
 
     def add_writer_schema(self, schema: Any) -> str:
         return self.avro.add_writer_schema(schema)

@@ -9,9 +9,14 @@ Column families (DESIGN.md, "store"):
 - ``names``: ``model.sort_key(contact)`` -> contact id, the order of ``contacts.list``;
 - ``counters``: ``contacts`` -> number of live contacts, so ``total`` costs one read;
 - ``offsets``: partition -> next offset to read, written in the same batch as the data it covers;
-- ``meta``: the topic the store was built from;
-- ``conversation_metadata``: the display name / avatar of conversations that auto-create joins
-  (fed by the metadata topic, not the contacts topic, so a rebuild does not clear it).
+- ``meta``: the topic the store was built from (and the join-state topic);
+- ``join_state`` / ``join_offsets``: auto-create's join state, materialized from its own
+  compacted topic (``<APPLICATION_ID>-conversations``: conversation id -> the JSON value as on
+  the topic) with that topic's offsets in the same batch (``JoinState``); a rebuild of the
+  contacts part leaves it alone, and the other way round;
+- ``conversation_metadata``: the join state as versions before the join-state topic kept it,
+  only on the local disk; still read (and written to the topic when auto-create next touches
+  the conversation), never written.
 
 Every index changes in the same ``WriteBatch`` as the contact and the offset: a crash leaves the
 store at one batch boundary or the next, never between. Every index entry depends on one contact's
@@ -22,6 +27,7 @@ them differently) never changes the result; lookups pick the claimant that is st
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import shutil
@@ -40,12 +46,16 @@ log = logging.getLogger(__name__)
 
 CONTACTS, CONVERSATIONS, MERGED, NAMES = "contacts", "conversations", "merged", "names"
 COUNTERS, OFFSETS, META, CONVERSATION_METADATA = "counters", "offsets", "meta", "conversation_metadata"
-FAMILIES = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA)
-# What a rebuild from the contacts topic recreates; conversation metadata comes from elsewhere.
+JOIN_STATE, JOIN_OFFSETS = "join_state", "join_offsets"
+FAMILIES = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA, JOIN_STATE, JOIN_OFFSETS)
+# What a rebuild from the contacts topic recreates; the join state comes from its own topic.
 TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META)
 
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
+JOIN_TOPIC_KEY = b"join_topic"
+# The legacy column family's keys, by the join state's.
+_LEGACY_KEYS = {"contact.display_name": "display_name", "contact.avatar_url": "avatar_url"}
 MAX_MERGE_CHAIN = 32
 MAX_CLAIMANTS = 64
 SEPARATOR = b"\x00"
@@ -58,6 +68,15 @@ _I64 = struct.Struct(">q")
 _PARTITION = struct.Struct(">I")
 
 FORWARD, BACKWARD = b"n", b"p"
+# A cursor holds the sort key of the contact at the page's edge. Names are up to
+# model.MAX_STRING_LENGTH characters, and case folding and NFKC can make them several times
+# longer in UTF-8, so a long name's cursor holds only CURSOR_NAME_BYTES of it, the contact's id
+# and a digest of its whole key (see _resolve). Its largest shape, base64-encoded, stays well
+# under model.MAX_CURSOR_LENGTH.
+CURSOR_NAME_BYTES = 512
+_CURSOR_DIGEST_BYTES = 8
+_NAMED, _UNNAMED, _LONG_NAMED = b"\x01", b"\x02", b"\x03"
+_ID_LENGTH = 36
 
 
 class StoreError(RuntimeError):
@@ -113,6 +132,7 @@ class Store:
         # Contacts this process just encoded, by their bytes: applying them needs no decode.
         self._known: dict[bytes, dict] = {}
         self._open()
+        self.join_state = JoinState(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -170,8 +190,11 @@ class Store:
         with self._write_lock:
             batch = WriteBatch(raw_mode=True)
             for family in TOPIC_STATE:
+                if family == META:
+                    continue
                 for key in list(self._cf[family].keys()):
                     batch.delete(key, self._handle[family])
+            batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
 
     def remember(self, value: bytes, contact: dict) -> None:
@@ -265,7 +288,7 @@ class Store:
 
     def page(self, cursor: str | None, page_size: int) -> Page:
         """A page of contacts in name order; the cost does not grow with the page's position."""
-        direction, after = _decode_cursor(cursor) if cursor else (FORWARD, None)
+        direction, after = self._resolve(*_decode_cursor(cursor)) if cursor else (FORWARD, None)
         names = self._cf[NAMES]
         it = names.iter(ReadOptions())
         keys: list[bytes] = []
@@ -308,6 +331,27 @@ class Store:
             total=self.count(),
         )
 
+    def _resolve(self, direction: bytes, cursor_key: bytes) -> tuple[bytes, bytes]:
+        """(direction, the names-index key to page from) of a decoded cursor.
+
+        A short name's cursor holds its whole sort key. A long name's holds a prefix of it, the
+        contact's id and a digest of the whole key: while the contact keeps that key (the usual
+        case), its current key is the exact position. If it was renamed or deleted meanwhile, the
+        page starts at the edge of every name sharing the prefix, so paging may show a few
+        contacts twice but never skips one.
+        """
+        if cursor_key[:1] != _LONG_NAMED:
+            return direction, cursor_key
+        prefix, contact_id, digest = _split_long(cursor_key)
+        raw = self._cf[CONTACTS].get(contact_id)
+        if raw is not None:
+            key = model.sort_key(self.codec.decode_contact(raw))
+            if _digest(key) == digest:
+                return direction, key
+        start = _NAMED + prefix
+        # 0xFF never occurs in UTF-8: start + 0xFF sorts after every key beginning with start.
+        return direction, start if direction == FORWARD else start + b"\xff"
+
     def _has_before(self, key: bytes, inclusive: bool) -> bool:
         it = self._cf[NAMES].iter(ReadOptions())
         it.seek_for_prev(key)
@@ -322,21 +366,100 @@ class Store:
             it.next()
         return it.valid()
 
-    # --- conversation metadata (auto-create's join) -----------------------------------------
 
-    def conversation_metadata(self, conversation_id: str) -> dict:
-        raw = self._cf[CONVERSATION_METADATA].get(conversation_id.encode())
+class JoinState:
+    """Auto-create's join state in the store: what its materializer writes from the join-state
+    topic (the same methods the contacts part offers the contacts topic's materializer) and
+    what auto-create reads."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def get(self, conversation_id: str) -> dict:
+        """The conversation's join state as the topic holds it: source, display_name, avatar_url."""
+        raw = self._store._cf[JOIN_STATE].get(conversation_id.encode())
         return json.loads(raw) if raw is not None else {}
 
-    def put_conversation_metadata(self, entries: dict[str, dict]) -> None:
-        batch = WriteBatch(raw_mode=True)
-        for conversation_id, values in entries.items():
-            batch.put(conversation_id.encode(), json.dumps(values).encode(), self._handle[CONVERSATION_METADATA])
-        self._db.write(batch)
+    def legacy(self, conversation_id: str) -> dict:
+        """What a version before the join-state topic kept of the conversation on the local disk."""
+        raw = self._store._cf[CONVERSATION_METADATA].get(conversation_id.encode())
+        if raw is None:
+            return {}
+        return {_LEGACY_KEYS[k]: v for k, v in json.loads(raw).items() if k in _LEGACY_KEYS and isinstance(v, str)}
+
+    # --- what its materializer asks ------------------------------------------------------------
+
+    def topic(self) -> str | None:
+        raw = self._store._cf[META].get(JOIN_TOPIC_KEY)
+        return raw.decode() if raw is not None else None
+
+    def offsets(self) -> dict[int, int]:
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[JOIN_OFFSETS].items()}
+
+    def count(self) -> int:
+        """1 when it holds any join state, else 0 (a store with entries but no offsets is rebuilt)."""
+        it = self._store._cf[JOIN_STATE].iter(ReadOptions())
+        it.seek_to_first()
+        found = it.valid()
+        del it
+        return int(found)
+
+    def reset(self) -> None:
+        store = self._store
+        with store._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            for family in (JOIN_STATE, JOIN_OFFSETS):
+                for key in list(store._cf[family].keys()):
+                    batch.delete(key, store._handle[family])
+            batch.delete(JOIN_TOPIC_KEY, store._handle[META])
+            store._db.write(batch)
+
+    def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
+        """Apply records of the join-state topic and their offsets in one write batch."""
+        store = self._store
+        with store._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            batch.put(JOIN_TOPIC_KEY, topic.encode(), store._handle[META])
+            applied = 0
+            next_offsets: dict[int, int] = {}
+            for record in records:
+                next_offsets[record.partition] = record.offset + 1
+                try:
+                    if record.key is None:
+                        raise ValueError("record without a key")
+                    if record.value is None:
+                        batch.delete(record.key, store._handle[JOIN_STATE])
+                    elif not isinstance(json.loads(record.value), dict):
+                        raise ValueError("the join state is not a JSON object")
+                    else:
+                        batch.put(record.key, record.value, store._handle[JOIN_STATE])
+                    applied += 1
+                except ValueError as err:
+                    log.error("skipping a join-state record at partition %s offset %s: %s", record.partition, record.offset, err)
+                    if on_poison:
+                        on_poison(record, err)
+            for partition, offset in next_offsets.items():
+                batch.put(_PARTITION.pack(partition), _U64.pack(offset), store._handle[JOIN_OFFSETS])
+            store._db.write(batch)
+            return applied
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=_CURSOR_DIGEST_BYTES).digest()
 
 
 def _encode_cursor(direction: bytes, key: bytes) -> str:
+    if key[:1] == _NAMED and len(key) > 1 + CURSOR_NAME_BYTES + 1 + _ID_LENGTH:
+        contact_id = key[-_ID_LENGTH:]
+        key = _LONG_NAMED + key[1 : 1 + CURSOR_NAME_BYTES] + SEPARATOR + contact_id + _digest(key)
     return base64.urlsafe_b64encode(direction + key).decode().rstrip("=")
+
+
+def _split_long(key: bytes) -> tuple[bytes, bytes, bytes]:
+    """(name prefix, contact id, digest) of a long name's cursor key."""
+    digest = key[-_CURSOR_DIGEST_BYTES:]
+    contact_id = key[-_CURSOR_DIGEST_BYTES - _ID_LENGTH : -_CURSOR_DIGEST_BYTES]
+    return key[1 : -_CURSOR_DIGEST_BYTES - _ID_LENGTH - 1], contact_id, digest
 
 
 def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
@@ -345,20 +468,27 @@ def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
     except (ValueError, TypeError):
         raise BadCursor("cursor is not a cursor this service handed out") from None
     direction, key = raw[:1], raw[1:]
-    if direction not in (FORWARD, BACKWARD) or not _is_sort_key(key):
+    if direction not in (FORWARD, BACKWARD) or not _is_cursor_key(key):
         raise BadCursor("cursor is not a cursor this service handed out")
     return direction, key
 
 
-def _is_sort_key(key: bytes) -> bool:
-    # The shapes model.sort_key makes: 0x01 + folded name + 0x00 + id, or 0x02 + id.
-    if key[:1] == b"\x01" and b"\x00" in key:
-        contact_id = key.rsplit(b"\x00", 1)[1]
-    elif key[:1] == b"\x02":
-        contact_id = key[1:]
-    else:
-        return False
-    return len(contact_id) == 36 and contact_id.count(b"-") == 4
+def _is_id(contact_id: bytes) -> bool:
+    return len(contact_id) == _ID_LENGTH and contact_id.count(b"-") == 4
+
+
+def _is_cursor_key(key: bytes) -> bool:
+    # The shapes model.sort_key makes (0x01 + folded name + 0x00 + id, or 0x02 + id) and a long
+    # name's (0x03 + CURSOR_NAME_BYTES of the name + 0x00 + id + digest).
+    if key[:1] == _NAMED and SEPARATOR in key:
+        return _is_id(key.rsplit(SEPARATOR, 1)[1])
+    if key[:1] == _UNNAMED:
+        return _is_id(key[1:])
+    if key[:1] == _LONG_NAMED and len(key) == 1 + CURSOR_NAME_BYTES + 1 + _ID_LENGTH + _CURSOR_DIGEST_BYTES:
+        prefix, contact_id, _ = _split_long(key)
+        separator = key[1 + CURSOR_NAME_BYTES : 2 + CURSOR_NAME_BYTES]
+        return separator == SEPARATOR and SEPARATOR not in prefix and _is_id(contact_id)
+    return False
 
 
 class _Batch:

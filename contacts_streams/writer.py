@@ -16,6 +16,7 @@ offsets; no bodies), idempotency entries and the commands' offsets commit togeth
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -23,21 +24,50 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, Topic
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from contacts_streams import commands, model, topics
+from contacts_streams.topics import record_bytes
 from contacts_streams.commands import BadCommand, Command, Remembered, Reply
 from contacts_streams.config import Config
-from contacts_streams.decisions import Decision, LayeredView, Overlay, decide, error
-from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart
+from contacts_streams.decisions import Change, Decision, LayeredView, Overlay, decide, error
+from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Unprocessable
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
+from contacts_streams.publisher import CommandClient, megabytes
 from contacts_streams.serialization import ContactCodec
 from contacts_streams.store import Store
 
 log = logging.getLogger(__name__)
 
 OPERATION = "operation"
-# The broker's default max.message.bytes (1 MiB) less room for the key, headers and batch framing.
-MAX_RECORD_BYTES = 1_048_588 - 4096
 CATCH_UP_TIMEOUT_S = 120.0
+
+
+def encode_join_state(state: dict) -> bytes:
+    """The join-state topic's value: JSON (internal, never read by the platform; readable with
+    any console consumer, and new fields need no schema)."""
+    return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _against_limit(size: int, limit: int) -> str:
+    return f"{megabytes(size)} ({size} bytes), over the record limit of {megabytes(limit)} ({limit} bytes) of the contacts topic"
+
+
+def too_large(command: Command, decision: Decision, change: Change, size: int, limit: int) -> Decision:
+    """The 413 of a write with a record over the limit, said the way its request understands."""
+    if command.type == commands.CREATE:
+        return error(413, f"the contact would be {_against_limit(size, limit)}")
+    if command.type == commands.IMPORT:
+        index = next(i for i, c in enumerate(decision.changes) if c is change)
+        return error(413, f"[{index}]: the contact would be {_against_limit(size, limit)}", f"[{index}]")
+    if command.type == commands.MERGE:
+        p = command.payload
+        return error(
+            413,
+            f"merging {p['source_id']} into {p['destination_id']} would push contact {p['destination_id']} to "
+            f"{_against_limit(size, limit)} (the merged contact holds the source's values and, in merge_history, "
+            "the source as it was)",
+            "source_id",
+        )
+    return error(413, f"contact {change.contact_id} would be {_against_limit(size, limit)}")
 
 
 class StoreView:
@@ -56,13 +86,16 @@ class StoreView:
         return self._store.merged_into(contact_id)
 
     def conversation_metadata(self, conversation_id: str) -> dict:
-        return self._store.conversation_metadata(conversation_id)
+        """The conversation's join state as committed (a store from before the join-state topic
+        may still hold some of it only locally)."""
+        join = self._store.join_state
+        return {**join.legacy(conversation_id), **join.get(conversation_id)}
 
 
 class _Outcome:
     """One command's result within a batch; its offsets are known once the batch is flushed."""
 
-    __slots__ = ("command", "command_id", "decision", "records", "offsets", "same_as", "remember")
+    __slots__ = ("command", "command_id", "decision", "records", "offsets", "same_as", "remember", "refused", "letter")
 
     def __init__(self, command: Command | None, command_id: str | None, decision: Decision, records: range = range(0)):
         self.command = command
@@ -72,13 +105,24 @@ class _Outcome:
         self.offsets: dict[int, int] | None = None
         self.same_as: _Outcome | None = None
         self.remember = False
+        self.refused: list[str] = []  # auto-create fills left out: over the record limit
+        self.letter: BaseException | None = None  # why the command goes to the dead-letter topic
 
 
 class Writer(ExactlyOnceLoop):
     name = "writer"
     producer_at_start = False
 
-    def __init__(self, config: Config, store: Store, materializer: Materializer, metrics: Metrics, codec: ContactCodec):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        materializer: Materializer,
+        metrics: Metrics,
+        codec: ContactCodec,
+        publisher: CommandClient,
+        join_state: Materializer | None = None,
+    ):
         super().__init__(
             config,
             metrics,
@@ -89,15 +133,18 @@ class Writer(ExactlyOnceLoop):
         self._store = store
         self._base = StoreView(store)
         self._materializer = materializer
+        self._join_state = join_state
+        self._publisher = publisher  # knows the contacts topic's record limit
         self._codec = codec
         self._contacts_topic = config.contacts_topic
+        self._join_topic = topics.conversations_topic(config)
         self._replies_topic = topics.replies_topic(config)
         self._idempotency_topic = topics.idempotency_topic(config)
         self._takeover_needed = False
         self.holding = False
-        self._layers: list[tuple[dict[int, int], Overlay]] = []
+        # Committed, not yet materialized: (contacts positions, join-state positions, changes).
+        self._layers: list[tuple[dict[int, int], dict[int, int], Overlay]] = []
         self._remembered: dict[bytes, Remembered] = {}
-        self.max_record_bytes = MAX_RECORD_BYTES
         self.takeovers = 0
 
     # --- readiness: the writer is not part of it; a replica that is not the writer still serves
@@ -112,7 +159,7 @@ class Writer(ExactlyOnceLoop):
         return "writer" if self.holding else "standby writer"
 
     def joinable(self) -> bool:
-        return self._materializer.ready
+        return self._materializer.ready and (self._join_state is None or self._join_state.ready)
 
     def consumer_settings(self) -> dict:
         return {
@@ -130,7 +177,8 @@ class Writer(ExactlyOnceLoop):
         return {
             "linger.ms": 1,
             "transaction.timeout.ms": 60_000,
-            "message.max.bytes": commands.MAX_COMMAND_BYTES + 1024 * 1024,
+            # Batches of several contact records must fit the contacts topic's limit too.
+            **self._publisher.producer_limits,
         }
 
     def on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -156,12 +204,16 @@ class Writer(ExactlyOnceLoop):
         self._takeover_needed = False
         self._layers = []
         self._producer = self.new_producer()  # fences the previous writer, ends its open transaction
-        ends = self._committed_ends(self._contacts_topic)
+        stores = [(self._contacts_topic, self._materializer)]
+        if self._join_state is not None:
+            stores.append((self._join_topic, self._join_state))
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while not self._materializer.wait_reached(ends, 0.5):
-            if self._stopping.is_set() or self._materializer.failure is not None or time.monotonic() > deadline:
-                self._stand_down()
-                raise Restart("the store did not catch up with the contacts topic", rejoin=True)
+        for topic, materializer in stores:
+            ends = self._committed_ends(topic)
+            while not materializer.wait_reached(ends, 0.5):
+                if self._stopping.is_set() or materializer.failure is not None or time.monotonic() > deadline:
+                    self._stand_down()
+                    raise Restart(f"the store did not catch up with {topic}", rejoin=True)
         self._remembered = self._read_idempotency()
         self.holding = True
         self.takeovers += 1
@@ -225,6 +277,8 @@ class Writer(ExactlyOnceLoop):
 
     def _drop_materialized_layers(self) -> None:
         while self._layers and self._materializer.wait_applied(self._layers[0][0], 0):
+            if self._layers[0][1] and self._join_state is not None and not self._join_state.wait_applied(self._layers[0][1], 0):
+                return
             self._layers.pop(0)
 
     def process(self, consumer: Consumer, messages: list[Message]) -> None:
@@ -237,29 +291,34 @@ class Writer(ExactlyOnceLoop):
             return  # records fetched for a partition this member no longer holds
         started = time.perf_counter()
         top = Overlay()
-        view = LayeredView(self._base, [layer for _, layer in self._layers] + [top])
+        view = LayeredView(self._base, [layer for _, _, layer in self._layers] + [top])
         now = model.now_ms()
         records: list[Produced] = []
         outcomes: list[_Outcome] = []
         pending_keys: dict[bytes, _Outcome] = {}
         encoded_contacts: list[tuple[bytes, dict]] = []
+        letters: list[Produced] = []
         for msg in messages:
             outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts)
             outcomes.append(outcome)
+            if outcome.refused:
+                letters.append(self.dead_letter(msg, Unprocessable("; ".join(outcome.refused))))
+            elif outcome.letter is not None:
+                letters.append(self.dead_letter(msg, outcome.letter))
+        # The join state of every conversation the batch taught something, whole, after the
+        # contact records (their positions are what the replies name).
+        joined = [Produced(self._join_topic, c.encode(), encode_join_state(state), []) for c, state in top.metadata.items()]
 
         def replies(placed: list) -> list[Produced]:
-            return self._replies(outcomes, placed, now)
+            return self._replies(outcomes, placed, now) + joined + letters
 
         positions = self.commit(consumer, self.next_offsets(messages), records, then=replies)
         contact_positions = {p: o for (t, p), o in positions.items() if t == self._contacts_topic}
+        join_positions = {p: o for (t, p), o in positions.items() if t == self._join_topic}
         for value, contact in encoded_contacts:
             self._store.remember(value, contact)
-        if top.metadata:
-            # TODO(joinstate): the join state goes to the <APPLICATION_ID>-conversations topic in
-            # this transaction; until then it is kept in the writer replica's store.
-            self._store.put_conversation_metadata(top.metadata)
         if top:
-            self._layers.append((contact_positions, top))
+            self._layers.append((contact_positions, join_positions, top))
         for outcome in outcomes:
             if outcome.remember:
                 key = outcome.command.idempotency.record_key
@@ -272,9 +331,10 @@ class Writer(ExactlyOnceLoop):
         try:
             command = Command.decode(msg.value())
         except BadCommand as err:
-            log.error("writer: unreadable command at offset %d: %s", msg.offset(), err)
             self._metrics.poison_records.labels(topic=msg.topic()).inc()
-            return _Outcome(None, command_id, error(500, "the writer could not read this command"))
+            outcome = _Outcome(None, command_id, error(500, "the writer could not read this command"))
+            outcome.letter = err
+            return outcome
         if command.deadline_ms is not None and now > command.deadline_ms:
             return _Outcome(command, command.id, error(503, "the write expired before the writer reached it; it was not applied"))
         idempotency = command.idempotency
@@ -294,21 +354,40 @@ class Writer(ExactlyOnceLoop):
                 outcome = _Outcome(command, command.id, Decision(remembered.status, list(remembered.ids), error=remembered.error))
                 outcome.offsets = dict(remembered.offsets)
                 return outcome
+        refused: list[str] = []
         try:
             decision = decide(view, command, now)
+            limit = self._publisher.record_limit
             produced = []
+            kept = []
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
                 headers = [(OPERATION, change.operation.encode())] + [(k, v.encode()) for k, v in change.headers.items()]
-                size = len(value or b"") + len(change.contact_id) + sum(len(k) + len(v) for k, v in headers)
-                if size > self.max_record_bytes:
-                    decision = error(
-                        413,
-                        f"contact {change.contact_id} would be {size} bytes, more than the {self.max_record_bytes} bytes a contact record may have",
-                    )
-                    produced = []
+                size = record_bytes(change.contact_id.encode(), value, headers)
+                if size > limit:
+                    if command.type == commands.AUTO_CREATE:  # that contact stays as it was; the rest goes on
+                        refused.append(f"contact {change.contact_id} would be {_against_limit(size, limit)}")
+                        continue
+                    decision = too_large(command, decision, change, size, limit)
+                    produced, kept = [], []
                     break
                 produced.append((Produced(self._contacts_topic, change.contact_id.encode(), value, headers), change.contact))
+                kept.append(change)
+            if refused:
+                # The refused contacts stay as they were, and their conversations' join state
+                # does not learn the values that would not fit.
+                kept_ids = {c.contact_id for c in kept}
+                learned = {}
+                for conversation_id, state in decision.conversation_metadata.items():
+                    owner = view.owner_of_conversation(conversation_id) or model.contact_id_for_conversation(conversation_id)
+                    if owner in kept_ids or not any(owner in r for r in refused):
+                        learned[conversation_id] = state
+                        continue
+                    committed = view.conversation_metadata(conversation_id)
+                    only_source = {**committed, **({"source": state["source"]} if "source" in state else {})}
+                    if only_source != committed:
+                        learned[conversation_id] = only_source
+                decision = Decision(decision.status, [c.contact_id for c in kept], kept, conversation_metadata=learned)
         except Exception:  # a bug must not stall the partition: answer it and go on
             log.exception("writer: command %s (%s) failed", command.id, command.type)
             self._metrics.writer_failed_commands.inc()
@@ -323,10 +402,25 @@ class Writer(ExactlyOnceLoop):
             if record.value is not None:
                 encoded_contacts.append((record.value, contact))
         outcome = _Outcome(command, command.id, decision, range(start, len(records)))
+        outcome.refused = refused
         if idempotency is not None:
             outcome.remember = True
             pending_keys[idempotency.record_key] = outcome
         return outcome
+
+    def unprocessable(self, consumer: Consumer, msg: Message, err: BaseException) -> list[Produced]:
+        """A command that fails alone (the client library or the broker refused one of its
+        records): answered, so its request is not left waiting, and dead-lettered."""
+        records = [self.dead_letter(msg, err)]
+        refused = isinstance(err, Unprocessable) and str(err).startswith("a record was refused")
+        if msg.key():
+            if refused:
+                answer = error(413, f"the write would make a record over the record limit of the contacts topic ({err})")
+            else:
+                answer = error(500, "internal error while applying the write")
+            reply = Reply(answer.status, [], answer.error, {})
+            records.append(Produced(self._replies_topic, msg.key(), reply.encode(), []))
+        return records
 
     def _replies(self, outcomes: list[_Outcome], placed: list, now: int) -> list[Produced]:
         out = []

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Kafka broker per test session, and topics no other test sees."""
+"""Shared fixtures: one real Kafka broker per test session, a real schema registry for the tests
+that ask for one, and topics no other test sees."""
 
 from __future__ import annotations
 
@@ -19,6 +20,33 @@ def kafka():
         pytest.fail(f"no Kafka broker for the tests: {err}", pytrace=False)
     yield broker.bootstrap_servers
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry():
+    """A real schema registry (contacts_dev.schema_registry, in memory) shared by the session:
+    started by the first test that asks for it (the first run on a machine builds it, ~2 min).
+    Tests use subjects of their own; a test that stops a registry takes a private_registry."""
+    registry = _new_registry().start()
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture
+def private_registry():
+    """A real schema registry of this test's own, to stop and start again (it starts in ~0.1 s)."""
+    registry = _new_registry().start()
+    yield registry
+    registry.stop()
+
+
+def _new_registry():
+    from contacts_dev import schema_registry
+
+    try:
+        return schema_registry.Registry(log_dir=Path(__file__).resolve().parent.parent / "build")
+    except schema_registry.RegistryError as err:
+        pytest.fail(f"no schema registry for the tests: {err}", pytrace=False)
 
 
 @pytest.fixture

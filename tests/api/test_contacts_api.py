@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -42,10 +43,11 @@ def test_create_serves_the_seed_shape_and_info_reads_it_back(client):
     assert by_conversation["id"] == contact["id"]
 
 
-def test_create_refuses_an_empty_payload_and_unknown_fields(client):
+def test_create_refuses_an_empty_payload_and_ignores_unknown_fields(client):
     assert "message" in post(client, "/contacts.create", {}, 400)
-    error = post(client, "/contacts.create", {"display_name": "A", "nickname": "B"}, 400)
-    assert "nickname" in error["message"]
+    response = client.post("/contacts.create", json={"display_name": "A", "nickname": "B"})
+    assert response.status_code == 201 and response.headers["X-Contacts-Ignored-Fields"] == "nickname"
+    assert "nickname" not in info(client, response.get_json()["id"])
     error = post(client, "/contacts.create", {"via": {"email": 5}}, 400)
     assert "via.email" in error["message"]
 
@@ -108,6 +110,18 @@ def test_update_sets_removes_and_merges_maps_key_by_key(client):
     assert read["metadata"]["facebook"] == SEED["metadata"]["facebook"]
     assert read["created_at"] == contact["created_at"]
     assert read["updated_at"] >= contact["created_at"]
+
+
+@pytest.mark.parametrize(
+    "field, before, after",
+    [("metadata", {"k": 1}, {"k": True}), ("metadata", {"k": 2}, {"k": 2.0}), ("metadata", {"k": {"n": 0}}, {"k": {"n": False}}), ("timezone", 2, 2.0), ("timezone", 1.0, 1)],
+)
+def test_an_update_that_changes_only_a_values_type_lands(client, field, before, after):
+    contact = create(client, display_name="typed", **{field: before})
+    post(client, "/contacts.update", {"id": contact["id"], field: after}, 202)
+    served = client.post("/contacts.info", json={"id": contact["id"]})
+    # Compared as JSON text: Python's 1 == True == 1.0 is what hid the bug.
+    assert json.dumps(json.loads(served.data)[field]) == json.dumps(after)
 
 
 def test_delete_removes_the_contact_and_its_indexes(client):
@@ -241,6 +255,30 @@ def test_list_defaults_to_pages_of_20_and_refuses_bad_cursors(client, listed):
     for cursor in ("not-a-cursor", "bnVsbA", "x" * 10):
         assert "cursor" in post(client, "/contacts.list", {"cursor": cursor}, 400)["message"]
     assert post(client, "/contacts.list", {"page_size": 0}, 400)["message"]
+
+
+def test_the_inboxs_list_call_null_cursor_and_page_size(client, listed):
+    # DESIGN.md: the inbox lists with {"cursor": null, "pageSize": N}.
+    response = client.post("/contacts.list", json={"cursor": None, "pageSize": 7})
+    assert response.status_code == 200, response.data[:300]
+    assert len(response.get_json()["data"]) == 7 and "X-Contacts-Ignored-Fields" not in response.headers
+    both = client.post("/contacts.list", json={"cursor": None, "page_size": 3, "pageSize": 7})
+    assert len(both.get_json()["data"]) == 3 and both.headers["X-Contacts-Ignored-Fields"] == "pageSize"
+
+
+@pytest.mark.parametrize("name", ["李" * 250, "ß" * 400], ids=["250 CJK", "400 eszett"])
+def test_a_cursor_after_a_contact_with_a_long_name_works(client, name):
+    first_contact = create(client, display_name="a")
+    long_named = create(client, display_name=name)
+    last = create(client, title="no name")  # unnamed contacts come last
+    page = post(client, "/contacts.list", {"page_size": 2}, 200)
+    assert [c["id"] for c in page["data"]] == [first_contact["id"], long_named["id"]]
+    cursor = page["pagination_data"]["next_cursor"]
+    assert len(cursor) <= 1024
+    following = post(client, "/contacts.list", {"cursor": cursor, "page_size": 2}, 200)
+    assert [c["id"] for c in following["data"]] == [last["id"]]
+    back = post(client, "/contacts.list", {"cursor": following["pagination_data"]["previous_cursor"], "page_size": 2}, 200)
+    assert [c["id"] for c in back["data"]] == [first_contact["id"], long_named["id"]]
 
 
 def test_a_page_stays_valid_when_its_anchor_is_deleted(client, listed):

@@ -142,8 +142,8 @@ def test_the_document_is_valid_openapi_3():
 def test_limits_and_fields_come_from_the_model():
     schemas = OPENAPI["components"]["schemas"]
     create = schemas["ContactFields"]
-    assert tuple(create["properties"]) == model.CONTACT_FIELDS
-    assert create["additionalProperties"] is False and create["minProperties"] == 1
+    assert tuple(create["properties"]) == model.CONTACT_FIELDS + model.SERVED_FIELDS
+    assert create["anyOf"] == [{"required": [name]} for name in model.CONTACT_FIELDS]
     assert tuple(create["properties"]["address"]["properties"]) == model.ADDRESS_FIELDS
     assert create["properties"]["display_name"]["maxLength"] == model.MAX_STRING_LENGTH
     assert create["properties"]["via"]["maxProperties"] == model.MAX_VIA_KEYS
@@ -152,6 +152,8 @@ def test_limits_and_fields_come_from_the_model():
     page_size = schemas["ListRequest"]["properties"]["page_size"]
     assert (page_size["minimum"], page_size["maximum"], page_size["default"]) == (1, model.MAX_PAGE_SIZE, model.DEFAULT_PAGE_SIZE)
     assert schemas["ListRequest"]["properties"]["cursor"]["maxLength"] == model.MAX_CURSOR_LENGTH
+    camel = schemas["ListRequest"]["properties"]["pageSize"]
+    assert (camel["minimum"], camel["maximum"]) == (1, model.MAX_PAGE_SIZE)
     assert set(schemas["Contact"]["properties"]) == set(model.CONTACT_FIELDS + model.SERVED_FIELDS)
     bearer = OPENAPI["components"]["securitySchemes"]["bearer"]
     assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
@@ -159,6 +161,26 @@ def test_limits_and_fields_come_from_the_model():
         assert OPENAPI["paths"][path]["post"]["security"] == [{"bearer": []}, {}]
     for path in GET_PATHS:
         assert OPENAPI["paths"][path]["get"]["security"] == []
+
+
+def test_no_request_schema_refuses_unknown_fields():
+    # Unknown fields are ignored (DESIGN.md): a schema that forbade them would call valid requests
+    # invalid, and the fuzz run would expect 400s the service rightly does not give.
+    def walk(node):
+        if isinstance(node, dict):
+            assert node.get("additionalProperties") is not False, node
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in CONTACT_PATHS:
+        walk(_resolve(request_schema(path)))
+        for status in ("200", "201", "202", "400"):
+            response = OPENAPI["paths"][path]["post"]["responses"].get(status)
+            if response:
+                assert "X-Contacts-Ignored-Fields" in _resolve(response)["headers"]
 
 
 def test_openapi_json_serves_the_document(client):
@@ -207,13 +229,17 @@ AGREEMENT = [
     ("/contacts.create", {"display_name": "x" * model.MAX_STRING_LENGTH}, model.validate_create),
     ("/contacts.create", {"display_name": "x" * (model.MAX_STRING_LENGTH + 1)}, model.validate_create),
     ("/contacts.create", {"nickname": "x"}, model.validate_create),
+    ("/contacts.create", {"nickname": "x", "display_name": "y"}, model.validate_create),
+    ("/contacts.create", {"displayName": "x", "organizationName": "y", "title": "z"}, model.validate_create),
     ("/contacts.create", {"id": _UUID, "display_name": "x"}, model.validate_create),
+    ("/contacts.create", {"id": 5, "created_at": 5, "updated_at": None, "merge_history": "x", "title": "x"}, model.validate_create),
     ("/contacts.create", {"created_at": "2021-11-16T13:21:03.580Z"}, model.validate_create),
     ("/contacts.create", {"via": []}, model.validate_create),
     ("/contacts.create", {"via": {"phone": 1}}, model.validate_create),
     ("/contacts.create", {"via": {str(i): "v" for i in range(model.MAX_VIA_KEYS + 1)}}, model.validate_create),
     ("/contacts.create", {"address": {"city": "x"}}, model.validate_create),
-    ("/contacts.create", {"address": {"planet": "x"}}, model.validate_create),
+    ("/contacts.create", {"address": {"planet": "x"}, "title": "x"}, model.validate_create),
+    ("/contacts.create", {"address": {"addressLine1": "x", "city": 5}}, model.validate_create),
     ("/contacts.create", {"conversations": {_UUID: "facebook"}}, model.validate_create),
     ("/contacts.create", {"conversations": {_UUID: ""}}, model.validate_create),
     ("/contacts.create", {"conversations": {_UUID: 1}}, model.validate_create),
@@ -225,6 +251,7 @@ AGREEMENT = [
     ("/contacts.create", {"metadata": _nested(model.MAX_METADATA_DEPTH + 1)}, model.validate_create),
     ("/contacts.import", [SEED_CONTACT, {"title": "x"}], model.validate_import),
     ("/contacts.import", [], model.validate_import),
+    ("/contacts.import", [{"title": "x", "nickname": "y"}], model.validate_import),
     ("/contacts.import", {"display_name": "x"}, model.validate_import),
     ("/contacts.import", [{"title": "x"}, {}], model.validate_import),
     ("/contacts.import", [{"title": "x"}] * (model.MAX_IMPORT + 1), model.validate_import),
@@ -239,6 +266,10 @@ AGREEMENT = [
     ("/contacts.list", {"cursor": 5}, model.validate_list),
     ("/contacts.list", {"cursor": "x" * (model.MAX_CURSOR_LENGTH + 1)}, model.validate_list),
     ("/contacts.list", {"sort": "name"}, model.validate_list),
+    ("/contacts.list", {"cursor": None, "pageSize": 20}, model.validate_list),
+    ("/contacts.list", {"pageSize": 0}, model.validate_list),
+    ("/contacts.list", {"pageSize": "20", "page_size": 5}, model.validate_list),
+    ("/contacts.list", {"pageSize": None, "page_size": 5}, model.validate_list),
     ("/contacts.list", [], model.validate_list),
     ("/contacts.info", {"id": _UUID}, model.validate_info),
     ("/contacts.info", {"conversation_id": _UUID.upper()}, model.validate_info),
@@ -247,6 +278,9 @@ AGREEMENT = [
     ("/contacts.info", {"id": "not-a-uuid"}, model.validate_info),
     ("/contacts.info", {"id": _UUID + "\n"}, model.validate_info),
     ("/contacts.info", {"id": 5}, model.validate_info),
+    ("/contacts.info", {"id": _UUID, "expand": True}, model.validate_info),
+    ("/contacts.info", {"id": _UUID, "conversation_id": 5}, model.validate_info),
+    ("/contacts.info", {"conversationId": _UUID}, model.validate_info),
     ("/contacts.update", {"id": _UUID}, model.validate_update),
     ("/contacts.update", {"id": _UUID, "display_name": ""}, model.validate_update),
     ("/contacts.update", {"id": _UUID, "via": ""}, model.validate_update),
@@ -255,12 +289,18 @@ AGREEMENT = [
     ("/contacts.update", {"id": _UUID, "via": "x"}, model.validate_update),
     ("/contacts.update", {"display_name": "x"}, model.validate_update),
     ("/contacts.update", {"id": _UUID, "merge_history": []}, model.validate_update),
+    ("/contacts.update", {"id": _UUID, "displayName": "x", "address": {"addressLine1": "y"}}, model.validate_update),
+    ("/contacts.update", {"id": _UUID, "created_at": 1, "updated_at": [], "merge_history": None}, model.validate_update),
     ("/contacts.delete", {"id": _UUID}, model.validate_id),
     ("/contacts.delete", {"id": _UUID, "force": True}, model.validate_id),
     ("/contacts.delete", {}, model.validate_id),
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER}, model.validate_merge),
     ("/contacts.merge", {"source_id": _UUID}, model.validate_merge),
     ("/contacts.merge", {"source_id": _UUID, "destination_id": "x"}, model.validate_merge),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": False}, model.validate_merge),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": True}, model.validate_merge),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": None}, model.validate_merge),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "force": True}, model.validate_merge),
 ]
 
 

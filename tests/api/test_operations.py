@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -116,6 +117,66 @@ def test_api_calls_need_a_system_token_or_a_valid_jwt(guarded):
     assert guarded.get("/metrics").status_code == 200
 
 
+def with_origins(service, *origins: str):
+    config = Config(**{**service.config.__dict__, "allowed_origins": tuple(origins)})
+    return create_app(config, service).test_client()
+
+
+def listed_headers(value: str) -> set[str]:
+    return {part.strip().lower() for part in value.split(",") if part.strip()}
+
+
+def test_cors_with_any_origin_answers_star_and_never_credentials(service):
+    client = with_origins(service, "*")
+    origin = {"Origin": "https://anywhere.example.org"}
+    answer = client.post("/contacts.list", json={}, headers=origin)
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in answer.headers
+    preflight = client.options("/contacts.update", headers={**origin, "Access-Control-Request-Method": "POST"})
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in preflight.headers
+
+
+def test_cors_with_a_list_reflects_a_listed_origin_with_credentials(service):
+    client = with_origins(service, "https://inbox.example.org", "https://admin.example.org")
+    for origin in ("https://inbox.example.org", "https://admin.example.org"):
+        answer = client.post("/contacts.list", json={}, headers={"Origin": origin})
+        assert answer.headers["Access-Control-Allow-Origin"] == origin
+        assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+        assert "origin" in listed_headers(answer.headers.get("Vary", ""))
+    stranger = client.post("/contacts.list", json={}, headers={"Origin": "https://evil.example.org"})
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+    assert "Access-Control-Allow-Credentials" not in stranger.headers
+    # A listed origin next to "*" keeps its credentials; others get the anonymous "*".
+    mixed = with_origins(service, "https://inbox.example.org", "*")
+    assert mixed.post("/contacts.list", json={}, headers={"Origin": "https://inbox.example.org"}).headers["Access-Control-Allow-Credentials"] == "true"
+    other = mixed.post("/contacts.list", json={}, headers={"Origin": "https://other.example.org"})
+    assert other.headers["Access-Control-Allow-Origin"] == "*" and "Access-Control-Allow-Credentials" not in other.headers
+
+
+def test_cors_exposes_the_api_headers_and_allows_what_the_inbox_sends(service):
+    client = with_origins(service, "https://inbox.example.org")
+    origin = {"Origin": "https://inbox.example.org"}
+    # The platform inbox's client (lib/typescript/httpclient/src/client.ts) sends Content-Type and
+    # X-Requested-With; the API's own request headers are Idempotency-Key and X-Contacts-Min-Position.
+    preflight = client.options(
+        "/contacts.update",
+        headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,x-requested-with"},
+    )
+    assert preflight.status_code == 204
+    allowed = listed_headers(preflight.headers["Access-Control-Allow-Headers"])
+    assert {"authorization", "content-type", "idempotency-key", "x-contacts-min-position", "x-requested-with"} <= allowed
+    answer = client.post("/contacts.create", json={"display_name": "Ada", "displayName": "Ada"}, headers=origin)
+    assert answer.headers["X-Contacts-Ignored-Fields"] == "displayName"
+    exposed = listed_headers(answer.headers["Access-Control-Expose-Headers"])
+    assert {"x-contacts-ignored-fields", "x-contacts-position"} <= exposed
+
+
+def test_without_allowed_origins_no_cors_headers(service):
+    answer = with_origins(service).post("/contacts.list", json={}, headers={"Origin": "https://inbox.example.org"})
+    assert not [h for h in answer.headers.keys() if h.lower().startswith("access-control-")]
+
+
 def test_cors_answers_preflights_for_allowed_origins_only(guarded):
     preflight = guarded.options(
         "/contacts.create",
@@ -134,9 +195,21 @@ def test_cors_answers_preflights_for_allowed_origins_only(guarded):
 # --- configuration and logs --------------------------------------------------------------------
 
 
+def test_the_commit_interval_help_says_what_the_code_does():
+    # exactly_once.py: consumer.poll(interval) waits for the first record, the rest of the batch is
+    # taken without waiting, and each batch is committed in its own transaction right away. The
+    # interval is a poll wait, not a time a transaction stays open or a batch is gathered.
+    from contacts_streams.config import SETTINGS
+
+    text = SETTINGS["KAFKA_COMMIT_INTERVAL_MS"].help
+    assert "poll" in text and "transaction open" not in text and "gather" not in text
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"| `KAFKA_COMMIT_INTERVAL_MS` | 100 | {text} |" in readme
+
+
 def test_configuration_errors_name_the_variable():
     assert Config.from_env({}).port == 8080
-    for env, name in [({"PORT": "eighty"}, "PORT"), ({"AUTO_CREATE_ENABLED": "maybe"}, "AUTO_CREATE_ENABLED"), ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"KAFKA_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_SCHEMA_REGISTRY_URL"), ({"CONTACTS_TOPIC": " "}, "CONTACTS_TOPIC")]:
+    for env, name in [({"PORT": "eighty"}, "PORT"), ({"AUTO_CREATE_ENABLED": "maybe"}, "AUTO_CREATE_ENABLED"), ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"KAFKA_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_SCHEMA_REGISTRY_URL"), ({"SCHEMA_REGISTRY_CHECK_MS": "soon"}, "SCHEMA_REGISTRY_CHECK_MS"), ({"CONTACTS_TOPIC": " "}, "CONTACTS_TOPIC")]:
         with pytest.raises(ConfigError, match=name):
             Config.from_env(env)
     config = Config.from_env({"systemToken": "t", "allowedOrigins": "https://a.org, https://b.org", "AUTO_CREATE_ENABLED": "false"})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from contacts_streams import store as store_module
 from contacts_streams.serialization import ContactCodec
@@ -43,8 +45,9 @@ def test_every_record_names_its_operation(service, kafka):
     consumer = Consumer({"bootstrap.servers": kafka, "group.id": str(uuid.uuid4()), "isolation.level": "read_committed", "enable.partition.eof": True})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    records, ended = [], set()
+    records, ended, deadline = [], set(), time.monotonic() + 30
     while len(ended) < len(partitions):
+        assert time.monotonic() < deadline, f"could not read {topic} to its end in 30 s"
         for msg in consumer.consume(500, 1):
             if msg.error():
                 ended.add(msg.partition())
@@ -91,14 +94,32 @@ def test_a_deleted_state_folder_is_rebuilt_to_identical_contents(make_config, st
     assert snapshot(Path(config.state_dir)) == before
 
 
-def test_a_store_ahead_of_its_topic_is_rebuilt(make_config, start_service, new_topic):
+def test_a_store_ahead_of_its_topic_is_rebuilt(make_config, start_service, kafka):
+    """The topic is deleted and made again (empty): the stored offsets lie beyond its end."""
     config = make_config()
     service = start_service(config)
     write_some(service)
     service.close()
-    # The same state folder against another, empty topic: its offsets lie beyond that topic's end.
-    other = make_config(contacts_topic=config.contacts_topic + "-new")
-    rebuilt = start_service(other)
-    assert rebuilt.materializer.rebuild_reason
+    admin = AdminClient({"bootstrap.servers": kafka})
+    for future in admin.delete_topics([config.contacts_topic], operation_timeout=30).values():
+        future.result(30)
+
+    def recreated() -> bool:
+        try:
+            for future in admin.create_topics([NewTopic(config.contacts_topic, 3, 1, config={"cleanup.policy": "compact"})]).values():
+                future.result(30)
+            return True
+        except KafkaException as err:
+            if err.args[0].code() in (KafkaError.TOPIC_ALREADY_EXISTS, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                return False  # the deletion is still under way
+            raise
+
+    deadline = time.monotonic() + 60
+    while not recreated():
+        assert time.monotonic() < deadline, "the topic could not be made again"
+        time.sleep(0.2)
+    rebuilt = start_service(config)
+    assert rebuilt.materializer.rebuild_reason is not None
+    assert rebuilt.materializer.rebuild_reason.startswith("ahead of the topic"), rebuilt.materializer.rebuild_reason
     assert rebuilt.store.count() == 0
     assert rebuilt.contacts.list(None, 20).contacts == []

@@ -93,17 +93,35 @@ def test_create_refuses_the_empty_payload():
     assert "empty" in err.message
 
 
-def test_create_refuses_unknown_fields_and_names_them_all():
-    err = error_of(validate_create, {"display_name": "x", "nickname": "y", "age": 3})
-    assert err.field == "nickname"
-    assert "nickname" in err.message and "age" in err.message
+def test_create_ignores_unknown_fields_and_names_them_all():
+    ignored: list[str] = []
+    assert validate_create({"display_name": "x", "nickname": "y", "age": 3}, ignored) == {"display_name": "x"}
+    assert ignored == ["nickname", "age"]
+    assert validate_create({"display_name": "x", "nickname": "y"}) == {"display_name": "x"}  # no list: fine too
+
+
+def test_create_of_only_unknown_fields_sets_nothing_and_says_what_it_ignored():
+    ignored: list[str] = []
+    err = error_of(lambda payload: validate_create(payload, ignored), {"displayName": "Ada", "organizationName": "x"})
+    assert err.field == ""
+    assert "sets no field" in err.message and "displayName" in err.message
+    assert ignored == ["displayName", "organizationName"]
 
 
 @pytest.mark.parametrize("name", ["id", "created_at", "updated_at", "merge_history"])
-def test_create_refuses_served_fields(name):
-    err = error_of(validate_create, {"display_name": "x", name: "y"})
-    assert err.field == name
-    assert "set by the service" in err.message
+def test_create_accepts_and_ignores_served_fields_without_naming_them(name):
+    ignored: list[str] = []
+    value = {"id": CONTACT_ID, "merge_history": [{"id": OTHER_ID}]}.get(name, "2021-11-16T13:21:03.580Z")
+    assert validate_create({"display_name": "x", name: value}, ignored) == {"display_name": "x"}
+    assert ignored == []
+    # A value of any type: the field is ignored, not read.
+    assert validate_create({"display_name": "x", name: 5}) == {"display_name": "x"}
+
+
+def test_a_fetched_contact_can_be_created_again_as_it_is():
+    served = {"id": CONTACT_ID, **SEED, "created_at": "2021-11-16T13:21:03.580Z", "updated_at": "2021-11-16T13:21:03.580Z", "merge_history": []}
+    ignored: list[str] = []
+    assert validate_create(served, ignored) == SEED and ignored == []
 
 
 @pytest.mark.parametrize("name", ["display_name", "avatar_url", "title", "gender", "locale", "organization_name"])
@@ -157,7 +175,6 @@ def test_via_is_a_flat_map_of_strings(via, path):
     "address, path",
     [
         ("77 Massachusetts Ave", "address"),
-        ({"zip": "02139"}, "address.zip"),
         ({"postcode": 2139}, "address.postcode"),
         ({"city": None}, "address.city"),
         ({"country": {"code": "US"}}, "address.country"),
@@ -170,8 +187,22 @@ def test_address_has_only_its_seven_string_keys(address, path):
 def test_address_keys():
     assert len(ADDRESS_FIELDS) == 7
     assert validate_create({"address": {"postcode": "02139"}}) == {"address": {"postcode": "02139"}}
-    err = error_of(validate_create, {"address": {"street": "x"}})
-    assert "organization_name" in err.message  # lists what is allowed
+
+
+def test_unknown_address_keys_are_ignored_and_named_with_their_path():
+    # The inbox's client (updateContactDetails.ts, 8fb95c084) sends address.addressLine1.
+    ignored: list[str] = []
+    fields = validate_create({"display_name": "x", "address": {"addressLine1": "77 Ave", "city": "Boston", "zip": 1}}, ignored)
+    assert fields == {"display_name": "x", "address": {"city": "Boston"}}
+    assert ignored == ["address.addressLine1", "address.zip"]
+    # Only unknown keys: the address is empty and dropped, so nothing is set.
+    assert field_of(validate_create, {"address": {"addressLine1": "77 Ave"}}) == ""
+
+
+def test_free_form_maps_have_no_unknown_keys():
+    ignored: list[str] = []
+    payload = {"via": {"anything": "x"}, "metadata": {"any": {"thing": 1}}, "conversations": {CONVERSATION_A: "facebook"}}
+    assert validate_create(payload, ignored) == payload and ignored == []
 
 
 @pytest.mark.parametrize(
@@ -263,12 +294,10 @@ def test_import_of_the_seed_sample():
     [
         ({"display_name": "x"}, ""),
         (None, ""),
-        ([], ""),
         ([{"title": "a"}, {"title": "b"}, {"title": "c"}, {"display_name": 3}], "[3].display_name"),
         ([{"title": "a"}, "x"], "[1]"),
         ([{"title": "a"}, {}], "[1]"),
-        ([{"title": "a"}, {"id": CONTACT_ID, "title": "b"}], "[1].id"),
-        ([{"title": "a"}, {"nickname": "b"}], "[1].nickname"),
+        ([{"title": "a"}, {"nickname": "b"}], "[1]"),
         ([{"via": {"email": 1}}], "[0].via.email"),
         ([{"address": {"postcode": 1}}], "[0].address.postcode"),
         ([{"metadata": {"a": {"b": []}}}], "[0].metadata.a.b"),
@@ -277,6 +306,17 @@ def test_import_of_the_seed_sample():
 )
 def test_import_errors_name_the_element(payload, path):
     assert field_of(validate_import, payload) == path
+
+
+def test_import_of_nothing_is_fine():
+    assert validate_import([]) == []
+
+
+def test_import_names_ignored_fields_by_element():
+    ignored: list[str] = []
+    payload = [{"title": "a", "nickname": "x"}, {"title": "b", "id": CONTACT_ID}, {"title": "c", "address": {"zip": "1"}}]
+    assert validate_import(payload, ignored) == [{"title": "a"}, {"title": "b"}, {"title": "c"}]
+    assert ignored == ["[0].nickname", "[2].address.zip"]
 
 
 def test_import_of_max_contacts_is_allowed():
@@ -290,6 +330,27 @@ def test_update_returns_the_normalized_id_and_the_changes():
     contact_id, changes = validate_update({"id": CONTACT_ID.upper(), "display_name": "Barbara Liskov"})
     assert contact_id == CONTACT_ID
     assert changes == {"display_name": "Barbara Liskov"}
+
+
+@pytest.mark.parametrize("before, after", [(1, True), (True, 1), (2, 2.0), (2.0, 2), (0, False), (0.0, -0.0), (None, False), ({"a": 1}, {"a": True})])
+@pytest.mark.parametrize("field", ["metadata", "timezone"])
+def test_an_update_that_changes_only_a_values_type_is_a_change(field, before, after):
+    # Python's 1 == True == 1.0 made these look like no-ops, and the change was dropped.
+    if field == "timezone" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)):
+        return
+    wrap = (lambda v: {"k": v}) if field == "metadata" else (lambda v: v)
+    contact = new_contact(validate_create({"display_name": "x", field: wrap(before)}), CONTACT_ID, T0)
+    _, changes = validate_update({"id": CONTACT_ID, field: wrap(after)})
+    updated = apply_update(contact, changes, T1)
+    assert not model.same_json(updated, contact)
+    assert json.dumps(updated[field]) == json.dumps(wrap(after))
+    assert updated["updated_at"] == millis_to_iso(T1)
+
+
+def test_same_json_tells_types_apart():
+    assert model.same_json({"a": [1, {"b": "x"}]}, {"a": [1, {"b": "x"}]})
+    for a, b in [(1, True), (1, 1.0), (0, False), (0.0, -0.0), ({"a": 1}, {"a": 1.0}), ([1], [True]), ({"a": 1}, {"b": 1}), ("", None)]:
+        assert not model.same_json(a, b) and not model.same_json(b, a)
 
 
 def test_update_with_only_the_id_changes_nothing():
@@ -328,12 +389,8 @@ def test_update_keeps_removal_markers():
         ({"id": 3}, "id"),
         ({"id": "not-a-uuid"}, "id"),
         ({"id": CONTACT_ID + "0"}, "id"),
-        ({"id": CONTACT_ID, "created_at": "2021-11-16T13:21:03.580Z"}, "created_at"),
-        ({"id": CONTACT_ID, "merge_history": []}, "merge_history"),
-        ({"id": CONTACT_ID, "nickname": "x"}, "nickname"),
         ({"id": CONTACT_ID, "title": None}, "title"),
         ({"id": CONTACT_ID, "via": {"email": 1}}, "via.email"),
-        ({"id": CONTACT_ID, "address": {"zip": ""}}, "address.zip"),
         ({"id": CONTACT_ID, "conversations": {"x": ""}}, "conversations.x"),
         ({"id": CONTACT_ID, "metadata": {"tags": []}}, "metadata.tags"),
         ({"id": CONTACT_ID, "metadata": []}, "metadata"),
@@ -351,7 +408,8 @@ def test_validate_id():
     assert validate_id({"id": CONTACT_ID.upper()}) == CONTACT_ID
     assert field_of(validate_id, {}) == "id"
     assert field_of(validate_id, {"id": "x"}) == "id"
-    assert field_of(validate_id, {"id": CONTACT_ID, "force": True}) == "force"
+    ignored: list[str] = []
+    assert validate_id({"id": CONTACT_ID, "force": True}, ignored) == CONTACT_ID and ignored == ["force"]
     assert field_of(validate_id, None) == ""
     assert field_of(validate_id, [CONTACT_ID]) == ""
 
@@ -369,7 +427,8 @@ def test_validate_info():
     assert field_of(validate_info, {"id": CONTACT_ID, "conversation_id": CONVERSATION_A}) == "conversation_id"
     assert field_of(validate_info, {"conversation_id": "x"}) == "conversation_id"
     assert field_of(validate_info, {"id": 1}) == "id"
-    assert field_of(validate_info, {"id": CONTACT_ID, "x": 1}) == "x"
+    ignored: list[str] = []
+    assert validate_info({"id": CONTACT_ID, "x": 1}, ignored) == ("id", CONTACT_ID) and ignored == ["x"]
     assert field_of(validate_info, "x") == ""
 
 
@@ -379,7 +438,17 @@ def test_validate_merge():
     assert field_of(validate_merge, {"destination_id": OTHER_ID}) == "source_id"
     assert field_of(validate_merge, {"source_id": CONTACT_ID}) == "destination_id"
     assert field_of(validate_merge, {"source_id": "x", "destination_id": OTHER_ID}) == "source_id"
-    assert field_of(validate_merge, {"source_id": CONTACT_ID, "destination_id": OTHER_ID, "id": CONTACT_ID}) == "id"
+    ignored: list[str] = []
+    assert validate_merge({"source_id": CONTACT_ID, "destination_id": OTHER_ID, "force": 1}, ignored) == (CONTACT_ID, OTHER_ID)
+    assert ignored == ["force"]
+
+
+def test_a_merge_dry_run_is_refused_not_ignored():
+    # Ignoring dry_run would merge for real what the client only wanted to preview.
+    assert validate_merge({"source_id": CONTACT_ID, "destination_id": OTHER_ID, "dry_run": False}) == (CONTACT_ID, OTHER_ID)
+    for value in (True, "true", 1, None):
+        err = error_of(validate_merge, {"source_id": CONTACT_ID, "destination_id": OTHER_ID, "dry_run": value})
+        assert err.field == "dry_run"
     assert field_of(validate_merge, []) == ""
 
 
@@ -391,6 +460,20 @@ def test_validate_list():
     assert validate_list({"cursor": "next-page-uuid", "page_size": 2}) == ("next-page-uuid", 2)
     assert validate_list({"cursor": ""}) == (None, 20)
     assert validate_list({"page_size": MAX_PAGE_SIZE}) == (None, MAX_PAGE_SIZE)
+
+
+def test_list_reads_the_inboxs_page_size_and_null_cursor():
+    # The shape of the inbox's list call (DESIGN.md): {"cursor": null, "pageSize": N}.
+    ignored: list[str] = []
+    assert validate_list({"cursor": None, "pageSize": 54}, ignored) == (None, 54) and ignored == []
+    assert validate_list({"pageSize": None}) == (None, DEFAULT_PAGE_SIZE)
+    # Both given: page_size wins and pageSize is named as ignored.
+    assert validate_list({"page_size": 5, "pageSize": 7}, ignored) == (None, 5) and ignored == ["pageSize"]
+    # Still a known field: a wrong value is a 400 naming it.
+    for value in (0, MAX_PAGE_SIZE + 1, "20", True, 2.5):
+        assert field_of(validate_list, {"pageSize": value}) == "pageSize"
+    ignored = []
+    assert validate_list({"page": 2, "sort": "name"}, ignored) == (None, DEFAULT_PAGE_SIZE) and ignored == ["page", "sort"]
 
 
 @pytest.mark.parametrize(
@@ -407,7 +490,6 @@ def test_validate_list():
         ({"page_size": "20"}, "page_size"),
         ({"page_size": 2.5}, "page_size"),
         ({"page_size": True}, "page_size"),
-        ({"page": 2}, "page"),
     ],
 )
 def test_list_errors(payload, path):
@@ -538,7 +620,9 @@ def test_merge_of_the_seed_example():
         "organization_name": "Airy.co",
         "created_at": destination["created_at"],
         "updated_at": millis_to_iso(T1),
-        "merge_history": [source],
+        "merge_history": [
+            {**source, "merged_at": millis_to_iso(T1), "merged_into": OTHER_ID, "gained": ["title", "organization_name"]}
+        ],
     }
 
 
@@ -585,8 +669,64 @@ def test_merge_history_is_destination_then_source_then_the_source():
     source = dict(new_contact({"title": "s"}, CONTACT_ID, T0), merge_history=older[1:])
     merged = merge_contacts(destination, source, T1)
     source_as_it_was = {k: v for k, v in source.items() if k != "merge_history"}
-    assert merged["merge_history"] == older + [source_as_it_was]
+    entry = {**source_as_it_was, "merged_at": millis_to_iso(T1), "merged_into": OTHER_ID, "gained": []}
+    # entries written before merged_into existed came with the source: they name it
+    carried = [{**item, "merged_into": CONTACT_ID} for item in older[1:]]
+    assert merged["merge_history"] == older[:1] + carried + [entry]
     assert all("merge_history" not in entry for entry in merged["merge_history"])
+
+
+def test_merge_history_entries_say_what_the_destination_gained():
+    destination = new_contact(
+        {"display_name": "D", "title": "", "via": {"email": "d@x", "phone": ""}, "metadata": {"a": 1}, "conversations": {CONVERSATION_A: "facebook"}},
+        OTHER_ID,
+        T0,
+    )
+    source = new_contact(
+        {
+            "display_name": "S",
+            "title": "Dr",
+            "timezone": "",
+            "via": {"email": "s@x", "phone": "+1", "fax.home": "2"},
+            "address": {"city": "Paris"},
+            "metadata": {"a": 2, "b": {"c": 3}},
+            "conversations": {CONVERSATION_A: "twilio.sms", CONVERSATION_B: "google"},
+        },
+        CONTACT_ID,
+        T0,
+    )
+    entry = merge_contacts(destination, source, T1)["merge_history"][-1]
+    assert entry["gained"] == [
+        "title",
+        "timezone",
+        "via.phone",
+        "via.fax.home",
+        "address.city",
+        "metadata.b",
+        f"conversations.{CONVERSATION_B}",
+    ]
+    assert (entry["merged_at"], entry["merged_into"]) == (millis_to_iso(T1), OTHER_ID)
+    # a later merge carries the entry along unchanged: it still names where it went first
+    third = new_contact({"display_name": "T"}, str(uuid.UUID(int=9)), T0)
+    later = merge_contacts(third, merge_contacts(destination, source, T1), T1 + 1)
+    assert later["merge_history"][0] == entry
+    assert later["merge_history"][1]["merged_into"] == third["id"]
+
+
+def test_merge_history_is_bounded_by_refusing_not_by_forgetting():
+    def entries(n, base):
+        return [{"id": str(uuid.UUID(int=base + i)), "created_at": millis_to_iso(T0)} for i in range(n)]
+
+    half = model.MAX_MERGE_HISTORY // 2
+    destination = dict(new_contact({"title": "d"}, OTHER_ID, T0), merge_history=entries(half, 1000))
+    source = dict(new_contact({"title": "s"}, CONTACT_ID, T0), merge_history=entries(model.MAX_MERGE_HISTORY - half - 1, 5000))
+    merged = merge_contacts(destination, source, T1)
+    assert len(merged["merge_history"]) == model.MAX_MERGE_HISTORY
+    one_more = new_contact({"title": "x"}, str(uuid.UUID(int=77)), T0)
+    with pytest.raises(model.TooLarge) as caught:
+        merge_contacts(merged, one_more, T1)
+    assert str(model.MAX_MERGE_HISTORY) in caught.value.message and OTHER_ID in caught.value.message
+    assert caught.value.field == "source_id"
 
 
 def test_merge_refuses_self_merge_and_leaves_inputs_untouched():
@@ -712,8 +852,32 @@ def test_merge_keeps_every_destination_value_and_every_conversation(destination,
     assert set(conversations) == set(destination.get("conversations", {})) | set(source.get("conversations", {}))
     for conversation_id, channel in destination.get("conversations", {}).items():
         assert conversations[conversation_id] == channel
-    assert merged["merge_history"][-1] == source
+    entry = merged["merge_history"][-1]
+    assert {k: v for k, v in entry.items() if k not in model.HISTORY_ENTRY_FIELDS} == source
+    assert (entry["merged_at"], entry["merged_into"]) == (millis_to_iso(T1), destination["id"])
+    # gained names exactly the values the destination took: what an unmerge takes back
+    before, after, theirs = _paths(destination), _paths(merged), _paths(source)
+    assert len(set(entry["gained"])) == len(entry["gained"])
+    assert set(after) == set(before) | set(entry["gained"])
+    for path, value in after.items():
+        if path in entry["gained"]:
+            assert _same(value, theirs[path]) and not (path in before and _same(before[path], value)), path
+        else:
+            assert _same(value, before[path]), path
     json.dumps(merged)  # plain JSON data
+
+
+def _paths(contact: dict) -> dict:
+    """A contact's values by the field paths merge_history's ``gained`` uses."""
+    out = {name: contact[name] for name in model.SCALAR_FIELDS if name in contact}
+    for name in model.MAP_FIELDS:
+        for key, value in (contact.get(name) or {}).items():
+            out[f"{name}.{key}"] = value
+    return out
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 
+from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from faultkit import CYCLES, SCALE, figures
 
 UPDATERS = 50
@@ -49,6 +51,15 @@ def run_threads(targets, timeout: float = 120.0) -> list[BaseException]:
         thread.join(max(0.1, deadline - time.monotonic()))
     assert not any(t.is_alive() for t in threads), f"threads still running after {timeout:.0f}s"
     return errors
+
+
+def committed_ends(config) -> dict[int, int]:
+    """partition -> the contacts topic's committed end (what read_committed readers reach)."""
+    admin = AdminClient({"bootstrap.servers": config.kafka_brokers})
+    topic = admin.list_topics(config.contacts_topic, timeout=10).topics[config.contacts_topic]
+    request = {TopicPartition(config.contacts_topic, p): OffsetSpec.latest() for p in topic.partitions}
+    futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
+    return {tp.partition: future.result().offset for tp, future in futures.items()}
 
 
 def post(client, path: str, body):
@@ -245,7 +256,8 @@ def test_a_merge_acknowledged_by_the_broker_but_answered_503_is_not_undone_by_th
     while not settled():
         assert time.monotonic() < deadline, "the committed merge never reached the store"
         time.sleep(0.05)
-    time.sleep(1.0)  # whatever the update published lands too
+    # Whatever the update published has landed: the store holds the topic's committed end.
+    assert service.materializer.wait_reached(committed_ends(service.config), 30), "the store did not reach the topic's end"
     status, body = post(client, "/contacts.info", {"id": b["id"]})
     (conversation_b,) = b["conversations"]
     _, holder = post(client, "/contacts.info", {"conversation_id": conversation_b})

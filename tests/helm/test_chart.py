@@ -2,8 +2,9 @@
 
 What a user of the chart would notice: off by default (nothing rendered), and when on a single
 StatefulSet whose RocksDB state sits on a persistent volume at STATE_DIR, probes on the service's
-health paths, the platform's config maps, the component's settings, a Service on 8080, Prometheus
-annotations, and values overrides that reach the rendered objects.
+health paths, the platform's config maps, the component's settings, the Service the platform's
+ingress routes /contacts to (api-contacts, port 80 -> the container's 8080), a headless Service on
+8080, Prometheus annotations, and values overrides that reach the rendered objects.
 
 If helm cannot be built, every test here fails with the reason: no skipping.
 """
@@ -244,18 +245,29 @@ def test_the_components_own_settings(rendered):
     assert all(isinstance(v, str) for v in env.values()), "every env value must be a string"
 
 
-def test_services_expose_8080_to_the_pod(rendered):
+def test_the_ingress_service_is_api_contacts_port_80_to_the_pods_8080(rendered):
+    # The platform's ingress (infrastructure/helm-chart/templates/components/ingress.yaml in
+    # airyhq/airy) routes /contacts to service api-contacts, port number 80.
     pod_labels = only(rendered, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
     c = container(rendered)
-    svc = only(rendered, "Service", "contacts")
+    svc = only(rendered, "Service", "api-contacts")
+    (port,) = svc["spec"]["ports"]
+    assert port["port"] == 80
+    assert port_number(c, port["targetPort"]) == 8080
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["metadata"]["labels"]["core.airy.co/component"] == "api-contacts"
+
+
+def test_the_headless_service_exposes_8080_to_the_pod(rendered):
+    pod_labels = only(rendered, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    c = container(rendered)
     headless = only(rendered, "Service", "contacts-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert only(rendered, "StatefulSet")["spec"]["serviceName"] == "contacts-headless"
-    for s in (svc, headless):
-        (port,) = s["spec"]["ports"]
-        assert port["port"] == 8080
-        assert port_number(c, port["targetPort"]) == 8080
-        assert s["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = headless["spec"]["ports"]
+    assert port["port"] == 8080
+    assert port_number(c, port["targetPort"]) == 8080
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
 
 
 def test_prometheus_scrapes_the_actuator_endpoint(rendered):
@@ -311,7 +323,9 @@ def test_a_new_port_moves_everything_together(helm):
     c = container(docs)
     assert env_of(c)["PORT"] == "9090"
     assert port_number(c, c["readinessProbe"]["httpGet"]["port"]) == 9090
-    assert only(docs, "Service", "contacts")["spec"]["ports"][0]["port"] == 9090
+    assert only(docs, "Service", "contacts-headless")["spec"]["ports"][0]["port"] == 9090
+    ingress = only(docs, "Service", "api-contacts")["spec"]["ports"][0]
+    assert ingress["port"] == 80 and port_number(c, ingress["targetPort"]) == 9090
     annotations = only(docs, "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "9090"
 
@@ -324,3 +338,15 @@ def test_without_persistence_the_state_dir_is_an_empty_dir(helm):
     mount = container(docs)["volumeMounts"][0]
     assert mount["mountPath"] == "/var/lib/contacts-streams"
     assert "emptyDir" in volumes[mount["name"]]
+
+
+def test_certificate_auth_mounts_the_platforms_certificates(helm, rendered):
+    assert all(m["name"] != "kafka-config-certs" for m in container(rendered)["volumeMounts"])
+    for extra in ([], ["--set", "persistence.enabled=false"]):
+        docs = helm.template(*ON, "--set", "global.kafkaCertAuth=true", *extra)
+        mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+        assert mounts["kafka-config-certs"]["mountPath"] == "/opt/kafka/certs" and mounts["kafka-config-certs"]["readOnly"] is True
+        assert "state" in mounts
+        volumes = {v["name"]: v for v in only(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-config-certs"]["configMap"]["name"] == "kafka-config-certs"
+        assert ("state" in volumes) == bool(extra)
