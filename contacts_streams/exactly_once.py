@@ -188,7 +188,9 @@ class ExactlyOnceLoop:
                     raise Restart("the broker did not take the batch in time")
                 if failures:
                     raise Restart(f"records not delivered: {failures[:3]}")
-                for record in then(placed):
+                more = then(placed)
+                records = list(records) + more
+                for record in more:
                     producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(None))
             partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
             producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Consumer, Producer, TopicPartition
 
 from contacts_dev.airy import airy_message, airy_metadata
 from contacts_streams.serialization import message_codec, metadata_codec
@@ -68,7 +68,12 @@ def group_done(kafka: str, group: str, topics: list[str]) -> bool:
     try:
         for topic in topics:
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+            try:
+                committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+            except KafkaException as err:  # the group coordinator moving or loading: ask again
+                if err.args[0].retriable() or err.args[0].code() == KafkaError.NOT_COORDINATOR:
+                    return False
+                raise
             consumer.assign([TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in committed])
             ended, deadline = set(), time.monotonic() + 10
             while len(ended) < len(partitions):
