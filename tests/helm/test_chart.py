@@ -178,18 +178,21 @@ def test_a_non_boolean_switch_is_refused_by_the_schema(helm):
 # --- what the chart deploys ----------------------------------------------------------------------
 
 
-def test_on_renders_one_statefulset_and_two_services(rendered):
+def test_on_renders_one_statefulset_two_services_and_a_disruption_budget(rendered):
     kinds = Counter(d["kind"] for d in _ok(rendered))
-    assert kinds == {"StatefulSet": 1, "Service": 2}
+    assert kinds == {"StatefulSet": 1, "Service": 2, "PodDisruptionBudget": 1}
     for doc in rendered:
         labels = doc["metadata"]["labels"]
         assert labels["core.airy.co/managed"] == "true"
         assert labels["core.airy.co/component"] == "api-contacts"
 
 
-def test_statefulset_runs_one_replica_of_the_entry_point(rendered):
+def test_statefulset_runs_two_spread_replicas_of_the_entry_point(rendered):
     sts = only(rendered, "StatefulSet", "contacts")
-    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["replicas"] == 2
+    spread = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert only(rendered, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     c = container(rendered)
     assert c["command"] == ["python", "-m", "api"]
     assert c["image"] == "ghcr.io/airyhq/api/contacts-streams:0.1.0"
