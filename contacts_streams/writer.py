@@ -32,7 +32,7 @@ from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Un
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, megabytes
-from contacts_streams.serialization import ContactCodec
+from contacts_streams.serialization import ContactCodec, RegistryError
 from contacts_streams.store import Store
 
 log = logging.getLogger(__name__)
@@ -388,6 +388,9 @@ class Writer(ExactlyOnceLoop):
                     if only_source != committed:
                         learned[conversation_id] = only_source
                 decision = Decision(decision.status, [c.contact_id for c in kept], kept, conversation_metadata=learned)
+        except RegistryError as err:  # the write may be fine: the registry did not answer
+            log.warning("writer: command %s waits for nothing, the schema registry failed: %s", command.id, err)
+            return _Outcome(command, command.id, error(503, f"the schema registry did not answer: {err}"))
         except Exception:  # a bug must not stall the partition: answer it and go on
             log.exception("writer: command %s (%s) failed", command.id, command.type)
             self._metrics.writer_failed_commands.inc()
