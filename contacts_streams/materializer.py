@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from contacts_streams.config import Config
 from contacts_streams.metrics import Metrics, report_lag
@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 2000
 POLL_TIMEOUT_S = 0.05
 LAG_INTERVAL_S = 1.0
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+)
 
 
 class Materializer:
@@ -131,7 +138,7 @@ class Materializer:
             log.info("waiting for the contacts topic %s", self._topic)
             time.sleep(0.5)
         partitions = sorted(topic.partitions)
-        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
+        watermarks = self._watermarks(consumer, partitions)
         stored = self._store.offsets()
         reason = self._rebuild_reason(stored, watermarks)
         if reason:
@@ -146,6 +153,17 @@ class Materializer:
         consumer.assign([TopicPartition(self._topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
         self._metrics.store_contacts.set(self._store.count())
         log.info("materializing %s from %s", self._topic, {p: stored.get(p, 0) for p in partitions})
+
+    def _watermarks(self, consumer: Consumer, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        """A topic created a moment ago may have no leader yet: ask again rather than fail."""
+        while True:
+            try:
+                return {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
+            except KafkaException as err:
+                if self._stopping.is_set() or err.args[0].code() not in _NO_LEADER_YET:
+                    raise
+                log.info("waiting for the leaders of %s: %s", self._topic, err)
+                time.sleep(0.5)
 
     def _rebuild_reason(self, stored: dict[int, int], watermarks: dict[int, tuple[int, int]]) -> str | None:
         built_from = self._store.topic()
