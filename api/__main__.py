@@ -64,6 +64,10 @@ class Server(BaseApplication):
             "timeout": 60,
             "keepalive": 30,
             "backlog": 2048,
+            # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
+            # replicas on one machine (the multi-replica tests, make run beside them) would take
+            # it from each other. Nothing here uses gunicornc.
+            "control_socket_disable": True,
             "worker_exit": lambda server, worker: _close_service(worker),
             "loglevel": self.config.log_level.lower(),
         }

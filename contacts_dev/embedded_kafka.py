@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from contacts_dev.child import run_beside
+
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
 START_TIMEOUT_S = 60.0
@@ -417,18 +419,7 @@ def main(argv: list[str]) -> int:
     print(f"kafka ({broker.kind}) at {broker.bootstrap_servers} in {time.monotonic() - started:.1f}s", flush=True)
     if broker.log_file:
         print(f"kafka log: {broker.log_file}", flush=True)
-    child = subprocess.Popen(command, env={**os.environ, "KAFKA_BROKERS": broker.bootstrap_servers})
-
-    def forward(signum, _frame):
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        return child.wait()
-    finally:
-        broker.stop()
+    return run_beside(command, {"KAFKA_BROKERS": broker.bootstrap_servers}, broker.stop)
 
 
 if __name__ == "__main__":

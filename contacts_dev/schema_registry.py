@@ -40,6 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from contacts_dev.child import run_beside
 from contacts_dev.embedded_kafka import _die_with_parent, _ensure, _free_port, _tail, cache_dir
 
 MODULE_DIR = Path(__file__).with_name("registry")
@@ -218,18 +219,7 @@ def main(argv: list[str]) -> int:
     command = argv[argv.index("--") + 1 :]
     registry = Registry().start()
     print(f"schema registry {version()} at {registry.url} (in memory); log: {registry.log_file}", flush=True)
-    child = subprocess.Popen(command, env={**os.environ, "KAFKA_SCHEMA_REGISTRY_URL": registry.url})
-
-    def forward(signum, _frame):
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        return child.wait()
-    finally:
-        registry.stop()
+    return run_beside(command, {"KAFKA_SCHEMA_REGISTRY_URL": registry.url}, registry.stop)
 
 
 if __name__ == "__main__":

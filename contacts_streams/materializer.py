@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 2000
 POLL_TIMEOUT_S = 0.05
 LAG_INTERVAL_S = 1.0
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+)
 
 
 class Materializer:
@@ -166,9 +173,9 @@ class Materializer:
             try:
                 return {p: consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10) for p in partitions}
             except KafkaException as err:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or err.args[0].code() not in _NO_LEADER_YET:
                     raise
-                log.info("%s waits for the partitions of %s: %s", self.name, self._topic, err)
+                log.info("%s waits for the leaders of %s: %s", self.name, self._topic, err)
                 time.sleep(0.5)
 
     def _note_lag(self, consumer: Consumer, positions: list[TopicPartition]) -> None:

@@ -33,7 +33,7 @@ class Metrics:
         )
         self.stage_stalled = Gauge(
             "contacts_stage_stalled_seconds",
-            "How long input has waited for a stream stage without it making progress (0: moving or idle)",
+            "How long input has waited for a stream stage without it committing past it (0: idle)",
             ["stage"],
             registry=r,
         )

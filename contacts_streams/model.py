@@ -48,11 +48,14 @@ name                           value        applies to
 MAX_STRING_LENGTH              2048         every string field, via/address values,
                                             conversation sources, timezone strings
 MAX_KEY_LENGTH                 256          via and metadata keys (at any depth)
-MAX_VIA_KEYS                   100          keys in via (also after an update)
+MAX_VIA_KEYS                   100          keys in via (also after an update that adds
+                                            keys: merges may pass it, and a contact past
+                                            it still takes updates that do not grow it)
 MAX_CONVERSATIONS              1000         conversations in one create/import/update payload
                                             (merges and auto-creation may grow a contact past
                                             it: conversations are never refused there)
-MAX_METADATA_BYTES             65536        metadata as compact UTF-8 JSON (also after update)
+MAX_METADATA_BYTES             65536        metadata as compact UTF-8 JSON (also after an
+                                            update that grows it; merges may pass it)
 MAX_METADATA_DEPTH             8            nesting of objects inside metadata (metadata
                                             itself is depth 1)
 MAX_METADATA_STRING_LENGTH     16384        a string value inside metadata
@@ -643,10 +646,15 @@ def apply_update(contact: dict, changes: dict, now_ms: int) -> dict:
             updated.pop(name, None)
         else:
             updated[name] = value
-    if len(updated.get("via") or ()) > MAX_VIA_KEYS:
+    # A merge may leave a contact past these limits: an update that does not grow the field
+    # further (another field, a removal) must still go through, or the contact is stuck.
+    keys_before, keys_after = len(contact.get("via") or ()), len(updated.get("via") or ())
+    if keys_after > MAX_VIA_KEYS and keys_after > keys_before:
         raise ValidationError("via", f"via would have more than {MAX_VIA_KEYS} keys")
-    if "metadata" in changes and "metadata" in updated and _metadata_size(updated["metadata"]) > MAX_METADATA_BYTES:
-        raise ValidationError("metadata", f"metadata would be larger than {MAX_METADATA_BYTES} bytes as JSON")
+    if "metadata" in changes and "metadata" in updated:
+        size = _metadata_size(updated["metadata"])
+        if size > MAX_METADATA_BYTES and size > (_metadata_size(contact["metadata"]) if "metadata" in contact else 0):
+            raise ValidationError("metadata", f"metadata would be larger than {MAX_METADATA_BYTES} bytes as JSON")
     if same_json(updated, contact):
         return _ordered(updated)
     updated["updated_at"] = millis_to_iso(now_ms)

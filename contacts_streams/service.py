@@ -181,7 +181,7 @@ class Service:
             watched = self._materializers() + ([] if catching_up else self._loops())
             stages = [(stage.progress, stage.progress.stalled_for(now)) for stage in watched]
             for progress, waited in stages:
-                self.metrics.stage_stalled.labels(stage=progress.stage).set(waited if waited > limit else 0)
+                self.metrics.stage_stalled.labels(stage=progress.stage).set(waited)
             stalled = [progress.describe(now) for progress, waited in stages if waited > limit]
             if stalled and self._broker_answers(admin := admin or AdminClient(self.config.kafka())):
                 if self._stalled is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from contacts_streams import commands
 from contacts_streams.config import Config
@@ -112,6 +112,7 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
     missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:
         return
+    deadline = time.monotonic() + timeout
     for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
         try:
             future.result(timeout)
@@ -119,6 +120,23 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
         except KafkaException as err:
             if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    _wait_for_leaders(admin, missing, deadline)
+
+
+def _wait_for_leaders(admin: AdminClient, created: list[NewTopic], deadline: float) -> None:
+    """A created topic's partitions take their leaders a moment after CreateTopics answers; a
+    consumer asking for offsets meanwhile gets NOT_LEADER_FOR_PARTITION (seen on a busy machine,
+    where it stopped the materializer). Return once every partition answers an offset request,
+    or at the deadline (the caller's retries take over from there)."""
+    wanted = {TopicPartition(t.topic, p): OffsetSpec.latest() for t in created for p in range(t.num_partitions)}
+    while time.monotonic() < deadline:
+        try:
+            futures = admin.list_offsets(wanted, request_timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+            for future in futures.values():
+                future.result()
+            return
+        except KafkaException:
+            time.sleep(0.1)
 
 
 def _list_topics(admin: AdminClient, timeout: float, errors: StartupErrors | None) -> dict:

@@ -43,22 +43,37 @@ class Airy:
         return [(key.decode(), headers["operation"].decode()) for key, _value, headers in self.read(self.config.contacts_topic)]
 
 
-def read_topic(kafka: str, topic: str, timeout: float = 20.0) -> list[tuple[bytes | None, bytes | None, dict]]:
-    consumer = Consumer({"bootstrap.servers": kafka, "group.id": f"reader-{uuid.uuid4()}", "isolation.level": "read_committed", "enable.partition.eof": True})
+def read_records(kafka: str, topic: str, timeout: float = 20.0, committed: bool = True) -> list:
+    """Every committed record of a topic (committed=False: aborted ones too), read to its end
+    within `timeout`: (partition, offset, key, value, headers as received)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         records, ended, deadline = [], set(), time.monotonic() + timeout
         while len(ended) < len(partitions):
             assert time.monotonic() < deadline, f"could not read {topic} to its end in {timeout}s"
-            for msg in consumer.consume(1000, 0.5):
+            for msg in consumer.consume(2000, 0.5):
                 if msg.error():
                     ended.add(msg.partition())
                     continue
-                records.append((msg.key(), msg.value(), dict(msg.headers() or [])))
+                records.append((msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers() or []))
         return records
     finally:
         consumer.close()
+
+
+def read_topic(kafka: str, topic: str, timeout: float = 20.0) -> list[tuple[bytes | None, bytes | None, dict]]:
+    """(key, value, headers) of every committed record of a topic, in partition order."""
+    return [(key, value, dict(headers)) for _p, _o, key, value, headers in read_records(kafka, topic, timeout)]
 
 
 def group_done(kafka: str, group: str, topics: list[str]) -> bool:

@@ -231,8 +231,10 @@ def test_a_fill_that_would_push_a_contact_past_the_record_limit_is_dead_lettered
     airy.message(after, after_source)
     airy.flush()
     wait_for(lambda: service.contacts.info_by_conversation(neighbour)["display_name"] == "Neighbour", what="the neighbour's name")
-    wait_for(lambda: service.store.contact_id_for_conversation(after), what="the next conversation's contact")
-    assert service.contacts.info_by_conversation(after)["display_name"] == "After"
+    wait_for(
+        lambda: service.store.contact_id_for_conversation(after) and service.contacts.info_by_conversation(after)["display_name"] == "After",
+        what="the next conversation's contact with its name",
+    )
     (letter,) = wait_for(lambda: airy.read(dead_letter_topic(config)), what="the dead letter")
     key, dead_value, headers = letter
     assert headers["dead_letter.stage"] == b"writer"  # the router's command that carried the fill

@@ -245,6 +245,24 @@ def test_a_wrong_trust_secret_is_a_configuration_error_naming_the_variable(secur
     assert wrong not in text
 
 
+def test_in_process_a_refused_start_is_kept_and_liveness_reports_it(secured, tmp_path):
+    from support import test_config
+
+    from contacts_streams.kafka_security import settings_from_env
+    from contacts_streams.service import Service
+
+    wrong = "Wrong-pw-in-process-31"
+    extra = settings_from_env({"AUTH_JAAS": jaas(USER, wrong), "KAFKA_CONFIG_SSL_CA_LOCATION": str(secured.ca_pem)})
+    service = Service(test_config(secured.sasl, f"t{uuid.uuid4().hex[:12]}", str(tmp_path / "state"), extra_kafka=extra)).start()
+    try:
+        wait_for(lambda: service.fatal is not None, EXIT_WITHIN_S, "the start to be refused")
+        alive, reason = service.alive()
+        assert not alive and reason.startswith("cannot start: Kafka refused the credentials") and wrong not in reason
+        assert not service.ready()[0]
+    finally:
+        service.close()
+
+
 # --- an unreachable broker is waited for -----------------------------------------------------------
 
 

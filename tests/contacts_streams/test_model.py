@@ -594,6 +594,21 @@ def test_update_enforces_limits_on_the_result():
     assert caught.value.field == "metadata"
 
 
+def test_a_contact_a_merge_took_past_the_via_and_metadata_limits_can_still_be_updated():
+    many = {f"d{i}": "x" for i in range(80)}
+    destination = new_contact({"via": many, "metadata": {f"d{i}": "x" * 1000 for i in range(40)}}, OTHER_ID, T0)
+    source = new_contact({"via": {f"s{i}": "x" for i in range(80)}, "metadata": {f"s{i}": "x" * 1000 for i in range(40)}}, CONTACT_ID, T0)
+    merged = merge_contacts(destination, source, T1)
+    assert len(merged["via"]) == 160
+    assert update(merged, {"title": "t"})["title"] == "t"
+    assert len(update(merged, {"via": {"d0": ""}})["via"]) == 159
+    assert len(update(merged, {"metadata": {"d0": ""}})["metadata"]) == 79
+    with pytest.raises(ValidationError):
+        update(merged, {"via": {"new": "x"}})
+    with pytest.raises(ValidationError):
+        update(merged, {"metadata": {"new": "x"}})
+
+
 # --- merge --------------------------------------------------------------------------------------
 
 

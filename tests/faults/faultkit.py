@@ -30,6 +30,7 @@ from pathlib import Path
 import requests
 
 from contacts_dev.airy import airy_message, airy_metadata
+from streamkit import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("SOAK", "").lower() in ("1", "true", "yes", "on")
@@ -358,33 +359,11 @@ def assert_equals_a_fresh_rebuild(spawn, names: Names, live: ServiceProcess, tmp
 
 def topic_records(kafka: str, topic: str, timeout: float = 60.0, committed: bool = True) -> list:
     """Every committed record of a topic (committed=False: aborted ones too):
-    (partition, offset, key, value, headers dict)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka,
-            "group.id": f"fault-reader-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed" if committed else "read_uncommitted",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        out, ended, deadline = [], set(), time.monotonic() + timeout
-        while len(ended) < len(partitions):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end in {timeout}s"
-            for msg in consumer.consume(2000, 0.5):
-                if msg.error():
-                    ended.add(msg.partition())
-                    continue
-                headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
-                out.append((msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
-        return out
-    finally:
-        consumer.close()
+    (partition, offset, key, value, headers dict of str)."""
+    return [
+        (partition, offset, key, value, {k: (v.decode() if v is not None else None) for k, v in headers})
+        for partition, offset, key, value, headers in read_records(kafka, topic, timeout, committed)
+    ]
 
 
 # --- load helpers --------------------------------------------------------------------------------
