@@ -261,8 +261,6 @@ class ExactlyOnceLoop:
         try:
             while not self._stopping.is_set() and not self.joinable():
                 time.sleep(0.1)
-            if self.producer_at_start and not self._stopping.is_set():
-                self._producer = self.new_producer()
             while not self._stopping.is_set():
                 consumer = self._new_consumer()
                 try:
@@ -272,6 +270,14 @@ class ExactlyOnceLoop:
                     self.progress.problem(str(restart))
                     self._replace_producer_if(restart)
                     time.sleep(0.2)
+                except KafkaException as err:
+                    # The broker is away (an outage, a moving coordinator): a call outside the
+                    # transaction failed. Start over with a new consumer and producer once it
+                    # answers; only the broker's return ends this, never the loop.
+                    log.warning("%s rejoins its group after a broker error: %s", self.name, err)
+                    self.progress.problem(f"broker error: {err}")
+                    self._replace_producer_if(Restart(str(err), replace_producer=True, rejoin=True))
+                    time.sleep(1.0)
                 finally:
                     self._assigned.clear()
                     consumer.close()
@@ -281,9 +287,9 @@ class ExactlyOnceLoop:
 
     def _replace_producer_if(self, restart: Restart) -> None:
         if restart.replace_producer or restart.rejoin:
-            self._producer = None  # dropped: a successor's init_transactions ends what it left open
-            if self.producer_at_start:
-                self._producer = self.new_producer()
+            # Dropped: a successor's init_transactions ends what it left open. The loop opens the
+            # successor when it next needs one (routers) or at the next takeover (the writer).
+            self._producer = None
 
     def new_producer(self) -> Producer:
         producer = Producer(
@@ -346,6 +352,8 @@ class ExactlyOnceLoop:
         interval = self._config.commit_interval_ms / 1000
         checked_sources = lag_reported = 0.0
         while not self._stopping.is_set():
+            if self._producer is None and self.producer_at_start:
+                self._producer = self.new_producer()  # a broker error here rejoins (in _run)
             # consume(n, timeout) waits for all n or the whole timeout: wait for the first
             # record, then take what is already fetched.
             first = consumer.poll(interval)
@@ -356,8 +364,11 @@ class ExactlyOnceLoop:
                 self._note_lag(consumer, now)
             if not self._assigned.is_set() and now - checked_sources > 5:
                 checked_sources = now
-                topics = consumer.list_topics(timeout=5).topics
-                self._sources_missing = not any(t in topics for t in self._topics)
+                try:
+                    topics = consumer.list_topics(timeout=5).topics
+                    self._sources_missing = not any(t in topics for t in self._topics)
+                except KafkaException as err:  # no broker now: the group is not joined either
+                    log.debug("%s cannot list topics: %s", self.name, err)
             real = []
             for msg in messages:
                 error = msg.error()
@@ -380,10 +391,7 @@ class ExactlyOnceLoop:
                 if restart.rejoin:
                     raise
                 log.warning("%s reads its batch again: %s", self.name, restart)
-                if restart.replace_producer:
-                    self._producer = None
-                    if self.producer_at_start:
-                        self._producer = self.new_producer()
+                self._replace_producer_if(restart)
                 try:
                     self._rewind(consumer)
                 except KafkaException as err:

@@ -282,6 +282,11 @@ class Writer(ExactlyOnceLoop):
             self._layers.pop(0)
 
     def process(self, consumer: Consumer, messages: list[Message]) -> None:
+        if self.holding and self._producer is None:
+            # The producer of a failed transaction was dropped (its abort failed): its successor
+            # fences it and ends what it left open, and the store catches up with what it may
+            # have committed, exactly as at a takeover. The consumer was rewound already.
+            self._takeover_needed = True
         if self._takeover_needed:
             self._take_over()
         self._drop_materialized_layers()
