@@ -331,13 +331,70 @@ def _short(value: bytes | None) -> str:
     return repr(value if len(value) < 60 else value[:60] + b"...")
 
 
+def _contacts_ends(names: Names) -> dict[int, int]:
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": names.kafka})
+    topic = names.contacts_topic
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
+    futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
+    return {tp.partition: future.result().offset for tp, future in futures.items()}
+
+
+def _commands_left(names: Names) -> int:
+    """Commands on the commands topic the writer group has not committed yet (a command a dead
+    replica sent before its kill waits there for the next writer, until its deadline)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    topic = f"{names.prefix}-commands"
+    offsets = [offset for partition, offset, *_ in topic_records(names.kafka, topic) if partition == 0]
+    if not offsets:
+        return 0
+    admin = AdminClient({"bootstrap.servers": names.kafka})
+    request = [ConsumerGroupTopicPartitions(f"{names.prefix}-writer", [TopicPartition(topic, 0)])]
+    committed = admin.list_consumer_group_offsets(request, request_timeout=10)[f"{names.prefix}-writer"].result()
+    position = committed.topic_partitions[0].offset
+    return sum(1 for offset in offsets if offset >= position)
+
+
+def wait_until_applied(service: ServiceProcess, ends: dict[int, int], timeout: float = 60.0) -> None:
+    """Until the service's store has applied the contacts topic up to `ends` (the read-your-write
+    wait of X-Contacts-Min-Position)."""
+    from contacts_streams.commands import encode_position
+
+    token = encode_position({p: end - 1 for p, end in ends.items() if end > 0})
+
+    def applied():
+        answer = requests.post(
+            service.base + "/contacts.list",
+            data=json.dumps({"page_size": 1}),
+            headers={"Content-Type": "application/json", "X-Contacts-Min-Position": token},
+            timeout=30,
+        )
+        return answer.status_code == 200
+
+    wait_for(applied, timeout, f"{service.log_file.name}'s store to apply the contacts topic up to {ends}", interval=0.5)
+
+
 def assert_equals_a_fresh_rebuild(spawn, names: Names, live: ServiceProcess, tmp_path: Path, instance_id: str = "rebuild") -> dict:
     """Start a service on a NEW empty state folder against the same topic, let it read the topic,
     stop both, and compare every column family the topic determines: first the contacts' bytes,
     names, counters and offsets, then the conversation and merged-away indexes. Returns
-    {"records_checked": ...}."""
+    {"records_checked": ...}.
+
+    Compared once nothing more can land: the writer has consumed every command on the commands
+    topic (one sent before a kill is applied by the next writer if its deadline has not passed,
+    seconds after the restart) and both stores have applied the contacts topic's committed end."""
+    wait_for(lambda: _commands_left(names) == 0, 60, "the writer to consume every command", interval=0.5)
+    ends = _contacts_ends(names)
+    wait_until_applied(live, ends)
     rebuild = spawn(names, state_dir=tmp_path / f"state-{instance_id}", instance_id=instance_id, AUTO_CREATE_ENABLED="false")
     rebuild.wait_ready()
+    wait_until_applied(rebuild, ends)
+    assert _contacts_ends(names) == ends, "the contacts topic grew while the stores were compared"
     live_count = len(live.list_all())
     rebuilt_count = len(rebuild.list_all())
     rebuild.stop()
