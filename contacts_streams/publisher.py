@@ -120,7 +120,13 @@ class ReplyListener:
         consumer = self._consumer
         try:
             while not self._stopping.is_set():
-                for msg in consumer.consume(1000, 0.1):
+                try:
+                    batch = consumer.consume(1000, 0.1)
+                except KafkaException as err:  # the broker away: keep listening from where it was
+                    log.warning("replies: %s", err)
+                    time.sleep(0.5)
+                    continue
+                for msg in batch:
                     if msg.error() is not None:
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("replies: %s", msg.error())
@@ -150,17 +156,8 @@ class CommandClient:
         self._materializer = materializer
         self._metrics = metrics
         self._timeout = config.write_timeout_ms / 1000
-        self._producer = Producer(
-            config.kafka(
-                **{
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
-                    "message.max.bytes": topics.COMMANDS_MAX_MESSAGE_BYTES,
-                    "message.timeout.ms": config.write_timeout_ms,
-                }
-            )
-        )
+        self._replacing = threading.Lock()
+        self._producer = self._new_producer()
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="command-producer-poll", daemon=True)
         self._poller.start()
@@ -191,6 +188,30 @@ class CommandClient:
         self.producer_limits = {"batch.size": max(1, min(DEFAULT_BATCH_BYTES, limit))}
         self.record_limit = limit - RECORD_FRAMING_BYTES
         log.info("records of %s may be up to %d bytes (topic max.message.bytes %s, producer message.max.bytes %d)", topic, self.record_limit, topic_limit, producer_limit)
+
+    def _new_producer(self) -> Producer:
+        return Producer(
+            self._config.kafka(
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
+                    "message.max.bytes": topics.COMMANDS_MAX_MESSAGE_BYTES,
+                    "message.timeout.ms": self._config.write_timeout_ms,
+                }
+            )
+        )
+
+    def _replace_if_fatal(self, producer: Producer, error: KafkaError | None) -> None:
+        """An idempotent producer that hit a fatal error (its sequence numbers out of step after
+        a long outage, say) refuses every later produce: a new one takes its place. What the old
+        one still held is answered 503 when its requests time out."""
+        if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
+            return
+        with self._replacing:
+            if self._producer is producer:
+                log.warning("the command producer failed (%s): replacing it", error)
+                self._producer = self._new_producer()
 
     def _poll(self) -> None:
         while not self._stopping.is_set():
@@ -230,15 +251,20 @@ class CommandClient:
         waiter = self._listener.expect(command.id)
         try:
 
+            producer = self._producer
+
             def delivered(err, _msg):
                 if err is not None:
                     waiter.failure = f"the broker did not take the write: {err.str()}"
                     waiter.event.set()
+                    self._replace_if_fatal(producer, err)
 
             try:
-                self._producer.produce(self._topic, key=command.id.encode(), value=raw, on_delivery=delivered)
+                producer.produce(self._topic, key=command.id.encode(), value=raw, on_delivery=delivered)
             except (BufferError, KafkaException) as err:
                 self._metrics.produce_errors.labels(reason="command").inc()
+                if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
+                    self._replace_if_fatal(producer, err.args[0])
                 raise Unavailable(f"the broker cannot take writes now: {err}") from err
             if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
                 self._metrics.produce_errors.labels(reason="no_reply").inc()
