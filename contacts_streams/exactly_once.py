@@ -280,7 +280,10 @@ class ExactlyOnceLoop:
                     time.sleep(1.0)
                 finally:
                     self._assigned.clear()
-                    consumer.close()
+                    try:
+                        consumer.close()
+                    except KafkaException as err:  # leaving the group without a broker: it drops us anyway
+                        log.warning("%s consumer close: %s", self.name, err)
         except BaseException as err:
             log.exception("%s stopped", self.name)
             self.failure = err
