@@ -117,6 +117,7 @@ SECTIONS = [
     ("list", "/contacts.list, page of 20 at the start, middle and end"),
     ("import", "/contacts.import, batches of 1k"),
     ("auto_create", "Auto-create from a pre-filled messages topic"),
+    ("replicas", "Three replicas, one writer: the writer's ceiling and failover after kill -9"),
     ("restart", "Restart and rebuild"),
     ("memory", "Memory"),
     ("client", "Load client check"),

@@ -17,7 +17,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import random
+import signal
+import threading
 import re
 import shutil
 import tempfile
@@ -40,6 +43,9 @@ READY_TARGET_S = 5.0
 UNEXPECTED_TOLERANCE = 0.005
 WARM_UP_IMPORTS = 2  # one per transactional producer of the service, 10 contacts each
 REBUILD_1M_S = 60.0
+REPLICAS = 3
+WRITER_CEILING_TARGET = 5_000  # commands/s through the writer with three replicas sending
+FAILOVER_TARGET_S = 10.0
 
 
 @dataclass
@@ -62,7 +68,7 @@ class Plan:
     profile: bool = False
 
 
-SECTIONS = ("writes", "info", "list", "restart", "servers", "rebuild", "auto_create")
+SECTIONS = ("writes", "info", "list", "restart", "servers", "rebuild", "auto_create", "replicas")
 
 PRESETS = {
     "tiny": dict(sizes=[200], import_batch=100, info_requests=400, write_single=15, write_concurrent=64,
@@ -91,6 +97,7 @@ class Bench:
         self.topics: list[str] = []
         self.ceiling: dict[str, dict[str, float]] = {}
         self.produce: dict[str, float] = {}
+        self.single_replica_create_rate: float | None = None
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -464,6 +471,8 @@ class Bench:
                          value, "ms", f"bare produce+flush p{q}, {clients}", self.produce[f"c{concurrency}.p{q}"], "ms",
                          target=f"< {limit:.0f} ms", passed=value < limit,
                          note=f"{result.rate:.0f} req/s" if q == 50 else "")
+            if reference and operation == "create" and concurrency == plan.concurrency:
+                self.single_replica_create_rate = result.ok(201) / result.elapsed
 
     def auto_create(self, n: int) -> None:
         plan = self.plan
@@ -520,6 +529,100 @@ class Bench:
                  "raw read_committed read + decode of the messages", target / raw_seconds, "conversations/s",
                  target="> 10,000 conversations/s", passed=rate > 10_000, note=note)
 
+    def replicas(self) -> None:
+        """Three replicas on one set of topics (own port, state folder and instance id each):
+        the writer's ceiling with every replica sending creates, then the failover after kill -9
+        of the writer under a create load through the other two."""
+        plan = self.plan
+        tag = "replicas"
+        contacts_topic = f"bench.{self.run_id}.{tag}.contacts"
+        self.topics.append(contacts_topic)
+        svcs = []
+        for i in range(REPLICAS):
+            port = procs.free_port()
+            env = self.service_env(tag, port, self.work / f"state-{tag}-{i}", contacts_topic) | {"INSTANCE_ID": f"bench-{i}"}
+            svcs.append(self.proc(f"service-{tag}-{i}", "gunicorn", "service", env).start())
+        try:
+            for svc in svcs:
+                svc.wait_ready(plan.ready_timeout)
+            rng = random.Random("replicas")
+            counter = iter(range(50_000_000, 60_000_000))
+            lock = threading.Lock()
+
+            def create(_index: int) -> bytes:
+                with lock:
+                    i = next(counter)
+                return post("/contacts.create", data.contact_payload(rng, i))
+
+            # The ceiling: every replica sends with plan.concurrency clients at once.
+            results: list = [None] * REPLICAS
+
+            def send(i: int, time_limit: float, on_response=None) -> None:
+                results[i] = client.load(svcs[i].port, create, total=10_000_000, concurrency=plan.concurrency,
+                                         time_limit=time_limit, on_response=on_response)
+
+            threads = [threading.Thread(target=send, args=(i, plan.time_limit)) for i in range(REPLICAS)]
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - started
+            acknowledged = sum(r.ok(201) for r in results)
+            rate = acknowledged / elapsed
+            p99 = _ms(max(r.percentile(99) for r in results))
+            baseline = self.single_replica_create_rate or float("nan")
+            self.add("writer.ceiling", "replicas", f"writer ceiling: creates through {REPLICAS} replicas, "
+                     f"{plan.concurrency} clients each", None, rate, "commands/s",
+                     f"one replica, {plan.concurrency} clients (this run)", baseline, "req/s",
+                     target=f"> {WRITER_CEILING_TARGET:,} commands/s", passed=rate > WRITER_CEILING_TARGET,
+                     note=f"{acknowledged:,} acknowledged in {elapsed:.1f} s, worst replica p99 {p99:.1f} ms, "
+                          f"statuses {[r.statuses for r in results]}")
+
+            # Failover: creates through the two others, kill -9 of the writer's process group.
+            writer = self._the_writer(svcs)
+            survivors = [i for i in range(REPLICAS) if i != writer]
+            acked: list[float] = []
+
+            def record(_index: int, status: int, _body: bytes) -> None:
+                if status == 201:
+                    acked.append(time.monotonic())
+
+            window = max(30.0, plan.time_limit)
+            threads = [threading.Thread(target=send, args=(i, window, record)) for i in survivors]
+            for t in threads:
+                t.start()
+            time.sleep(min(5.0, window / 4))  # a steady load before the kill
+            killed = time.monotonic()
+            os.killpg(svcs[writer].pid, signal.SIGKILL)
+            for t in threads:
+                t.join()
+            after = sorted(t for t in acked if t >= killed)
+            moments = [killed] + after
+            gap = max((b - a for a, b in zip(moments, moments[1:])), default=float("inf"))
+            failed = sum(sum(n for code, n in results[i].statuses.items() if code != 201) for i in survivors)
+            self.add("writer.failover", "replicas", "failover after kill -9 of the writer (longest stretch without an "
+                     "acknowledged create)", None, gap, "s", "writer group session timeout", 6.0, "s",
+                     target=f"< {FAILOVER_TARGET_S:.0f} s", passed=gap < FAILOVER_TARGET_S,
+                     note=f"{len(after):,} creates acknowledged after the kill through {len(survivors)} replicas, "
+                          f"{failed} answered otherwise (503 during the failover)")
+        finally:
+            for svc in svcs:
+                svc.stop()
+
+    def _the_writer(self, svcs: list[procs.Proc]) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            holding = []
+            for i, svc in enumerate(svcs):
+                status, body = client.call(svc.port, "GET", "/metrics", timeout=5)
+                if status == 200 and re.search(rb"^contacts_writer 1\.0$", body, re.M):
+                    holding.append(i)
+            if len(holding) == 1:
+                return holding[0]
+            time.sleep(0.2)
+        raise TimeoutError("no single writer among the replicas")
+
     # --- the whole run ------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -529,6 +632,9 @@ class Bench:
         for n in self.plan.sizes:
             log.info("=== %d contacts ===", n)
             self.size(n)
+        if "replicas" in self.plan.sections:
+            log.info("=== %d replicas ===", REPLICAS)
+            self.replicas()
 
     def results(self) -> dict:
         params = {
