@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, IsolationLevel, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from contacts_streams import model
+from contacts_streams import identities, model
 from contacts_streams.config import Config
 from contacts_streams.contacts import conversation_lock_key
 from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Unprocessable
@@ -355,7 +355,7 @@ class AutoCreate(ExactlyOnceLoop):
         for contact_id, (contact, operation, value) in changed.items():
             value = value if value is not None else self._codec.encode_contact(contact)
             self._store.remember(value, contact)
-            records.append(Produced(self._config.contacts_topic, contact_id.encode(), value, [(OPERATION, operation.encode())]))
+            records.append(Produced(self._config.contacts_topic, contact_id.encode(), value, [(OPERATION, operation.encode())] + [(k, v.encode()) for k, v in identities.header(contact, self._store.phone_region).items()]))
         return records, refused
 
 

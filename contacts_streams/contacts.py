@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Sequence
 
-from contacts_streams import model
+from contacts_streams import identities, model
 from contacts_streams.publisher import MERGED_FROM, MERGED_INTO, Outgoing, Publisher, RecordTooLarge, megabytes
 from contacts_streams.serialization import ContactCodec
 from contacts_streams.store import Page, Store
@@ -95,7 +95,7 @@ class Contacts:
                     seen[conversation_id] = index
                     self._check_conversation_free(conversation_id, None, field)
             try:
-                write.publish([Outgoing(c["id"], self._encode(c), operation) for c in contacts])
+                write.publish([Outgoing(c["id"], self._encode(c), operation, identities.header(c, self._store.phone_region)) for c in contacts])
             except RecordTooLarge as err:  # nothing of the import was produced
                 index = next(i for i, c in enumerate(contacts) if c["id"] == err.contact_id)
                 field = None if single else f"[{index}]"
@@ -116,7 +116,7 @@ class Contacts:
             updated = model.apply_update(current, changes, model.now_ms())
             if model.same_json(updated, current):  # apply_update leaves updated_at alone when nothing changed
                 return current
-            write.publish([Outgoing(contact_id, self._encode(updated), "updated")])
+            write.publish([Outgoing(contact_id, self._encode(updated), "updated", identities.header(updated, self._store.phone_region))])
             return updated
 
     def delete(self, contact_id: str) -> None:
@@ -137,7 +137,7 @@ class Contacts:
             try:
                 write.publish(
                     [
-                        Outgoing(destination_id, self._encode(merged), "merged", {MERGED_FROM: source_id}),
+                        Outgoing(destination_id, self._encode(merged), "merged", {MERGED_FROM: source_id, **identities.header(merged, self._store.phone_region)}),
                         Outgoing(source_id, None, "merged_away", {MERGED_INTO: destination_id}),
                     ]
                 )

@@ -41,7 +41,7 @@ class Service:
         self.fatal: FatalError | None = None
         self.metrics = metrics or Metrics()
         self.codec = _contact_codec(config)
-        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec)
+        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec, config.default_phone_region)
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
         self.materializer = Materializer(config, self.store, self.metrics)
