@@ -18,6 +18,7 @@ from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import Publisher
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
+from contacts_streams.find import Finder
 from contacts_streams.store import Store
 from contacts_streams.topics import conversations_topic, ensure_topics
 
@@ -47,6 +48,7 @@ class Service:
         self.materializer = Materializer(config, self.store, self.metrics)
         self.publisher = Publisher(config, self.materializer, self.metrics)
         self.contacts = Contacts(self.store, self.publisher, self.codec)
+        self.finder = Finder(self.store)
         self.auto_create = self.router = self.join_state = None
         if config.auto_create_enabled:
             from contacts_streams.auto_create import AutoCreate, ConversationRouter

@@ -41,6 +41,9 @@ CONTACT_PATHS = [
     "/contacts.update",
     "/contacts.delete",
     "/contacts.merge",
+    "/contacts.lookup",
+    "/contacts.search",
+    "/contacts.duplicates",
 ]
 GET_PATHS = [
     "/actuator/health",
