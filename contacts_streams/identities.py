@@ -148,7 +148,7 @@ def search_tokens(contact: dict, identities: list[Identity] | None = None) -> li
     """``(namespace, token)`` pairs a contact is found by, sorted and unique.
 
     ``w``: the words of display name and organization (``organization_name`` and
-    ``address.organization_name``), each email whole and its local part;
+    ``address.organization_name``), each email whole, its local part and the local part's words;
     ``p``: each phone's digits reversed (a prefix of reversed digits is a suffix of the number),
     of the value as sent and of its E.164 form when the identities give one.
     """
@@ -168,6 +168,9 @@ def search_tokens(contact: dict, identities: list[Identity] | None = None) -> li
                 local = email.split("@", 1)[0]
                 if local:
                     found.add((WORD, local[:MAX_TOKEN_CHARS]))
+                    # A query is split into words the way names are: "grace.hopper" finds
+                    # grace.hopper@... through the local part's words.
+                    found.update((WORD, w[:MAX_TOKEN_CHARS]) for w in words(local))
         elif kind == PHONE:
             number = digits(value)
             if len(number) >= MIN_PHONE_DIGITS:

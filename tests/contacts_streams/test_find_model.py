@@ -7,7 +7,7 @@ import uuid
 
 import phonenumbers
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from contacts_streams import identities as I
@@ -104,7 +104,7 @@ def test_search_tokens_fold_case_and_accents_and_split_words():
     contact = {"display_name": "Zoë O'Brien-Smith", "organization_name": "ACME Inc.", "via": {"Email": "Zoe.OBrien@Example.org", "phone": "+49 170 1234567"}}
     tokens = I.search_tokens(contact, [("phone", "+491701234567")])
     words = {t for n, t in tokens if n == I.WORD}
-    assert words == {"zoe", "o", "brien", "smith", "acme", "inc", "zoe.obrien@example.org", "zoe.obrien"}
+    assert words == {"zoe", "o", "brien", "smith", "acme", "inc", "zoe.obrien@example.org", "zoe.obrien", "obrien"}
     assert (I.DIGITS, "491701234567"[::-1]) in tokens
 
 
@@ -209,7 +209,7 @@ def histories(draw, payloads=PAYLOADS):
     return made
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), histories())
 def test_merge_then_unmerge_gives_both_contacts_back(destination, source):
     merged = model.merge_contacts(destination, source, T2)
@@ -218,6 +218,7 @@ def test_merge_then_unmerge_gives_both_contacts_back(destination, source):
     assert _without_gaps(_timeless(after)) == _without_gaps(_timeless(destination))
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(histories(), histories())
 def test_unmerge_keeps_what_the_destination_changed_after_the_merge(destination, source):
     merged = model.merge_contacts(destination, source, T2)
