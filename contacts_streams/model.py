@@ -547,8 +547,13 @@ _SELF_MERGE = "destination_id must differ from source_id: a contact cannot be me
 
 
 def validate_merge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
-    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ."""
-    source_id, destination_id, _dry_run = validate_merge_request(payload, ignored)
+    """(source_id, destination_id) of a ``contacts.merge`` payload that merges for real; they
+    must differ. A ``"dry_run": true`` is refused here: a caller of this function merges, and
+    ignoring the flag would merge what the client only wanted to preview (the API reads it with
+    ``validate_merge_request``)."""
+    source_id, destination_id, dry_run = validate_merge_request(payload, ignored)
+    if dry_run:
+        raise ValidationError("dry_run", "dry_run is not honoured by this operation: nothing was merged")
     return source_id, destination_id
 
 
