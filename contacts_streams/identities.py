@@ -50,6 +50,8 @@ Identity = tuple[str, str]
 def fold(text: str) -> str:
     """Case- and accent-insensitive form: NFKD, combining marks dropped, case-folded, trimmed.
     U+0000 (the indexes' separator) is dropped."""
+    if text.isascii():  # most names: nothing to decompose, and ASCII case-folds as lower()
+        return text.lower().strip().replace("\x00", "")
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return unicodedata.normalize("NFC", stripped).casefold().strip().replace("\x00", "")
