@@ -67,6 +67,7 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     app.extensions["contacts_service"] = service
     metrics = service.metrics
     contacts = service.contacts
+    finder = service.finder
     guard = security.Guard(config)
     series: dict[tuple, tuple] = {}
 
@@ -254,9 +255,29 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.merge")
     def merge():
-        source_id, destination_id = model.validate_merge(body(), ignored())
+        source_id, destination_id, dry_run = model.validate_merge_request(body(), ignored())
+        if dry_run:
+            preview = finder.merge_preview(source_id, destination_id)
+            return _json({**preview, "destination": _with_history(preview["destination"])}, 200)
         outcome = contacts.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context())
         return written(outcome.__class__(outcome.status, _with_history(outcome.body), outcome.position))
+
+    @app.post("/contacts.lookup")
+    def lookup():
+        return _json({"data": finder.lookup(model.validate_lookup(body(), ignored()))}, 200)
+
+    @app.post("/contacts.search")
+    def search():
+        query, cursor, page_size = model.validate_search(body(), ignored())
+        page = finder.search(query, cursor, page_size)
+        pagination = {"previous_cursor": page.previous_cursor, "next_cursor": page.next_cursor, "total": page.total}
+        return _json({"data": page.contacts, "pagination_data": pagination}, 200)
+
+    @app.post("/contacts.duplicates")
+    def duplicates():
+        contact_id, cursor, page_size = model.validate_duplicates(body(), ignored())
+        groups, next_cursor = finder.duplicates(contact_id, cursor, page_size)
+        return _json({"data": groups, "pagination_data": {"previous_cursor": None, "next_cursor": next_cursor}}, 200)
 
     # --- operations ----------------------------------------------------------------------------
 

@@ -301,13 +301,160 @@ _SCHEMAS: dict[str, dict] = {
             "destination_id": _uuid(),
             "dry_run": {
                 "type": "boolean",
-                "enum": [False],
-                "description": "Dry runs are not supported by this version: true is a 400 (nothing is merged).",
+                "default": False,
+                "description": "true: nothing is written; the answer is what the destination would become and the conflicts.",
             },
         },
         "required": ["source_id", "destination_id"],
         "description": "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
     },
+    "MergePreview": {
+        "type": "object",
+        "properties": {
+            "destination": _ref("ContactWithHistory"),
+            "conflicts": {
+                "type": "array",
+                "description": "The source's values that would lose: a field path (display_name, via.email, conversations.<id>), the destination's value kept and the source's lost.",
+                "items": {
+                    "type": "object",
+                    "properties": {"field": {"type": "string"}, "kept": {}, "lost": {}},
+                    "required": ["field", "kept", "lost"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["destination", "conflicts"],
+        "additionalProperties": False,
+    },
+    "LookupRequest": {
+        "type": "object",
+        "properties": {
+            "via": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": model.MAX_VIA_KEYS,
+                "additionalProperties": _text(),
+                "description": (
+                    "Keys and values as in a contact's via; every one must match. Matching is normalized: email trimmed and"
+                    " case-folded, phone as E.164 (DEFAULT_PHONE_REGION for numbers without a country code), other"
+                    " keys and values trimmed and case-folded."
+                ),
+            }
+        },
+        "required": ["via"],
+        "description": "Other fields are ignored.",
+    },
+    "LookupResponse": {
+        "type": "object",
+        "properties": {"data": {"type": "array", "items": _ref("Contact")}},
+        "required": ["data"],
+        "additionalProperties": False,
+    },
+    "SearchRequest": {
+        "type": "object",
+        "properties": {
+            "query": _text(
+                model.MAX_QUERY_LENGTH,
+                pattern=r"\S",
+                description=(
+                    "Words of the display name and organization by prefix, an email whole or its local part, or a phone's"
+                    " last digits (4 at least; a query of only digits and + - ( ) . / spaces is a phone query); case and"
+                    " accents do not matter; several words must all match."
+                ),
+            ),
+            "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from this query's pagination_data."),
+            "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
+            "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
+        },
+        "required": ["query"],
+        "description": "Other fields are ignored.",
+    },
+    "SearchResponse": {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": _ref("Contact")},
+            "pagination_data": {
+                "type": "object",
+                "properties": {
+                    "previous_cursor": {"type": "string", "nullable": True, "description": "Always null: search pages forward."},
+                    "next_cursor": {"type": "string", "nullable": True},
+                    "total": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": (
+                            "An estimate: the contacts among the first 1000 index entries of the query's longest word. Exact for"
+                            " a one-word query with fewer matches; for several words an upper bound; never above 1000."
+                        ),
+                    },
+                },
+                "required": ["previous_cursor", "next_cursor", "total"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["data", "pagination_data"],
+        "additionalProperties": False,
+        "description": "Exact word matches first, then prefix matches, each by display name. A page may be short (even empty) with a next_cursor when few of the entries it read matched every word.",
+    },
+    "DuplicatesRequest": {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "id": _uuid("Only the groups of this contact (all of them, on one page)."),
+            "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from pagination_data."),
+            "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
+            "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
+        },
+        "description": "An empty body or {} gives the first page of all groups. Other fields are ignored.",
+    },
+    "DuplicatesResponse": {
+        "type": "object",
+        "properties": {
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "contacts": {"type": "array", "items": _ref("Contact"), "minItems": 2},
+                        "reasons": {
+                            "type": "array",
+                            "description": "The normalized identities every contact of the group has (kind: email, phone or the via key); the first is the one the group was found by.",
+                            "items": {
+                                "type": "object",
+                                "properties": {"kind": {"type": "string"}, "value": {"type": "string"}},
+                                "required": ["kind", "value"],
+                                "additionalProperties": False,
+                            },
+                        },
+                        "conflicts": {
+                            "type": "array",
+                            "description": "For each field (display_name, via.<key>, address.<key>, metadata.<key>) where the group's values differ: the distinct values.",
+                            "items": {
+                                "type": "object",
+                                "properties": {"field": {"type": "string"}, "values": {"type": "array", "items": {}}},
+                                "required": ["field", "values"],
+                                "additionalProperties": False,
+                            },
+                        },
+                    },
+                    "required": ["contacts", "reasons", "conflicts"],
+                    "additionalProperties": False,
+                },
+            },
+            "pagination_data": {
+                "type": "object",
+                "properties": {
+                    "previous_cursor": {"type": "string", "nullable": True, "description": "Always null: duplicates page forward."},
+                    "next_cursor": {"type": "string", "nullable": True},
+                },
+                "required": ["previous_cursor", "next_cursor"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["data", "pagination_data"],
+        "additionalProperties": False,
+        "description": "One group per set of live contacts sharing a normalized identity (groups people dismissed are left out). A page may be short with a next_cursor.",
+    },
+    "MergeResponse": {"anyOf": [_ref("ContactWithHistory"), _ref("MergePreview")]},
     "Contact": _contact_response("optional"),
     "ContactWithHistory": _contact_response("required"),
     "MergedContact": _contact_response("none"),
@@ -517,7 +664,27 @@ _PATHS = {
         "mergeContacts",
         "Merge the source contact into the destination",
         "MergeRequest",
-        (200, "The destination after the merge, with merge_history.", "ContactWithHistory"),
+        (200, "The destination after the merge, with merge_history; with dry_run, a MergePreview (nothing written).", "MergeResponse"),
+        not_found=True,
+    ),
+    "/contacts.lookup": _post(
+        "lookupContacts",
+        "The contacts that have every given via value (normalized)",
+        "LookupRequest",
+        (200, "Matching live contacts (never merged-away or deleted ones), by display name.", "LookupResponse"),
+    ),
+    "/contacts.search": _post(
+        "searchContacts",
+        "A page of contacts found by name, organization, email or phone digits",
+        "SearchRequest",
+        (200, "A page; next_cursor is null at the end.", "SearchResponse"),
+    ),
+    "/contacts.duplicates": _post(
+        "duplicateContacts",
+        "Groups of contacts that share an email, a phone or another via value",
+        "DuplicatesRequest",
+        (200, "A page of groups with their reasons and conflicting fields.", "DuplicatesResponse"),
+        body_required=False,
         not_found=True,
     ),
     "/actuator/health": _get("health", "Readiness (the path the platform's probes use)", _HEALTH),

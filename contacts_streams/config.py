@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import phonenumbers
+
 from contacts_streams.kafka_security import PLATFORM_KEYSTORE, PLATFORM_TRUSTSTORE, SecurityConfigError, settings_from_env
 
 
@@ -62,6 +64,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("HTTP_THREADS", "32", "threads serving HTTP requests"),
         Setting("WRITE_TIMEOUT_MS", "10000", "longest a write waits for the broker before answering 503"),
         Setting("AUTO_CREATE_ENABLED", "true", "create a contact for every new conversation (false: a CRM owns contacts)"),
+        Setting(
+            "DEFAULT_PHONE_REGION",
+            "US",
+            "region (ISO 3166 code, like DE) of phone numbers written without a country code, for lookup, duplicates and "
+            "search; empty: such numbers match by their digits only",
+        ),
         Setting("ERASE_WITHIN_MS", "604800000", "longest time personal data stays on the topics the service keeps by retention (the dead-letter topic, ...)"),
         Setting("LIVENESS_STALL_MS", "300000", "liveness fails when a stream stage has made no progress on waiting input for this long"),
         Setting("LOG_FORMAT", "text", "`text` or `json` (one object a line)"),
@@ -90,6 +98,7 @@ class Config:
     http_threads: int = 32
     write_timeout_ms: int = 10000
     auto_create_enabled: bool = True
+    default_phone_region: str | None = "US"
     erase_within_ms: int = 7 * 24 * 3600 * 1000
     liveness_stall_ms: int = 300_000
     log_format: str = "text"
@@ -135,6 +144,12 @@ class Config:
                 raise ConfigError(f"{name} must not be empty")
             return raw
 
+        def phone_region() -> str | None:
+            raw = get("DEFAULT_PHONE_REGION").upper()
+            if raw and raw not in phonenumbers.SUPPORTED_REGIONS:
+                raise ConfigError(f"DEFAULT_PHONE_REGION must be a region code phone numbers know (like US or DE) or empty, got {raw!r}")
+            return raw or None
+
         registry = get("KAFKA_SCHEMA_REGISTRY_URL")
         if registry and not registry.startswith(("http://", "https://")):
             raise ConfigError(f"KAFKA_SCHEMA_REGISTRY_URL must be an http(s) URL, got {registry!r}")
@@ -162,6 +177,7 @@ class Config:
             http_threads=integer("HTTP_THREADS", 1, 1024),
             write_timeout_ms=integer("WRITE_TIMEOUT_MS", 100, 600_000),
             auto_create_enabled=boolean("AUTO_CREATE_ENABLED"),
+            default_phone_region=phone_region(),
             erase_within_ms=integer("ERASE_WITHIN_MS", 60_000, 10 * 365 * 24 * 3600 * 1000),
             liveness_stall_ms=integer("LIVENESS_STALL_MS", 1000, 7 * 24 * 3600 * 1000),
             log_format=one_of("LOG_FORMAT", ("text", "json")),

@@ -138,6 +138,14 @@ __all__ = [
     "validate_info",
     "validate_list",
     "validate_merge",
+    "validate_merge_request",
+    "validate_lookup",
+    "validate_search",
+    "validate_duplicates",
+    "merge_preview",
+    "group_conflicts",
+    "unmerge",
+    "NotMerged",
     "validate_update",
 ]
 
@@ -539,20 +547,75 @@ _SELF_MERGE = "destination_id must differ from source_id: a contact cannot be me
 
 
 def validate_merge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
-    """(source_id, destination_id) of a ``contacts.merge`` payload; they must differ.
+    """(source_id, destination_id) of a ``contacts.merge`` payload that merges for real; they
+    must differ. A ``"dry_run": true`` is refused here: a caller of this function merges, and
+    ignoring the flag would merge what the client only wanted to preview (the API reads it with
+    ``validate_merge_request``)."""
+    source_id, destination_id, dry_run = validate_merge_request(payload, ignored)
+    if dry_run:
+        raise ValidationError("dry_run", "dry_run is not honoured by this operation: nothing was merged")
+    return source_id, destination_id
 
-    ``dry_run`` is a known field (DESIGN.md) that this version cannot honour: ignoring a
-    ``true`` would merge for real what the client only wanted to preview, so it is a 400.
-    """
+
+def validate_merge_request(payload: Any, ignored: list[str] | None = None) -> tuple[str, str, bool]:
+    """(source_id, destination_id, dry_run) of a ``contacts.merge`` payload. ``dry_run`` (a
+    boolean, default false) asks for ``merge_preview`` instead of a merge."""
     source_id, destination_id = _ids(payload, ("source_id", "destination_id"), ignored, known=("dry_run",))
     dry_run = payload.get("dry_run", False)
-    if dry_run is not False:
-        if dry_run is True:
-            raise ValidationError("dry_run", "dry_run is not supported by this version: nothing was merged")
+    if not isinstance(dry_run, bool):
         raise ValidationError("dry_run", f"dry_run must be a boolean, not {_type_name(dry_run)}")
     if source_id == destination_id:
         raise ValidationError("destination_id", _SELF_MERGE)
-    return source_id, destination_id
+    return source_id, destination_id, dry_run
+
+
+MAX_QUERY_LENGTH = 256
+
+
+def _paging(payload: dict) -> tuple[str | None, int]:
+    return validate_list({k: payload[k] for k in ("cursor", "page_size", "pageSize") if k in payload})
+
+
+def validate_lookup(payload: Any, ignored: list[str] | None = None) -> dict[str, str]:
+    """The ``via`` of a ``contacts.lookup`` payload: at least one key, string values. Keys are
+    the client's own (free-form), as in a contact's ``via``."""
+    _require_object(payload, "")
+    _note_unknown(payload, ("via",), "", ignored)
+    if "via" not in payload:
+        raise ValidationError("via", "via is required")
+    via = _check_via(payload["via"], "via", removals=False)
+    if not via:
+        raise ValidationError("via", "via must have at least one key")
+    return via
+
+
+def validate_search(payload: Any, ignored: list[str] | None = None) -> tuple[str, str | None, int]:
+    """(query, cursor, page_size) of a ``contacts.search`` payload; the query is a non-blank
+    string of at most MAX_QUERY_LENGTH characters."""
+    _require_object(payload, "")
+    _note_unknown(payload, ("query", "cursor", "page_size", "pageSize"), "", ignored)
+    if "query" not in payload:
+        raise ValidationError("query", "query is required")
+    query = _check_text(payload["query"], "query", MAX_QUERY_LENGTH)
+    if not query.strip():
+        raise ValidationError("query", "query must not be blank")
+    cursor, page_size = _paging(payload)
+    if "pageSize" in payload and "page_size" in payload and ignored is not None:
+        ignored.append("pageSize")
+    return query, cursor, page_size
+
+
+def validate_duplicates(payload: Any = None, ignored: list[str] | None = None) -> tuple[str | None, str | None, int]:
+    """(id or None, cursor, page_size) of a ``contacts.duplicates`` payload; {} is fine."""
+    if payload is None:
+        return None, None, DEFAULT_PAGE_SIZE
+    _require_object(payload, "")
+    _note_unknown(payload, ("id", "cursor", "page_size", "pageSize"), "", ignored)
+    contact_id = normalize_uuid(payload["id"], "id") if payload.get("id") is not None else None
+    cursor, page_size = _paging(payload)
+    if "pageSize" in payload and "page_size" in payload and ignored is not None:
+        ignored.append("pageSize")
+    return contact_id, cursor, page_size
 
 
 def _page_size(value: Any, name: str) -> int | None:
@@ -830,3 +893,144 @@ def iso_to_millis(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return (moment - _EPOCH) // _ONE_MS
+
+
+# --- previews, groups and unmerge -----------------------------------------------------------------
+
+
+def _paths(contact: dict) -> dict[str, Any]:
+    """Field path -> value of what a merge compares: scalars, and via/address/metadata keys."""
+    out: dict[str, Any] = {name: contact[name] for name in SCALAR_FIELDS if name in contact}
+    for name in ("via", "address", "metadata"):
+        for key, value in (contact.get(name) or {}).items():
+            out[f"{name}.{key}"] = value
+    return out
+
+
+def merge_preview(destination: dict, source: dict, now_ms: int) -> dict:
+    """What ``contacts.merge`` would make of the destination, and the source's values that would
+    lose: ``{"destination", "conflicts": [{"field", "kept", "lost"}]}``. Writes nothing.
+
+    A conflict is a field (or via/address/metadata key, or conversation) both have a value for
+    (present, not "") where the values differ; the destination's wins. Raises what
+    ``merge_contacts`` raises.
+    """
+    merged = merge_contacts(destination, source, now_ms)
+    mine, theirs = _paths(destination), _paths(source)
+    conflicts = []
+    for path, lost in theirs.items():
+        kept = mine.get(path)
+        if _present(kept) and _present(lost) and not same_json(kept, lost):
+            conflicts.append({"field": path, "kept": _copy_json(kept), "lost": _copy_json(lost)})
+    for conversation_id, channel in (source.get("conversations") or {}).items():
+        kept = (destination.get("conversations") or {}).get(conversation_id)
+        if kept is not None and kept != channel:
+            conflicts.append({"field": f"conversations.{conversation_id}", "kept": kept, "lost": channel})
+    return {"destination": merged, "conflicts": conflicts}
+
+
+def group_conflicts(contacts: list[dict]) -> list[dict]:
+    """For each field (scalar, or via/address/metadata key) where the contacts' present values
+    differ: ``{"field", "values"}`` with the distinct values in the contacts' order."""
+    values: dict[str, list] = {}
+    for contact in contacts:
+        for path, value in _paths(contact).items():
+            if not _present(value):
+                continue
+            seen = values.setdefault(path, [])
+            if not any(same_json(value, other) for other in seen):
+                seen.append(_copy_json(value))
+    return [{"field": path, "values": found} for path, found in sorted(values.items()) if len(found) > 1]
+
+
+class NotMerged(LookupError):
+    """The destination's history has no merge of that source into it."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _entry_for(destination: dict, source_id: str) -> dict:
+    """The latest merge of that source into this destination."""
+    wanted = source_id.lower()
+    for entry in reversed(destination.get("merge_history") or ()):
+        if str(entry.get("id", "")).lower() == wanted and entry.get("merged_into", destination["id"]) == destination["id"]:
+            return entry
+    raise NotMerged(f"contact {source_id} was never merged into contact {destination['id']}")
+
+
+def _get_path(contact: dict, path: str) -> tuple[bool, Any]:
+    name, _, key = path.partition(".")
+    if not key:
+        return name in contact, contact.get(name)
+    container = contact.get(name) or {}
+    return key in container, container.get(key)
+
+
+def _drop_path(contact: dict, path: str) -> None:
+    name, _, key = path.partition(".")
+    if not key:
+        contact.pop(name, None)
+        return
+    container = dict(contact.get(name) or {})
+    container.pop(key, None)
+    if container:
+        contact[name] = container
+    else:
+        contact.pop(name, None)
+
+
+def unmerge(destination: dict, entry_or_source_id: dict | str, now_ms: int) -> tuple[dict, dict]:
+    """(the restored source, the destination after) undoing a merge (DESIGN.md, "Unmerge").
+
+    The entry is the latest of that source merged into this destination (or the entry itself).
+    The source comes back as the entry kept it: its id, fields, conversations and the history
+    entries that came along with it (``merged_into`` its id). The destination loses each path
+    the entry says it ``gained`` whose value is still the source's (a value changed since the
+    merge stays), and the entry and the source's entries leave its history.
+
+    Entries from before ``gained`` existed (full snapshots) do not say what the destination
+    gained: the source's conversations go back with it, every other value stays with the
+    destination, and the history entries that came with the source cannot be told apart, so they
+    stay too. Where the destination held "" (or null) at a path it gained, it comes back without
+    the path: the entry does not keep that difference (both mean "no value" to a merge).
+
+    Raises NotMerged when the history has no such merge.
+    """
+    entry = entry_or_source_id if isinstance(entry_or_source_id, dict) else _entry_for(destination, entry_or_source_id)
+    source_id = entry["id"]
+    stamp = millis_to_iso(now_ms)
+    history = list(destination.get("merge_history") or ())
+    position = next((i for i in range(len(history) - 1, -1, -1) if history[i] is entry or history[i] == entry), None)
+    if position is None:
+        raise NotMerged(f"contact {source_id} was never merged into contact {destination['id']}")
+    del history[position]
+    known = "gained" in entry and entry["gained"] is not None
+    carried = [item for item in history if known and item.get("merged_into") == source_id]
+    kept = [item for item in history if not (known and item.get("merged_into") == source_id)]
+
+    restored = {name: _copy_json(value) for name, value in entry.items() if name not in HISTORY_ENTRY_FIELDS}
+    if carried:
+        restored["merge_history"] = [_copy_json(item) for item in carried]
+    restored["updated_at"] = stamp
+    restored = _ordered(restored)
+
+    after = _copy_json({name: value for name, value in destination.items() if name != "merge_history"})
+    if known:
+        gained = list(entry["gained"])
+    else:
+        gained = [f"conversations.{c}" for c in (entry.get("conversations") or {})]
+    for path in gained:
+        if path.startswith("conversations."):
+            if (after.get("conversations") or {}).get(path.partition(".")[2]) is not None:
+                _drop_path(after, path)
+            continue
+        present, value = _get_path(after, path)
+        was_present, was = _get_path(entry, path)
+        if present and was_present and same_json(value, was):
+            _drop_path(after, path)
+    if kept:
+        after["merge_history"] = kept
+    after["updated_at"] = stamp
+    return restored, _ordered(after)

@@ -18,6 +18,7 @@ from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, ReplyListener
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
+from contacts_streams.find import Finder
 from contacts_streams.store import Store
 from contacts_streams.topics import conversations_topic, ensure_topics
 from contacts_streams.writer import Writer
@@ -42,13 +43,14 @@ class Service:
         self.fatal: FatalError | None = None
         self.metrics = metrics or Metrics()
         self.codec = _contact_codec(config)
-        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec)
+        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec, config.default_phone_region)
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
         self.materializer = Materializer(config, self.store, self.metrics)
         self.replies = ReplyListener(config, self.metrics)
         self.publisher = CommandClient(config, self.replies, self.materializer, self.metrics)
         self.contacts = Contacts(self.store, self.publisher, self.materializer)
+        self.finder = Finder(self.store)
         self.router = self.join_state = None
         if config.auto_create_enabled:
             from contacts_streams.auto_create import ConversationRouter

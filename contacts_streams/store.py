@@ -16,7 +16,26 @@ Column families (DESIGN.md, "store"):
   contacts part leaves it alone, and the other way round;
 - ``conversation_metadata``: the join state as versions before the join-state topic kept it,
   only on the local disk; still read (and written to the topic when auto-create next touches
-  the conversation), never written.
+  the conversation), never written;
+- ``identities``: kind + 0x00 + normalized value + 0x00 + contact id -> b"" (``identities``
+  module: from the record's ``identities`` header, computed here only when it has none), for
+  ``contacts.lookup`` and ``contacts.duplicates``;
+- ``shared``: a 16-byte digest of kind + 0x00 + value -> kind + 0x00 + value, for every identity
+  at least two live contacts hold: ``contacts.duplicates`` pages through it instead of scanning
+  the contacts. It is a function of the ``identities`` family (recounted, in the batch, for every
+  identity the batch touched), so it too ends the same whatever order partitions are read in;
+- ``search``: namespace (``w`` words, ``p`` reversed phone digits) + token + 0x00 + name part +
+  0x00 + contact id -> b"", for ``contacts.search``; the name part (0x01 + the folded display
+  name's first SEARCH_NAME_CHARS characters, or 0x02 when unnamed) orders each token's contacts
+  by name;
+- ``derived``: contact id -> JSON ``[identities, search tokens]`` as indexed, so a later record
+  of the contact removes exactly those entries (the header it came with is gone by then);
+- ``dismissed`` / ``dismissed_offsets``: groups people said are not duplicates (sorted contact
+  ids joined by ``,`` -> b""), from the ``<APPLICATION_ID>-dismissed`` topic (``DismissedGroups``).
+
+``meta`` holds the store's format (``FORMAT``): a store written by a version with other indexes is
+emptied of everything the contacts topic determines when opened, so the materializer rebuilds it
+(indexes included) from the topic's beginning; the join state stays.
 
 Every index changes in the same ``WriteBatch`` as the contact and the offset: a crash leaves the
 store at one batch boundary or the next, never between. Every index entry depends on one contact's
@@ -39,6 +58,7 @@ from typing import Callable, Iterable
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch
 
+from contacts_streams import identities as ids_module
 from contacts_streams import model
 from contacts_streams.serialization import ContactCodec, DecodeError
 
@@ -47,9 +67,26 @@ log = logging.getLogger(__name__)
 CONTACTS, CONVERSATIONS, MERGED, NAMES = "contacts", "conversations", "merged", "names"
 COUNTERS, OFFSETS, META, CONVERSATION_METADATA = "counters", "offsets", "meta", "conversation_metadata"
 JOIN_STATE, JOIN_OFFSETS = "join_state", "join_offsets"
-FAMILIES = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA, JOIN_STATE, JOIN_OFFSETS)
-# What a rebuild from the contacts topic recreates; the join state comes from its own topic.
-TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META)
+IDENTITIES, SHARED, SEARCH, DERIVED = "identities", "shared", "search", "derived"
+DISMISSED, DISMISSED_OFFSETS = "dismissed", "dismissed_offsets"
+FAMILIES = (
+    CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA, JOIN_STATE, JOIN_OFFSETS,
+    IDENTITIES, SHARED, SEARCH, DERIVED, DISMISSED, DISMISSED_OFFSETS,
+)  # fmt: skip
+# What a rebuild from the contacts topic recreates; the join state and the dismissed groups come
+# from their own topics.
+TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, IDENTITIES, SHARED, SEARCH, DERIVED)
+# 1: contacts, conversations, merged, names, counters. 2: identities, shared, search, derived.
+FORMAT = b"2"
+FORMAT_KEY = b"format"
+DISMISSED_TOPIC_KEY = b"dismissed_topic"
+SEARCH_NAME_CHARS = 32
+SEARCH_SCAN = 5000
+SEARCH_COUNT = 1000
+DUPLICATES_SCAN = 1000
+MAX_GROUP = 100
+MAX_LOOKUP = 1000
+_SEARCH_CURSOR, _DUPLICATES_CURSOR = b"s", b"d"
 
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
@@ -77,6 +114,16 @@ CURSOR_NAME_BYTES = 512
 _CURSOR_DIGEST_BYTES = 8
 _NAMED, _UNNAMED, _LONG_NAMED = b"\x01", b"\x02", b"\x03"
 _ID_LENGTH = 36
+
+
+@dataclass(frozen=True)
+class Group:
+    """Live contacts that share identities: ``reasons`` are those identities, the one the group
+    was found by first."""
+
+    ids: tuple[str, ...]
+    contacts: list[dict]
+    reasons: list[tuple[str, str]]
 
 
 class StoreError(RuntimeError):
@@ -125,14 +172,19 @@ def _options() -> Options:
 class Store:
     """One process owns the store; its threads may read while the materializer writes."""
 
-    def __init__(self, path: str | Path, codec: ContactCodec):
+    def __init__(self, path: str | Path, codec: ContactCodec, phone_region: str | None = None):
         self.path = Path(path)
         self.codec = codec
+        # For records without the identities header only (see the identities module).
+        self.phone_region = phone_region
+        self.upgraded_from: str | None = None
         self._write_lock = threading.Lock()
         # Contacts this process just encoded, by their bytes: applying them needs no decode.
         self._known: dict[bytes, dict] = {}
         self._open()
+        self._upgrade()
         self.join_state = JoinState(self)
+        self.dismissed = DismissedGroups(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -165,6 +217,18 @@ class Store:
             finally:
                 del it  # a live iterator keeps the database open (and locked) after close()
 
+    def _upgrade(self) -> None:
+        """A store of another format loses what the contacts topic determines: the materializer
+        finds no offsets and reads the topic from its beginning, building every index."""
+        found = self._cf[META].get(FORMAT_KEY)
+        if found == FORMAT:
+            return
+        if found is not None or self.count() or self.offsets():
+            self.upgraded_from = (found or b"1").decode()
+            log.warning("the store at %s has format %s, this version writes %s: rebuilding it from the topic", self.path, self.upgraded_from, FORMAT.decode())
+            self.reset()
+        self._cf[META][FORMAT_KEY] = FORMAT
+
     def close(self) -> None:
         if self._db is None:
             return
@@ -176,14 +240,14 @@ class Store:
         self._db = None
 
     @classmethod
-    def open_or_rebuild(cls, path: str | Path, codec: ContactCodec) -> tuple["Store", str | None]:
+    def open_or_rebuild(cls, path: str | Path, codec: ContactCodec, phone_region: str | None = None) -> tuple["Store", str | None]:
         """Open the store; a corrupt one is wiped. Returns the store and why it was wiped, if it was."""
         try:
-            return cls(path, codec), None
+            return cls(path, codec, phone_region), None
         except StoreError as err:
             log.warning("store unusable, rebuilding from the topic: %s", err)
             shutil.rmtree(path, ignore_errors=True)
-            return cls(path, codec), str(err)
+            return cls(path, codec, phone_region), str(err)
 
     def reset(self) -> None:
         """Forget everything the contacts topic produced (a rebuild follows)."""
@@ -192,7 +256,7 @@ class Store:
             for family in TOPIC_STATE:
                 if family == META:
                     continue
-                for key in list(self._cf[family].keys()):
+                for key in self._cf[family].keys():
                     batch.delete(key, self._handle[family])
             batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
@@ -367,6 +431,173 @@ class Store:
         return it.valid()
 
 
+    # --- finding people ----------------------------------------------------------------------
+
+    def indexed(self, contact_id: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(identities, search tokens) as indexed for a live contact; empty for any other id."""
+        raw = self._cf[DERIVED].get(contact_id.encode())
+        if raw is None:
+            return [], []
+        identities, tokens = json.loads(raw)
+        return [tuple(p) for p in identities], [tuple(p) for p in tokens]
+
+    def holders(self, kind: str, value: str, limit: int = MAX_GROUP) -> list[str]:
+        """Ids of the live contacts that have this normalized identity (at most ``limit``)."""
+        prefix = identity_prefix(kind, value)
+        it = self._cf[IDENTITIES].iter(ReadOptions())
+        it.seek(prefix)
+        found = []
+        while it.valid() and it.key().startswith(prefix) and len(found) < limit:
+            found.append(it.key()[len(prefix) :].decode())
+            it.next()
+        del it
+        return found
+
+    def lookup(self, identities: list[tuple[str, str]], limit: int = MAX_LOOKUP) -> list[dict]:
+        """The live contacts that have every one of these normalized identities."""
+        if not identities:
+            return []
+        candidates: set[str] | None = None
+        for kind, value in identities:
+            held = set(self.holders(kind, value, limit))
+            candidates = held if candidates is None else candidates & held
+            if not candidates:
+                return []
+        found = [c for c in (self.get(contact_id) for contact_id in sorted(candidates or ())) if c is not None]
+        return sorted(found, key=model.sort_key)
+
+    def search(self, terms: list[tuple[str, str]], cursor: str | None, page_size: int) -> Page:
+        """A page of the contacts that match every term by prefix (``identities.query_terms``).
+
+        The store walks the first term's entries of the search family from the cursor: that
+        term's exact matches by name, then its longer tokens, each by name. A contact found by
+        several tokens shows where the first of them is (so it is on one page only), and the other
+        terms are checked against the contact's own tokens. A page reads at most SEARCH_SCAN
+        entries, wherever it starts, so its cost does not grow with the store; a query whose
+        terms rarely meet may get a short page with a next cursor. ``total`` counts the contacts
+        among the first term's first SEARCH_COUNT entries: exact for one term with fewer
+        matches, else an estimate (an upper one for several terms, SEARCH_COUNT at most).
+        """
+        if not terms:
+            return Page([], None, None, 0)
+        namespace, term = terms[0]
+        term = term[: ids_module.MAX_TOKEN_CHARS]
+        prefix = search_prefix(namespace, term)
+        start = prefix
+        if cursor:
+            start = _decode_search_cursor(cursor)
+            if not start.startswith(prefix):
+                raise BadCursor("cursor belongs to another query")
+        it = self._cf[SEARCH].iter(ReadOptions())
+        it.seek(start)
+        if cursor and it.valid() and it.key() == start:
+            it.next()
+        found: list[dict] = []
+        last: bytes | None = None
+        more = False
+        scanned = 0
+        while it.valid() and it.key().startswith(prefix):
+            entry = it.key()
+            if len(found) == page_size:
+                more = True
+                break
+            if scanned == SEARCH_SCAN:
+                more = True
+                break
+            scanned += 1
+            last = entry
+            it.next()
+            contact_id = entry[-_ID_LENGTH:].decode()
+            token = entry[1 : entry.index(SEPARATOR)].decode()
+            _identities, tokens = self.indexed(contact_id)
+            first = min((t for n, t in tokens if n == namespace and t.startswith(term)), default=None)
+            if first != token:
+                continue  # shown where its first matching token is
+            if not all(any(n == other_ns and t.startswith(other[: ids_module.MAX_TOKEN_CHARS]) for n, t in tokens) for other_ns, other in terms[1:]):
+                continue
+            contact = self.get(contact_id)
+            if contact is not None:
+                found.append(contact)
+        del it
+        next_cursor = _encode_search_cursor(last) if more and last is not None else None
+        return Page(found, None, next_cursor, self._search_total(prefix))
+
+    def _search_total(self, prefix: bytes) -> int:
+        it = self._cf[SEARCH].iter(ReadOptions())
+        it.seek(prefix)
+        seen: set[bytes] = set()
+        counted = 0
+        while it.valid() and it.key().startswith(prefix) and counted < SEARCH_COUNT:
+            seen.add(it.key()[-_ID_LENGTH:])
+            counted += 1
+            it.next()
+        del it
+        return len(seen)
+
+    def duplicates(self, cursor: str | None, page_size: int) -> tuple[list["Group"], str | None]:
+        """A page of duplicate groups (one per shared identity) and the next page's cursor.
+
+        The shared family holds only identities that two live contacts have, so a page reads
+        about page_size of them, not the contacts; groups people dismissed, and groups another
+        identity already names (same contacts), are passed over, at most DUPLICATES_SCAN a page.
+        """
+        after = _decode_duplicates_cursor(cursor) if cursor else None
+        it = self._cf[SHARED].iter(ReadOptions())
+        if after is None:
+            it.seek_to_first()
+        else:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
+        groups: list[Group] = []
+        last, more, scanned = None, False, 0
+        while it.valid():
+            if len(groups) == page_size or scanned == DUPLICATES_SCAN:
+                more = True
+                break
+            scanned += 1
+            last = it.key()
+            kind, value = it.value().decode().split("\x00", 1)
+            it.next()
+            group = self.group(kind, value)
+            if group is not None:
+                groups.append(group)
+        del it
+        return groups, (_encode_duplicates_cursor(last) if more and last is not None else None)
+
+    def groups_of(self, contact_id: str) -> list["Group"]:
+        """The duplicate groups a live contact is in."""
+        identities, _tokens = self.indexed(contact_id)
+        groups = []
+        for kind, value in identities:
+            group = self.group(kind, value)
+            if group is not None and not any(g.ids == group.ids for g in groups):
+                groups.append(group)
+        return groups
+
+    def group(self, kind: str, value: str) -> "Group | None":
+        """The group of live contacts sharing this identity, with every identity they all share;
+        None when fewer than two share it, when it was dismissed, or when another identity they
+        share names the same group first (one group per set of contacts)."""
+        ids = sorted(self.holders(kind, value))
+        if len(ids) < 2 or ids in self.dismissed:
+            return None
+        contacts = [c for c in (self.get(i) for i in ids) if c is not None]
+        if len(contacts) < 2:
+            return None
+        shared = set(self.indexed(ids[0])[0])
+        for other in ids[1:]:
+            shared &= set(self.indexed(other)[0])
+        mine = _digest16(f"{kind}\x00{value}".encode())
+        for other_kind, other_value in shared:
+            if (other_kind, other_value) == (kind, value):
+                continue
+            if _digest16(f"{other_kind}\x00{other_value}".encode()) < mine and sorted(self.holders(other_kind, other_value)) == ids:
+                return None
+        reasons = [(kind, value)] + sorted(shared - {(kind, value)})
+        return Group(tuple(ids), contacts, reasons)
+
+
 class JoinState:
     """Auto-create's join state in the store: what its materializer writes from the join-state
     topic (the same methods the contacts part offers the contacts topic's materializer) and
@@ -444,6 +675,70 @@ class JoinState:
             return applied
 
 
+class DismissedGroups:
+    """Groups people said are not duplicates, materialized from the ``<APPLICATION_ID>-dismissed``
+    topic (key: ``dismissed_key`` of the group; a value dismisses it, a tombstone offers it
+    again) with the same methods as ``JoinState``, so a ``Materializer`` can feed it."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def __contains__(self, contact_ids: Iterable[str]) -> bool:
+        return self._store._cf[DISMISSED].get(dismissed_key(contact_ids)) is not None
+
+    def topic(self) -> str | None:
+        raw = self._store._cf[META].get(DISMISSED_TOPIC_KEY)
+        return raw.decode() if raw is not None else None
+
+    def offsets(self) -> dict[int, int]:
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[DISMISSED_OFFSETS].items()}
+
+    def count(self) -> int:
+        """1 when it holds any group, else 0 (a store with groups but no offsets is rebuilt)."""
+        it = self._store._cf[DISMISSED].iter(ReadOptions())
+        it.seek_to_first()
+        found = it.valid()
+        del it
+        return int(found)
+
+    def reset(self) -> None:
+        store = self._store
+        with store._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            for family in (DISMISSED, DISMISSED_OFFSETS):
+                for key in store._cf[family].keys():
+                    batch.delete(key, store._handle[family])
+            batch.delete(DISMISSED_TOPIC_KEY, store._handle[META])
+            store._db.write(batch)
+
+    def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
+        store = self._store
+        with store._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            batch.put(DISMISSED_TOPIC_KEY, topic.encode(), store._handle[META])
+            applied = 0
+            next_offsets: dict[int, int] = {}
+            for record in records:
+                next_offsets[record.partition] = record.offset + 1
+                try:
+                    ids = record.key.decode().split(",") if record.key else []
+                    if len(ids) < 2 or not all(_is_id(i.encode()) for i in ids) or dismissed_key(ids) != record.key:
+                        raise ValueError("the key is not two or more sorted contact ids joined by ','")
+                    if record.value is None:
+                        batch.delete(record.key, store._handle[DISMISSED])
+                    else:
+                        batch.put(record.key, b"", store._handle[DISMISSED])
+                    applied += 1
+                except (ValueError, UnicodeDecodeError) as err:
+                    log.error("skipping a dismissed-group record at partition %s offset %s: %s", record.partition, record.offset, err)
+                    if on_poison:
+                        on_poison(record, err)
+            for partition, offset in next_offsets.items():
+                batch.put(_PARTITION.pack(partition), _U64.pack(offset), store._handle[DISMISSED_OFFSETS])
+            store._db.write(batch)
+            return applied
+
+
 def _digest(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=_CURSOR_DIGEST_BYTES).digest()
 
@@ -460,6 +755,36 @@ def _split_long(key: bytes) -> tuple[bytes, bytes, bytes]:
     digest = key[-_CURSOR_DIGEST_BYTES:]
     contact_id = key[-_CURSOR_DIGEST_BYTES - _ID_LENGTH : -_CURSOR_DIGEST_BYTES]
     return key[1 : -_CURSOR_DIGEST_BYTES - _ID_LENGTH - 1], contact_id, digest
+
+
+def _encode_search_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(_SEARCH_CURSOR + key).decode().rstrip("=")
+
+
+def _decode_search_cursor(cursor: str) -> bytes:
+    raw = _b64(cursor)
+    key = raw[1:]
+    if raw[:1] != _SEARCH_CURSOR or key.count(SEPARATOR) != 2 or not _is_id(key[-_ID_LENGTH:]) or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR:
+        raise BadCursor("cursor is not a cursor this service handed out")
+    return key
+
+
+def _encode_duplicates_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(_DUPLICATES_CURSOR + key).decode().rstrip("=")
+
+
+def _decode_duplicates_cursor(cursor: str) -> bytes:
+    raw = _b64(cursor)
+    if raw[:1] != _DUPLICATES_CURSOR or len(raw) != 17:
+        raise BadCursor("cursor is not a cursor this service handed out")
+    return raw[1:]
+
+
+def _b64(cursor: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, TypeError):
+        raise BadCursor("cursor is not a cursor this service handed out") from None
 
 
 def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
@@ -499,6 +824,8 @@ class _Batch:
         self._batch = WriteBatch(raw_mode=True)
         self._pending: dict[tuple[str, bytes], bytes | None] = {}
         self._count_delta = 0
+        # identity prefix (kind + 0x00 + value + 0x00) -> contact id -> held after this batch?
+        self._identity_changes: dict[bytes, dict[bytes, bool]] = {}
 
     def get(self, family: str, key: bytes) -> bytes | None:
         if (family, key) in self._pending:
@@ -514,6 +841,8 @@ class _Batch:
         self._batch.delete(key, self._store._handle[family])
 
     def write(self) -> None:
+        for prefix, changes in self._identity_changes.items():
+            self._recount(prefix, changes)
         if self._count_delta:
             raw = self.get(COUNTERS, CONTACT_COUNT)
             current = _I64.unpack(raw)[0] if raw is not None else 0
@@ -522,6 +851,49 @@ class _Batch:
 
     def _add_count(self, delta: int) -> None:
         self._count_delta += delta
+
+    def _index_entries(self, key: bytes, contact: dict, headers: dict[str, str] | None) -> set[tuple[str, bytes]]:
+        """The identities and search entries of a contact. With ``headers`` (a new record) from
+        its identities header, or computed; without (the contact being replaced) from what was
+        indexed for it. Records the new contact's derived entry."""
+        if headers is None:
+            raw = self.get(DERIVED, key)
+            derived = json.loads(raw) if raw is not None else None
+            if derived is not None:
+                identities = [tuple(pair) for pair in derived[0]]
+                tokens = [tuple(pair) for pair in derived[1]]
+            else:  # indexed before the derived family existed: the format upgrade makes it rare
+                identities = ids_module.identities_of(contact, self._store.phone_region)
+                tokens = ids_module.search_tokens(contact, identities)
+        else:
+            identities = ids_module.decode(headers.get(ids_module.HEADER))
+            if identities is None:
+                identities = ids_module.identities_of(contact, self._store.phone_region)
+            tokens = ids_module.search_tokens(contact, identities)
+            self.put(DERIVED, key, json.dumps([identities, tokens], ensure_ascii=False, separators=(",", ":")).encode())
+        entries = {(IDENTITIES, identity_prefix(kind, value) + key) for kind, value in identities}
+        name = search_name(contact)
+        entries.update((SEARCH, search_prefix(namespace, token) + SEPARATOR + name + SEPARATOR + key) for namespace, token in tokens)
+        return entries
+
+    def _recount(self, prefix: bytes, changes: dict[bytes, bool]) -> None:
+        """Keep the shared family in step with the identities family for one identity."""
+        holders = {contact_id for contact_id, held in changes.items() if held}
+        gone = {contact_id for contact_id, held in changes.items() if not held}
+        it = self._store._cf[IDENTITIES].iter(ReadOptions())
+        it.seek(prefix)
+        # Enough entries to find two holders besides those this batch removed.
+        while it.valid() and it.key().startswith(prefix) and len(holders) < 2:
+            contact_id = it.key()[len(prefix) :]
+            if contact_id not in gone:
+                holders.add(contact_id)
+            it.next()
+        del it
+        identity = prefix[:-1]
+        if len(holders) >= 2:
+            self.put(SHARED, _digest16(identity), identity)
+        else:
+            self.delete(SHARED, _digest16(identity))
 
     def apply(self, record: Record) -> None:
         if record.key is None:
@@ -534,6 +906,19 @@ class _Batch:
         new = self._store._decode_new(record.value) if record.value is not None else None
         if new is not None and new.get("id") != contact_id:
             raise ValueError(f"record key {contact_id} does not match its contact id {new.get('id')}")
+
+        old_index = self._index_entries(key, old, None) if old is not None else set()
+        new_index = self._index_entries(key, new, record.headers) if new is not None else set()
+        for family, entry in old_index - new_index:
+            if family == IDENTITIES:
+                self._identity_changes.setdefault(entry[: -len(key)], {})[key] = False
+            self.delete(family, entry)
+        for family, entry in new_index - old_index:
+            if family == IDENTITIES:
+                self._identity_changes.setdefault(entry[: -len(key)], {})[key] = True
+            self.put(family, entry, b"")
+        if new is None:
+            self.delete(DERIVED, key)
 
         if old is not None:
             self.delete(NAMES, model.sort_key(old))
@@ -567,3 +952,28 @@ class _Batch:
 
 def _pair(owner_of: str, contact_id: str) -> bytes:
     return owner_of.encode() + SEPARATOR + contact_id.encode()
+
+
+def identity_prefix(kind: str, value: str) -> bytes:
+    """The identities family's keys of one identity start with this."""
+    return kind.encode() + SEPARATOR + value.encode() + SEPARATOR
+
+
+def search_prefix(namespace: str, term: str) -> bytes:
+    return namespace.encode() + term[: ids_module.MAX_TOKEN_CHARS].encode()
+
+
+def search_name(contact: dict) -> bytes:
+    """What orders one token's contacts: the folded display name's start, unnamed last."""
+    name = contact.get("display_name")
+    folded = ids_module.fold(name)[:SEARCH_NAME_CHARS] if isinstance(name, str) else ""
+    return _NAMED + folded.encode() if folded else _UNNAMED
+
+
+def _digest16(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def dismissed_key(contact_ids: Iterable[str]) -> bytes:
+    """The dismissed groups' key of a group: its contact ids, lowercase, sorted, joined by ","."""
+    return ",".join(sorted({c.lower() for c in contact_ids})).encode()

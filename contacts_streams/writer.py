@@ -23,7 +23,7 @@ import time
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from contacts_streams import commands, model, topics
+from contacts_streams import commands, identities, model, topics
 from contacts_streams.topics import record_bytes
 from contacts_streams.commands import BadCommand, Command, Remembered, Reply
 from contacts_streams.config import Config
@@ -367,7 +367,9 @@ class Writer(ExactlyOnceLoop):
             kept = []
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
-                headers = [(OPERATION, change.operation.encode())] + [(k, v.encode()) for k, v in change.headers.items()]
+                # Identities normalized once, here, and carried to every replica's indexes in a header.
+                extra = {**change.headers, **identities.header(change.contact, self._store.phone_region)}
+                headers = [(OPERATION, change.operation.encode())] + [(k, v.encode()) for k, v in extra.items()]
                 size = record_bytes(change.contact_id.encode(), value, headers)
                 if size > limit:
                     if command.type == commands.AUTO_CREATE:  # that contact stays as it was; the rest goes on

@@ -416,10 +416,13 @@ def test_the_ignored_fields_header_is_bounded(client):
     assert parts[0] == "unknown_field_0000" and parts[-1] == f"+{500 - (len(parts) - 1)}"
 
 
-def test_a_merge_dry_run_is_refused_not_done(client):
+def test_a_merge_dry_run_is_answered_not_done(client):
     source, destination = create(client, display_name="s"), create(client, display_name="d")
-    refused(client.post("/contacts.merge", json={"source_id": source["id"], "destination_id": destination["id"], "dry_run": True}), "dry_run")
+    body = {"source_id": source["id"], "destination_id": destination["id"]}
+    response = client.post("/contacts.merge", json={**body, "dry_run": True})
+    assert response.status_code == 200 and response.get_json()["conflicts"] == [{"field": "display_name", "kept": "d", "lost": "s"}]
     assert info(client, source["id"])["display_name"] == "s"  # nothing was merged
+    refused(client.post("/contacts.merge", json={**body, "dry_run": "true"}), "dry_run")
 
 
 @pytest.mark.parametrize("field", model.SERVED_FIELDS)

@@ -41,6 +41,9 @@ CONTACT_PATHS = [
     "/contacts.update",
     "/contacts.delete",
     "/contacts.merge",
+    "/contacts.lookup",
+    "/contacts.search",
+    "/contacts.duplicates",
 ]
 GET_PATHS = [
     "/actuator/health",
@@ -297,9 +300,20 @@ AGREEMENT = [
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER}, model.validate_merge),
     ("/contacts.merge", {"source_id": _UUID}, model.validate_merge),
     ("/contacts.merge", {"source_id": _UUID, "destination_id": "x"}, model.validate_merge),
-    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": False}, model.validate_merge),
-    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": True}, model.validate_merge),
-    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": None}, model.validate_merge),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": False}, model.validate_merge_request),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": True}, model.validate_merge_request),
+    ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "dry_run": None}, model.validate_merge_request),
+    ("/contacts.lookup", {"via": {"email": "a@b.c", "any key": "x"}}, model.validate_lookup),
+    ("/contacts.lookup", {"via": {}}, model.validate_lookup),
+    ("/contacts.lookup", {"via": {"email": 5}}, model.validate_lookup),
+    ("/contacts.lookup", {}, model.validate_lookup),
+    ("/contacts.search", {"query": "gra", "cursor": None, "pageSize": 5}, model.validate_search),
+    ("/contacts.search", {"query": "x" * 257}, model.validate_search),
+    ("/contacts.search", {"query": " "}, model.validate_search),
+    ("/contacts.search", {"cursor": "x"}, model.validate_search),
+    ("/contacts.duplicates", {}, model.validate_duplicates),
+    ("/contacts.duplicates", {"id": _UUID, "page_size": 5}, model.validate_duplicates),
+    ("/contacts.duplicates", {"id": 5}, model.validate_duplicates),
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "force": True}, model.validate_merge),
 ]
 
@@ -545,13 +559,16 @@ _VALIDATORS = {
     "/contacts.info": model.validate_info,
     "/contacts.update": model.validate_update,
     "/contacts.delete": model.validate_id,
-    "/contacts.merge": model.validate_merge,
+    "/contacts.merge": model.validate_merge_request,
+    "/contacts.lookup": model.validate_lookup,
+    "/contacts.search": model.validate_search,
+    "/contacts.duplicates": model.validate_duplicates,
 }
 _NAMES = (
     model.CONTACT_FIELDS
     + model.SERVED_FIELDS
     + model.ADDRESS_FIELDS
-    + ("conversation_id", "source_id", "destination_id", "cursor", "page_size", "phone", "email")
+    + ("conversation_id", "source_id", "destination_id", "cursor", "page_size", "phone", "email", "query", "dry_run")
 )
 # Any code point, U+0000 and lone surrogates included (json.dumps escapes them).
 _any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=24)
@@ -638,7 +655,13 @@ def _request(draw):
             "/contacts.info": st.one_of(st.fixed_dictionaries({"id": ident}), st.fixed_dictionaries({"conversation_id": ident})),
             "/contacts.update": st.builds(lambda i, p: {"id": i, **p}, ident, _contact_payload(valid=kind == "valid")),
             "/contacts.delete": st.fixed_dictionaries({"id": ident}),
-            "/contacts.merge": st.fixed_dictionaries({"source_id": ident, "destination_id": ident}),
+            "/contacts.merge": st.fixed_dictionaries({"source_id": ident, "destination_id": ident}, optional={"dry_run": st.booleans()}),
+            "/contacts.lookup": st.fixed_dictionaries({"via": _valid_values["via"]}),
+            "/contacts.search": st.fixed_dictionaries(
+                {"query": st.one_of(_short_text, st.sampled_from(["seed", "fuzz 1", "+49 170 1234", "a@b.c"]))},
+                optional={"page_size": st.integers(1, 50), "cursor": st.just("@cursor")},
+            ),
+            "/contacts.duplicates": st.fixed_dictionaries({}, optional={"id": ident, "page_size": st.integers(1, 50), "cursor": st.just("@cursor")}),
         }
         body = json.dumps(draw(payloads[path])).encode()
     content_type = draw(
@@ -714,7 +737,9 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
             ids.append(answer["id"])
         if status == 200 and path == "/contacts.list":
             cursors.extend(c for c in answer["pagination_data"].values() if isinstance(c, str))
-        if status == 200 and path == "/contacts.merge":
+        if status == 200 and path in ("/contacts.search", "/contacts.duplicates"):
+            cursors.extend(c for c in answer["pagination_data"].values() if isinstance(c, str))
+        if status == 200 and path == "/contacts.merge" and "id" in answer:  # not a dry run
             source = payload["source_id"].lower()
             ids[:] = [i for i in ids if i != source] or [answer["id"]]
         if status == 202 and path == "/contacts.delete" and len(ids) > 1:

@@ -452,6 +452,16 @@ def test_a_merge_dry_run_is_refused_not_ignored():
     assert field_of(validate_merge, []) == ""
 
 
+def test_the_api_reads_dry_run_as_a_boolean():
+    from contacts_streams.model import validate_merge_request
+
+    body = {"source_id": CONTACT_ID, "destination_id": OTHER_ID}
+    assert validate_merge_request(body) == (CONTACT_ID, OTHER_ID, False)
+    assert validate_merge_request({**body, "dry_run": True}) == (CONTACT_ID, OTHER_ID, True)
+    for value in ("true", 1, None):
+        assert error_of(validate_merge_request, {**body, "dry_run": value}).field == "dry_run"
+
+
 def test_validate_list():
     assert validate_list(None) == (None, DEFAULT_PAGE_SIZE)
     assert validate_list() == (None, 20)

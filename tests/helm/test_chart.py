@@ -34,6 +34,7 @@ EXPECTED_ENV = {
     "STATE_DIR": "/var/lib/contacts-streams",
     "PORT": "8080",
     "AUTO_CREATE_ENABLED": "true",
+    "DEFAULT_PHONE_REGION": "US",
     "LOG_FORMAT": "json",
 }
 

@@ -1,0 +1,210 @@
+"""Who a contact is, normalized for matching: identities (lookup, duplicates) and search tokens.
+
+Pure functions of a contact (a plain dict, as in ``model``). Stored values stay as sent; only the
+store's indexes hold what these functions return (DESIGN.md, "Normalization").
+
+Identities are ``(kind, value)`` pairs, one per ``via`` entry:
+
+- ``email``: the value trimmed and case-folded;
+- ``phone``: E.164 (``+491701234567``) parsed with ``phonenumbers``; a number without a country
+  code is read in the default region (``DEFAULT_PHONE_REGION``). A number that cannot be parsed,
+  or is not a possible number, is kept as its digits (``+`` kept when it had one), so two
+  spellings of the same unparseable number still match;
+- any other key: key and value trimmed and case-folded (``Telegram`` / `` @Grace `` ->
+  ``telegram`` / ``@grace``).
+
+Parsing a phone number costs tens of microseconds, far more than the rest of a store write, so
+the writer computes the identities once and carries them on the record in the ``identities``
+header (``encode``); every replica's store indexes from the header and computes them itself only
+for records without it (written before it existed, or by another producer). The header names its
+format version: a store meeting a version it does not know computes the identities itself.
+
+Search tokens (``search_tokens``) are computed by every store: they need no ``phonenumbers``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+import phonenumbers
+
+EMAIL, PHONE = "email", "phone"
+HEADER = "identities"
+HEADER_VERSION = 1
+# A contact may hold 100 via values of 2048 characters: a header that large would count against
+# the record limit twice. Past this size the header is left out and each store computes them.
+MAX_HEADER_BYTES = 16 * 1024
+# Index keys hold a token; longer tokens are cut (a query word longer than this is checked
+# against the whole token by the search, not by the key).
+MAX_TOKEN_CHARS = 64
+MIN_PHONE_DIGITS = 4
+# Characters people type inside phone numbers.
+_PHONE_PUNCTUATION = re.compile(r"[\s+\-().\/]")
+_WORD_SPLIT = re.compile(r"[\W_]+")
+
+Identity = tuple[str, str]
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, combining marks dropped, case-folded, trimmed.
+    U+0000 (the indexes' separator) is dropped."""
+    if text.isascii():  # most names: nothing to decompose, and ASCII case-folds as lower()
+        return text.lower().strip().replace("\x00", "")
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", stripped).casefold().strip().replace("\x00", "")
+
+
+def _clean(text: str) -> str:
+    return text.strip().casefold().replace("\x00", "")
+
+
+def normalize_email(value: str) -> str:
+    return _clean(value)
+
+
+def digits(value: str) -> str:
+    return "".join(c for c in value if c.isdigit() and c.isascii())
+
+
+def normalize_phone(value: str, region: str | None) -> str:
+    """E.164 when the number parses (in ``region`` when it has no country code), else its digits."""
+    text = value.strip()
+    try:
+        number = phonenumbers.parse(text, (region or None) if not text.startswith("+") else None)
+        if phonenumbers.is_possible_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    except phonenumbers.NumberParseException:
+        pass
+    found = digits(text)
+    if not found:
+        return _clean(text)
+    return ("+" + found) if text.startswith("+") else found
+
+
+def normalize(kind: str, value: str, region: str | None) -> Identity:
+    """One ``via`` entry as an identity; ``kind`` is the via key as sent."""
+    key = _clean(kind)
+    if key == EMAIL:
+        return key, normalize_email(value)
+    if key == PHONE:
+        return key, normalize_phone(value, region)
+    return key, _clean(value)
+
+
+def identities_of(contact: dict, region: str | None) -> list[Identity]:
+    """The contact's identities, sorted, without duplicates and without empty values."""
+    found = set()
+    for key, value in (contact.get("via") or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            continue
+        kind, normalized = normalize(key, value, region)
+        if kind and normalized:
+            found.add((kind, normalized))
+    return sorted(found)
+
+
+def encode(identities: list[Identity]) -> str | None:
+    """The ``identities`` header's value; None when it would be too large to carry."""
+    text = json.dumps([HEADER_VERSION, [list(pair) for pair in identities]], ensure_ascii=False, separators=(",", ":"))
+    return text if len(text.encode("utf-8")) <= MAX_HEADER_BYTES else None
+
+
+def decode(text: str | None) -> list[Identity] | None:
+    """The identities a header carries; None when absent, of another version, or malformed."""
+    if not text:
+        return None
+    try:
+        version, pairs = json.loads(text)
+        if version != HEADER_VERSION:
+            return None
+        out = sorted({(str(kind), str(value)) for kind, value in pairs})
+    except (ValueError, TypeError):
+        return None
+    if any("\x00" in kind or "\x00" in value or not kind or not value for kind, value in out):
+        return None
+    return out
+
+
+def header(contact: dict | None, region: str | None) -> dict[str, str]:
+    """The headers to add to a contact record (none for a tombstone or a too large header)."""
+    if contact is None:
+        return {}
+    value = encode(identities_of(contact, region))
+    return {HEADER: value} if value is not None else {}
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+WORD, DIGITS = "w", "p"
+
+
+def words(text: str) -> list[str]:
+    """The searchable words of a name: folded, split at anything that is not a letter or digit."""
+    return [w for w in _WORD_SPLIT.split(fold(text)) if w]
+
+
+def search_tokens(contact: dict, identities: list[Identity] | None = None) -> list[tuple[str, str]]:
+    """``(namespace, token)`` pairs a contact is found by, sorted and unique.
+
+    ``w``: the words of display name and organization (``organization_name`` and
+    ``address.organization_name``), each email whole, its local part and the local part's words;
+    ``p``: each phone's digits reversed (a prefix of reversed digits is a suffix of the number),
+    of the value as sent and of its E.164 form when the identities give one.
+    """
+    found: set[tuple[str, str]] = set()
+    for name in (contact.get("display_name"), contact.get("organization_name"), (contact.get("address") or {}).get("organization_name")):
+        if isinstance(name, str):
+            found.update((WORD, w[:MAX_TOKEN_CHARS]) for w in words(name))
+    via = contact.get("via") or {}
+    for key, value in via.items():
+        if not isinstance(value, str):
+            continue
+        kind = _clean(key) if isinstance(key, str) else ""
+        if kind == EMAIL:
+            email = fold(value)
+            if email:
+                found.add((WORD, email[:MAX_TOKEN_CHARS]))
+                local = email.split("@", 1)[0]
+                if local:
+                    found.add((WORD, local[:MAX_TOKEN_CHARS]))
+                    # A query is split into words the way names are: "grace.hopper" finds
+                    # grace.hopper@... through the local part's words.
+                    found.update((WORD, w[:MAX_TOKEN_CHARS]) for w in words(local))
+        elif kind == PHONE:
+            number = digits(value)
+            if len(number) >= MIN_PHONE_DIGITS:
+                found.add((DIGITS, number[::-1][:MAX_TOKEN_CHARS]))
+    for kind, value in identities or ():
+        if kind == PHONE:
+            number = digits(value)
+            if len(number) >= MIN_PHONE_DIGITS:
+                found.add((DIGITS, number[::-1][:MAX_TOKEN_CHARS]))
+    return sorted(found)
+
+
+def query_terms(query: str) -> list[tuple[str, str]]:
+    """A search query as ``(namespace, term)`` pairs that must all match by prefix.
+
+    A query of phone characters only (digits, spaces, ``+-()./``) with at least
+    MIN_PHONE_DIGITS digits is one phone term: its digits reversed. Otherwise each
+    white-space-separated word is a term: one with ``@`` is matched whole against emails,
+    others are split into words like names are.
+    """
+    text = query.strip()
+    number = digits(text)
+    if len(number) >= MIN_PHONE_DIGITS and not _PHONE_PUNCTUATION.sub("", text).strip("0123456789"):
+        return [(DIGITS, number[::-1])]
+    terms: list[tuple[str, str]] = []
+    for part in text.split():
+        if "@" in part:
+            folded = fold(part)
+            if folded:
+                terms.append((WORD, folded))
+        else:
+            terms.extend((WORD, w) for w in words(part))
+    unique = list(dict.fromkeys(terms))
+    # Longest first: the store walks the first term's entries, the most selective one usually.
+    return sorted(unique, key=lambda t: -len(t[1]))

@@ -1,0 +1,179 @@
+"""The store's indexes for finding people, on the real RocksDB: they follow every record of a
+contact, end the same in whatever order partitions are applied, filter dismissed groups, and a
+store of the previous format is rebuilt with them."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contacts_streams import identities as I
+from contacts_streams import model
+from contacts_streams.serialization import ContactCodec
+from contacts_streams.store import FORMAT_KEY, IDENTITIES, SEARCH, SHARED, TOPIC_STATE, Record, Store, dismissed_key
+
+CODEC = ContactCodec()
+T0 = 1_700_000_000_000
+_offsets = itertools.count()
+
+
+def record(contact: dict | None, contact_id: str | None = None, partition: int = 0, header: bool = True, **headers) -> Record:
+    key = (contact or {}).get("id") or contact_id
+    extra = I.header(contact, "DE") if header and contact is not None else {}
+    return Record(partition, next(_offsets), key.encode(), CODEC.encode_contact(contact) if contact else None, {**extra, **headers})
+
+
+def new(**fields) -> dict:
+    return model.new_contact(fields, str(uuid.uuid4()), T0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(tmp_path / "store", CODEC, "DE")
+    yield opened
+    opened.close()
+
+
+def lookup(store, kind, value):
+    return [c["id"] for c in store.lookup([I.normalize(kind, value, "DE")])]
+
+
+def search(store, query):
+    return [c["id"] for c in store.search(I.query_terms(query), None, 100).contacts]
+
+
+def test_indexes_follow_updates_deletes_and_merges(store):
+    a = new(display_name="Ada Lovelace", via={"email": "ada@example.org", "phone": "030 1234567"})
+    b = new(display_name="Ada L.", via={"email": "ADA@example.org"})
+    store.apply("t", [record(a), record(b, header=False)])  # b as another producer wrote it
+    assert sorted(lookup(store, "email", "ada@example.org")) == sorted([a["id"], b["id"]])
+    assert [g.ids for g in store.duplicates(None, 10)[0]] == [tuple(sorted([a["id"], b["id"]]))]
+
+    renamed = model.apply_update(a, {"display_name": "Countess", "via": {"email": "countess@example.org"}}, T0 + 1)
+    store.apply("t", [record(renamed)])
+    assert search(store, "lovelace") == [] and search(store, "countess") == [a["id"]]
+    assert lookup(store, "email", "ada@example.org") == [b["id"]]
+    assert store.duplicates(None, 10)[0] == []
+    assert lookup(store, "phone", "+49 30 1234567") == [a["id"]]
+
+    merged = model.merge_contacts(renamed, b, T0 + 2)
+    store.apply("t", [record(merged), record(None, b["id"], operation="merged_away", merged_into=a["id"])])
+    assert lookup(store, "email", "ada@example.org") == []  # the merged-away source's email lost to the destination's
+    assert search(store, "ada") == []
+    store.apply("t", [record(None, a["id"], operation="deleted")])
+    assert store.lookup([("phone", "+49301234567")]) == [] and search(store, "countess") == []
+    for family in (IDENTITIES, SEARCH, SHARED):
+        assert list(store._cf[family].keys()) == [], family
+
+
+def test_one_batch_may_touch_a_contact_and_its_group_many_times(store):
+    a, b, c = (new(display_name=n, via={"phone": "+49 30 999"}) for n in "abc")
+    gone = model.apply_update(a, {"via": ""}, T0 + 1)
+    store.apply("t", [record(a), record(b), record(gone), record(c), record(None, b["id"], operation="deleted")])
+    assert store.duplicates(None, 10)[0] == []
+    store.apply("t", [record(a)])
+    assert [len(g.ids) for g in store.duplicates(None, 10)[0]] == [2]
+
+
+CONTACT_IDS = [str(uuid.UUID(int=i)) for i in range(1, 6)]
+VALUES = st.sampled_from(["x@example.org", "X@example.org ", "y@example.org"])
+STATES = st.none() | st.fixed_dictionaries({"email": VALUES}, optional={"phone": st.sampled_from(["030 1", "+49 30 1", "030 2"])})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(CONTACT_IDS), STATES), min_size=1, max_size=25), st.randoms(use_true_random=False))
+def test_indexes_end_the_same_in_any_partition_order_and_batching(tmp_path_factory, history, rnd):
+    """Each contact lives on one partition; a live store and a rebuild read the partitions in
+    different orders and batches: the indexes (shared groups included) must not care."""
+    records = []
+    for contact_id, via in history:
+        contact = None if via is None else {**model.new_contact({"via": via}, contact_id, T0)}
+        records.append(record(contact, contact_id, partition=CONTACT_IDS.index(contact_id) % 3, operation="x"))
+
+    def build(order: list[Record], batch: int) -> dict:
+        store = Store(tmp_path_factory.mktemp("s") / "store", CODEC, "DE")
+        try:
+            for start in range(0, len(order), batch):
+                store.apply("t", order[start : start + batch])
+            # Counters hold 0 or nothing for an empty store alike: compared by value.
+            return {f: dict(store._cf[f].items()) for f in TOPIC_STATE if f not in ("offsets", "counters")} | {"count": store.count()}
+        finally:
+            store.close()
+
+    by_partition = [[r for r in records if r.partition == p] for p in range(3)]
+    shuffled: list[Record] = []
+    queues = [list(q) for q in by_partition]
+    while any(queues):
+        shuffled.append(rnd.choice([q for q in queues if q]).pop(0))
+    assert build(records, 1) == build(shuffled, rnd.randint(1, 7))
+
+
+def test_dismissed_groups_are_not_offered_until_the_group_changes(store):
+    a, b, c = (new(display_name=n, via={"email": "same@example.org"}) for n in "abc")
+    store.apply("t", [record(a), record(b)])
+    pair = dismissed_key([a["id"], b["id"]])
+    store.dismissed.apply("d", [Record(0, 0, pair, b"1", {})])
+    assert store.duplicates(None, 10)[0] == [] and store.groups_of(a["id"]) == []
+    assert [a["id"], b["id"]] in store.dismissed and store.dismissed.offsets() == {0: 1}
+    store.apply("t", [record(c)])  # a new member: a new group
+    assert [len(g.ids) for g in store.duplicates(None, 10)[0]] == [3]
+    store.apply("t", [record(None, c["id"], operation="deleted")])
+    assert store.duplicates(None, 10)[0] == []
+    store.dismissed.apply("d", [Record(0, 1, pair, None, {})])  # offered again
+    assert [len(g.ids) for g in store.duplicates(None, 10)[0]] == [2]
+    poisoned = []
+    store.dismissed.apply("d", [Record(0, 2, b"not,ids", b"1", {})], on_poison=lambda r, e: poisoned.append(r))
+    assert len(poisoned) == 1 and store.dismissed.offsets() == {0: 3}
+
+
+def test_duplicates_pages_visit_every_group_once(store):
+    contacts = []
+    for group in range(7):
+        contacts += [new(display_name=f"g{group}-{i}", via={"phone": f"+49 30 {1000 + group}"}) for i in range(2 + group % 3)]
+    random.Random(1).shuffle(contacts)
+    store.apply("t", [record(c) for c in contacts])
+    seen, cursor = [], None
+    while True:
+        groups, cursor = store.duplicates(cursor, 2)
+        seen += [g.reasons[0] for g in groups]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(("phone", f"+493{0}{1000 + g}") for g in range(7))
+
+
+def test_a_store_of_the_previous_format_is_emptied_for_a_rebuild(tmp_path):
+    path = tmp_path / "store"
+    store = Store(path, CODEC)
+    store.apply("t", [record(new(display_name="old"))])
+    store._cf["meta"].delete(FORMAT_KEY)  # as version 1 left it
+    store.join_state.apply("j", [Record(0, 0, b"conv", b"{}", {})])
+    store.close()
+    reopened = Store(path, CODEC)
+    try:
+        assert reopened.upgraded_from == "1"
+        assert reopened.count() == 0 and reopened.offsets() == {} and reopened.topic() is None
+        assert reopened.join_state.offsets() == {0: 1}  # the join state has its own topic
+    finally:
+        reopened.close()
+    again = Store(path, CODEC)
+    assert again.upgraded_from is None
+    again.close()
+
+
+def test_search_pages_are_bounded_and_cursors_belong_to_their_query(store):
+    contacts = [new(display_name=f"Pager {i:03d}") for i in range(30)]
+    store.apply("t", [record(c) for c in contacts])
+    seen, cursor = [], None
+    while True:
+        page = store.search(I.query_terms("pager"), cursor, 7)
+        seen += [c["display_name"] for c in page.contacts]
+        assert page.total == 30
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(c["display_name"] for c in contacts)
