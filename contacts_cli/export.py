@@ -18,7 +18,9 @@ import argparse
 import csv
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,21 +51,34 @@ def csv_columns(via_keys) -> list[str]:
 
 
 def csv_row(contact: dict, columns: list[str]) -> list[str]:
-    row = []
+    return row_maker(columns)(contact)
+
+
+def row_maker(columns: list[str]):
+    """contact -> its CSV cells for these columns (the columns are worked out once, not per row)."""
+    plan = []
     for column in columns:
-        if column in ("metadata", "conversations"):
-            value = contact.get(column)
-            row.append(json.dumps(value, ensure_ascii=False, separators=(",", ":")) if value else "")
-            continue
         name, dot, key = column.partition(".")
-        value = (contact.get(name) or {}).get(key) if dot else contact.get(column)
-        if value is None:
-            row.append("")
-        elif isinstance(value, str):
-            row.append(value)
-        else:  # a numeric timezone
-            row.append(json.dumps(value))
-    return row
+        plan.append((column in ("metadata", "conversations"), name, key if dot else None))
+
+    def make(contact: dict) -> list[str]:
+        row = []
+        for as_json, name, key in plan:
+            value = contact.get(name)
+            if as_json:
+                row.append(json.dumps(value, ensure_ascii=False, separators=(",", ":")) if value else "")
+                continue
+            if key is not None:
+                value = value.get(key) if value else None
+            if value is None:
+                row.append("")
+            elif value.__class__ is str:
+                row.append(value)
+            else:  # a numeric timezone
+                row.append(json.dumps(value))
+        return row
+
+    return make
 
 
 def pages(client: Client, page_size: int):
@@ -80,6 +95,42 @@ def pages(client: Client, page_size: int):
         cursor = pagination.get("next_cursor")
         if not cursor:
             return
+
+
+def prefetched(generator, depth: int = 2):
+    """The generator's items, fetched by a thread of their own: the service works on the next
+    page while this one is written."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def fetch():
+        try:
+            for item in generator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(end)
+        except BaseException as err:  # noqa: BLE001 - raised again in the reading thread
+            items.put(err)
+
+    thread = threading.Thread(target=fetch, name="contacts-export-pages", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     via_keys: set[str] = set()
     try:
         with open(spool, "w", encoding="utf-8", newline="\n") as out:
-            for contacts, total in pages(client, args.page_size):
+            for contacts, total in prefetched(pages(client, args.page_size)):
                 for contact in contacts:
                     out.write(json.dumps(contact, ensure_ascii=False, separators=(",", ":")))
                     out.write("\n")
@@ -112,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
             with open(spool, encoding="utf-8") as lines, open(part, "w", encoding="utf-8", newline="") as out:
                 writer = csv.writer(out, delimiter=args.delimiter)
                 writer.writerow(columns)
-                for line in lines:
-                    writer.writerow(csv_row(json.loads(line), columns))
+                make = row_maker(columns)
+                writer.writerows(make(json.loads(line)) for line in lines)
             spool.unlink()
         os.replace(part, args.file)
     except ServiceError as err:
