@@ -26,15 +26,13 @@ class Progress:
 
     def _start_rich(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress as Bar, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress as Bar, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
         self._rich = Bar(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TaskProgressColumn(),
-            TextColumn("{task.fields[rows]:>10,} rows  {task.fields[rate]:>8,.0f} rows/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
+            TextColumn("{task.fields[rows]:>9,} rows {task.fields[rate]:>7,.0f} rows/s ETA"),
             TimeRemainingColumn(),
             console=Console(file=self.stream),
             transient=False,

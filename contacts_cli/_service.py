@@ -17,6 +17,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://localhost:8080"
+FIRST_CONTACT_S = 10.0  # how long to retry a service that has never answered
 
 
 def add_service_arguments(parser) -> None:
@@ -78,6 +79,7 @@ class Client:
         self.retry_for = retry_for
         self._say = say or (lambda _m: None)
         self._conn: http.client.HTTPConnection | None = None
+        self.answered = False  # the service has answered once (any status)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -115,7 +117,8 @@ class Client:
             headers["Authorization"] = f"Bearer {self._token}"
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        deadline = time.monotonic() + self.retry_for
+        started = time.monotonic()
+        deadline = started + self.retry_for
         retries, delay = 0, 0.5
         while True:
             try:
@@ -124,7 +127,11 @@ class Client:
                 why = _describe(err)
                 wait = delay
                 answer = None
+                if not self.answered and time.monotonic() + wait > started + FIRST_CONTACT_S:
+                    # Never reached: most likely a wrong --url, not a restart to ride out.
+                    raise ServiceError(f"no service answers at {self.url} ({why}): start it, or pass --url") from None
             else:
+                self.answered = True
                 if answer.status != 503:
                     answer.retries = retries
                     return answer

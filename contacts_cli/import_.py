@@ -383,6 +383,8 @@ def _print_summary(args, importer: Importer, errors: _table.ErrorFile, started: 
 
 def _print_resume(args, importer: Importer) -> None:
     position = importer.outcome.last_row
+    if position == args.skip:
+        return  # nothing got done: the same command again is the way on
     options = _rest_of_command(sys.argv[1:] if sys.argv and "import" in sys.argv[1:2] else [])
     print(f"stopped after row {position:,} of {args.file}; to resume: contacts import {options or str(args.file)} --skip {position}", file=sys.stderr)
 
