@@ -23,9 +23,10 @@ COMMAND = [str(CONTACTS)] if CONTACTS.exists() else [sys.executable, "-m", "cont
 RUN_S = 180.0
 
 
-def contacts(*args, timeout: float = RUN_S, **options) -> subprocess.CompletedProcess:
+def contacts(*args, timeout: float = RUN_S, env_extra: dict | None = None, **options) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("systemToken", "CONTACTS_URL")}
     env["CONTACTS_RUN_DIR"] = "/nonexistent"  # never a developer's `make run`
+    env.update(env_extra or {})
     return subprocess.run(COMMAND + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env, **options)
 
 
@@ -341,3 +342,18 @@ def test_a_503_while_the_service_restarts_is_retried_and_imports_each_batch_once
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_a_service_with_auth_takes_the_token_from_the_flag_or_system_token(services, tmp_path):
+    token = uuid.uuid4().hex
+    secured = services(f"cli{uuid.uuid4().hex[:8]}", "secured", systemToken=token)
+    secured.wait_ready()
+    path = tmp_path / "few.csv"
+    path.write_text("name\nToken Ada\nToken Alan\n")
+    refused = contacts("import", path, "--url", secured.base)
+    assert refused.returncode == 1 and "pass --token or set systemToken" in refused.stderr
+    done = contacts("import", path, "--url", secured.base, env_extra={"systemToken": token})
+    assert done.returncode == 0, done.stderr
+    exported = contacts("export", tmp_path / "few.ndjson", "--url", secured.base, "--token", token)
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 2 contacts" in exported.stdout
