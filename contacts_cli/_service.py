@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://localhost:8080"
 FIRST_CONTACT_S = 10.0  # how long to retry a service that has never answered
+USER_AGENT = "contacts-cli/0.1"
 
 
 def add_service_arguments(parser) -> None:
@@ -112,7 +113,8 @@ class Client:
     def post(self, path: str, body: bytes | dict | list, idempotency_key: str | None = None) -> Answer:
         """The service's answer (any status but 503); raises ServiceError once retrying is over."""
         data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        # The User-Agent lets the service tell the command's writes (origin "cli") from others.
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         if idempotency_key:
