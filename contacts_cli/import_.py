@@ -220,6 +220,13 @@ class Importer:
                 chunk.rejected.append((record.line, err.field, err.message, record.cells, record.raw))
                 previous_offset = record.end_offset
                 continue
+            upsert_by = self.args.upsert_by
+            if upsert_by and not (payload.get("via") or {}).get(upsert_by, "").strip():
+                # Matched by nothing, it would be created again on every run of the file.
+                column = mapping.column_of(f"via.{upsert_by}") or f"via.{upsert_by}"
+                chunk.rejected.append((record.line, column, f"the row has no via.{upsert_by} to --upsert-by", record.cells, record.raw))
+                previous_offset = record.end_offset
+                continue
             encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
             size = len(encoded) + 1
             if chunk.payloads and chunk.size + size > MAX_BATCH_BYTES:

@@ -45,3 +45,10 @@ def test_upsert_changes_the_body_and_so_the_key(tmp_path):
     plain = batches(path)
     upsert = batches(path, "--upsert-by", "email")
     assert plain[0][3] != upsert[0][3]
+
+
+def test_with_upsert_a_row_without_the_identity_is_rejected(tmp_path):
+    path = tmp_path / "people.csv"
+    path.write_text("name,email\nAda,ada@example.org\nAlan,\n")
+    (first, last, sent, _, rejected), = batches(path, "--upsert-by", "email")
+    assert (first, last, sent, rejected) == (1, 2, 1, 1)
