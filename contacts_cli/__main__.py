@@ -19,7 +19,8 @@ def commands() -> dict[str, ModuleType]:
             continue
         module = importlib.import_module(f"contacts_cli.{info.name}")
         if hasattr(module, "run") and hasattr(module, "add_arguments"):
-            found[info.name.replace("_", "-")] = module
+            # A trailing "_" lets a command be named after a keyword (import_.py: `contacts import`).
+            found[info.name.rstrip("_").replace("_", "-")] = module
     return found
 
 

@@ -1,0 +1,199 @@
+"""Export every live contact to FILE.csv or FILE.ndjson, paged through `contacts.list`.
+
+NDJSON (one contact a line, as the API serves it, merge_history included) is the lossless
+format. CSV has the columns `id`, the scalar fields, `via.email`, `via.phone` and every other
+`via.<key>` some contact has, `address.<field>`, then `metadata` and `conversations` as JSON
+text, `created_at` and `updated_at`; `contacts import` reads it back. An empty cell is an absent
+field (a field set to "" exports as an empty cell too). Which `via` keys occur is known only at
+the end, so the contacts go to a temporary NDJSON file beside FILE first and the CSV is written
+from it: one pass over the service, a disk's worth of room for a second copy.
+
+The file appears when it is complete (written as FILE.part, then renamed). Contacts written
+while the export runs may or may not be in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+from contacts_cli._progress import Progress
+from contacts_cli._service import Client, ServiceError, add_service_arguments, error_text, service_token, service_url
+from contacts_streams import model
+
+HELP = "export every contact to a CSV or NDJSON file (progress bar)"
+
+SCALAR_COLUMNS = ("id",) + model.SCALAR_FIELDS
+FIRST_VIA = ("email", "phone")
+ADDRESS_COLUMNS = tuple(f"address.{name}" for name in model.ADDRESS_FIELDS)
+LAST_COLUMNS = ("metadata", "conversations", "created_at", "updated_at")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="FILE.csv or FILE.ndjson (or FILE.jsonl)")
+    parser.add_argument("--format", choices=("csv", "ndjson"), help="[default: from the file's suffix]")
+    parser.add_argument("--delimiter", default=",", help="CSV field separator [default: ,]")
+    parser.add_argument("--page-size", type=int, default=model.MAX_PAGE_SIZE, help=f"contacts per contacts.list call [default: {model.MAX_PAGE_SIZE}]")
+    parser.add_argument("--retry-for", type=float, default=120.0, metavar="SECONDS", help="keep retrying a page on 503 / no connection this long [default: 120]")
+    add_service_arguments(parser)
+
+
+def csv_columns(via_keys) -> list[str]:
+    others = sorted(k for k in via_keys if k not in FIRST_VIA)
+    return [*SCALAR_COLUMNS, *(f"via.{k}" for k in (*FIRST_VIA, *others)), *ADDRESS_COLUMNS, *LAST_COLUMNS]
+
+
+def csv_row(contact: dict, columns: list[str]) -> list[str]:
+    return row_maker(columns)(contact)
+
+
+def row_maker(columns: list[str]):
+    """contact -> its CSV cells for these columns (the columns are worked out once, not per row)."""
+    plan = []
+    for column in columns:
+        name, dot, key = column.partition(".")
+        plan.append((column in ("metadata", "conversations"), name, key if dot else None))
+
+    def make(contact: dict) -> list[str]:
+        row = []
+        for as_json, name, key in plan:
+            value = contact.get(name)
+            if as_json:
+                row.append(json.dumps(value, ensure_ascii=False, separators=(",", ":")) if value else "")
+                continue
+            if key is not None:
+                value = value.get(key) if value else None
+            if value is None:
+                row.append("")
+            elif value.__class__ is str:
+                row.append(value)
+            else:  # a numeric timezone
+                row.append(json.dumps(value))
+        return row
+
+    return make
+
+
+def pages(client: Client, page_size: int):
+    """(contacts, total) page by page, to the list's end."""
+    cursor = None
+    while True:
+        body = {"page_size": page_size} if cursor is None else {"page_size": page_size, "cursor": cursor}
+        answer = client.post("/contacts.list", body)
+        if answer.status != 200:
+            raise ServiceError(f"contacts.list answered {error_text(answer)}")
+        data = answer.body
+        pagination = data.get("pagination_data") or {}
+        yield data.get("data") or [], pagination.get("total")
+        cursor = pagination.get("next_cursor")
+        if not cursor:
+            return
+
+
+def prefetched(generator, depth: int = 2):
+    """The generator's items, fetched by a thread of their own: the service works on the next
+    page while this one is written."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def fetch():
+        try:
+            for item in generator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(end)
+        except BaseException as err:  # noqa: BLE001 - raised again in the reading thread
+            items.put(err)
+
+    thread = threading.Thread(target=fetch, name="contacts-export-pages", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    kind = args.format or _format_of(args.file)
+    if kind is None:
+        print(f"contacts export: {args.file}: name it .csv or .ndjson, or pass --format", file=sys.stderr)
+        return 2
+    if not 1 <= args.page_size <= model.MAX_PAGE_SIZE:
+        print(f"contacts export: --page-size must be between 1 and {model.MAX_PAGE_SIZE}", file=sys.stderr)
+        return 2
+    url = service_url(args)
+    progress = Progress(f"exporting to {args.file.name}", None)
+    client = Client(url, service_token(args), retry_for=args.retry_for, say=progress.say)
+    part = args.file.with_name(args.file.name + ".part")
+    spool = args.file.with_name(args.file.name + ".part.ndjson") if kind == "csv" else part
+    count = 0
+    via_keys: set[str] = set()
+    try:
+        with open(spool, "w", encoding="utf-8", newline="\n") as out:
+            for contacts, total in prefetched(pages(client, args.page_size)):
+                for contact in contacts:
+                    out.write(json.dumps(contact, ensure_ascii=False, separators=(",", ":")))
+                    out.write("\n")
+                    via_keys.update(contact.get("via") or ())
+                count += len(contacts)
+                progress.update(count, total=max(total or 0, count) or None)
+        if kind == "csv":
+            columns = csv_columns(via_keys)
+            with open(spool, encoding="utf-8") as lines, open(part, "w", encoding="utf-8", newline="") as out:
+                writer = csv.writer(out, delimiter=args.delimiter)
+                writer.writerow(columns)
+                make = row_maker(columns)
+                writer.writerows(make(json.loads(line)) for line in lines)
+            spool.unlink()
+        os.replace(part, args.file)
+    except ServiceError as err:
+        progress.close()
+        print(f"contacts export: {err.message}; nothing written to {args.file}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        progress.close()
+        print(f"contacts export: cannot write {err.filename or args.file}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"contacts export: interrupted after {count:,} contacts; nothing written to {args.file}", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+        client.close()
+        for leftover in {part, spool}:
+            if leftover.exists():
+                leftover.unlink()
+    seconds = time.monotonic() - started
+    print(f"{args.file}: exported {count:,} contacts in {seconds:.1f}s ({count / seconds if seconds else 0:,.0f} rows/s) from {url}")
+    return 0
+
+
+def _format_of(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    if suffix in (".ndjson", ".jsonl"):
+        return "ndjson"
+    return None
