@@ -262,6 +262,13 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         outcome = contacts.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context())
         return written(outcome.__class__(outcome.status, _with_history(outcome.body), outcome.position))
 
+    @app.post("/contacts.unmerge")
+    def unmerge():
+        destination_id, source_id = model.validate_unmerge(body(), ignored())
+        outcome = contacts.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, write_context())
+        answer = {name: _with_history(contact) for name, contact in outcome.body.items()}
+        return written(outcome.__class__(outcome.status, answer, outcome.position))
+
     @app.post("/contacts.lookup")
     def lookup():
         return _json({"data": finder.lookup(model.validate_lookup(body(), ignored()))}, 200)

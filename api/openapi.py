@@ -308,6 +308,21 @@ _SCHEMAS: dict[str, dict] = {
         "required": ["source_id", "destination_id"],
         "description": "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
     },
+    "UnmergeRequest": {
+        "type": "object",
+        "properties": {"destination_id": _uuid(), "source_id": _uuid()},
+        "required": ["destination_id", "source_id"],
+        "description": (
+            "Undoes the latest merge of source_id into destination_id; the two must differ (else 400 naming"
+            " source_id). Other fields are ignored."
+        ),
+    },
+    "UnmergeResponse": {
+        "type": "object",
+        "properties": {"destination": _ref("ContactWithHistory"), "restored": _ref("ContactWithHistory")},
+        "required": ["destination", "restored"],
+        "additionalProperties": False,
+    },
     "MergePreview": {
         "type": "object",
         "properties": {
@@ -666,6 +681,20 @@ _PATHS = {
         "MergeRequest",
         (200, "The destination after the merge, with merge_history; with dry_run, a MergePreview (nothing written).", "MergeResponse"),
         not_found=True,
+    ),
+    "/contacts.unmerge": _post(
+        "unmergeContacts",
+        "Undo the latest merge of the source into the destination",
+        "UnmergeRequest",
+        (
+            200,
+            "The destination without what it gained from the source (values changed since stay) and the restored"
+            " source with its id, fields and conversations. 404: unknown destination or a pair never merged;"
+            " 409: the source id is live again or one of its conversations belongs to another contact now (nothing changed).",
+            "UnmergeResponse",
+        ),
+        not_found=True,
+        conflict=True,
     ),
     "/contacts.lookup": _post(
         "lookupContacts",

@@ -129,6 +129,8 @@ class Contacts:
             return [self._current(i) for i in reply.ids]
         if type_ == commands.MERGE:
             return self._current(reply.ids[0])
+        if type_ == commands.UNMERGE:
+            return {"destination": self._current(reply.ids[0]), "restored": self._current(reply.ids[1])}
         return None
 
     def _current(self, contact_id: str) -> dict:
@@ -156,3 +158,6 @@ class Contacts:
 
     def merge(self, source_id: str, destination_id: str, context: WriteContext | None = None) -> dict:
         return self.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, context).body
+
+    def unmerge(self, destination_id: str, source_id: str, context: WriteContext | None = None) -> dict:
+        return self.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, context).body

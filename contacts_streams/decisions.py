@@ -16,6 +16,11 @@ from contacts_streams import commands, model
 from contacts_streams.commands import Command
 
 MERGED_INTO, MERGED_FROM = "merged_into", "merged_from"
+# The other contact of an unmerge, named on both records (as merged_from/merged_into do for a merge).
+UNMERGED_FROM, RESTORED_FROM = "unmerged_from", "restored_from"
+# The operations that can bring back an id that was merged away (an auto-created id is derived
+# from its conversation, so a conversation the destination let go of creates it again).
+LIVE_AGAIN = ("restored", "auto_created")
 DISPLAY_NAME, AVATAR_URL = "contact.display_name", "contact.avatar_url"
 SOURCE = "source"
 
@@ -170,6 +175,40 @@ def _merge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
     )
 
 
+def _unmerge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
+    """Undo the latest merge of the source into the destination: both records in one decision,
+    or nothing when the source cannot come back as it was (its id is live again, or one of its
+    conversations belongs to a third contact now)."""
+    destination_id, source_id = payload["destination_id"], payload["source_id"]
+    destination = view.get(destination_id)
+    if destination is None:
+        raise _not_found(view, destination_id, "destination_id")
+    try:
+        restored, after = model.unmerge(destination, source_id, now_ms)
+    except model.NotMerged as err:
+        raise NotFound(str(err)) from None
+    source_id = restored["id"]  # as the history spells it
+    if view.get(source_id) is not None:
+        raise Conflict(
+            f"source_id: contact {source_id} exists again (re-created since the merge); unmerging would overwrite it", "source_id"
+        )
+    kept = after.get("conversations") or {}
+    for conversation_id in restored.get("conversations") or {}:
+        field_ = f"conversations.{conversation_id}"
+        if conversation_id in kept:
+            raise Conflict(f"{field_}: conversation is still held by the destination {destination_id}", field_)
+        _check_conversation_free(view, conversation_id, destination_id, field_)
+    return Decision(
+        200,
+        [destination_id, source_id],
+        [
+            # The destination first: it lets go of the conversations the source takes back.
+            Change(destination_id, after, "unmerged", {UNMERGED_FROM: source_id}),
+            Change(source_id, restored, "restored", {RESTORED_FROM: destination_id}),
+        ],
+    )
+
+
 # --- auto-create (router commands) ----------------------------------------------------------------
 
 
@@ -257,6 +296,7 @@ _HANDLERS = {
     commands.UPDATE: _update,
     commands.DELETE: _delete,
     commands.MERGE: _merge,
+    commands.UNMERGE: _unmerge,
     commands.AUTO_CREATE: _auto_create,
 }
 
@@ -272,7 +312,7 @@ class Overlay:
     def __init__(self) -> None:
         self.contacts: dict[str, dict | None] = {}
         self.owners: dict[str, str | None] = {}
-        self.merged: dict[str, str] = {}
+        self.merged: dict[str, str | None] = {}
         self.metadata: dict[str, dict] = {}
 
     def __bool__(self) -> bool:
@@ -313,12 +353,12 @@ class LayeredView:
     def merged_into(self, contact_id: str) -> str | None:
         current, seen = contact_id, {contact_id}
         for _ in range(self.MAX_CHAIN):
-            destination = None
+            destination, known = None, False
             for layer in reversed(self._layers):
                 if current in layer.merged:
-                    destination = layer.merged[current]
+                    destination, known = layer.merged[current], True
                     break
-            if destination is None:
+            if not known:
                 destination = self._base.merged_into(current)
             if destination is None or destination in seen:
                 return None
@@ -347,4 +387,6 @@ class LayeredView:
                 layer.owners[conversation_id] = change.contact_id
             if change.headers.get(MERGED_INTO):
                 layer.merged[change.contact_id] = change.headers[MERGED_INTO]
+            elif change.operation in LIVE_AGAIN and self.merged_into(change.contact_id) is not None:
+                layer.merged[change.contact_id] = None  # live again (restored): merged into nothing
         layer.metadata.update(decision.conversation_metadata)

@@ -569,6 +569,14 @@ def validate_merge_request(payload: Any, ignored: list[str] | None = None) -> tu
     return source_id, destination_id, dry_run
 
 
+def validate_unmerge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
+    """(destination_id, source_id) of a ``contacts.unmerge`` payload."""
+    destination_id, source_id = _ids(payload, ("destination_id", "source_id"), ignored)
+    if source_id == destination_id:
+        raise ValidationError("source_id", "source_id must differ from destination_id: a contact is never merged into itself")
+    return destination_id, source_id
+
+
 MAX_QUERY_LENGTH = 256
 
 

@@ -41,6 +41,7 @@ CONTACT_PATHS = [
     "/contacts.update",
     "/contacts.delete",
     "/contacts.merge",
+    "/contacts.unmerge",
     "/contacts.lookup",
     "/contacts.search",
     "/contacts.duplicates",
@@ -315,6 +316,10 @@ AGREEMENT = [
     ("/contacts.duplicates", {"id": _UUID, "page_size": 5}, model.validate_duplicates),
     ("/contacts.duplicates", {"id": 5}, model.validate_duplicates),
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "force": True}, model.validate_merge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _OTHER}, model.validate_unmerge),
+    ("/contacts.unmerge", {"destination_id": _UUID}, model.validate_unmerge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": 5}, model.validate_unmerge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _OTHER, "dry_run": True}, model.validate_unmerge),
 ]
 
 
@@ -343,6 +348,7 @@ DESCRIBED_ONLY = [
     ("/contacts.create", {"metadata": {"a": float("nan")}}, model.validate_create),
     ("/contacts.create", {"metadata": {"a": 2**63}}, model.validate_create),  # JSON Schema: 2**63 is a number
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _UUID}, model.validate_merge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _UUID}, model.validate_unmerge),
 ]
 
 
@@ -381,6 +387,11 @@ def test_real_responses_fit_the_documented_schemas(api):
     assert merged.status_code == 200 and merged.get_json()["merge_history"][0]["id"] == contact["id"]
     gone = api.post("/contacts.info", json={"id": contact["id"]})
     assert gone.status_code == 404 and gone.get_json()["merged_into"] == other["id"]
+    unmerged = api.post("/contacts.unmerge", json={"destination_id": other["id"], "source_id": contact["id"]})
+    assert unmerged.status_code == 200 and unmerged.get_json()["restored"]["id"] == contact["id"]
+    never = api.post("/contacts.unmerge", json={"destination_id": other["id"], "source_id": contact["id"]})
+    assert never.status_code == 404
+    assert api.post("/contacts.merge", json={"source_id": contact["id"], "destination_id": other["id"]}).status_code == 200
     assert api.post("/contacts.info", json={"id": str(uuid.uuid4())}).status_code == 404
     assert api.post("/contacts.update", json={"id": str(uuid.uuid4()), "title": "x"}).status_code == 404
     assert api.post("/contacts.merge", json={"source_id": str(uuid.uuid4()), "destination_id": other["id"]}).status_code == 404
@@ -560,6 +571,7 @@ _VALIDATORS = {
     "/contacts.update": model.validate_update,
     "/contacts.delete": model.validate_id,
     "/contacts.merge": model.validate_merge_request,
+    "/contacts.unmerge": model.validate_unmerge,
     "/contacts.lookup": model.validate_lookup,
     "/contacts.search": model.validate_search,
     "/contacts.duplicates": model.validate_duplicates,
@@ -656,6 +668,8 @@ def _request(draw):
             "/contacts.update": st.builds(lambda i, p: {"id": i, **p}, ident, _contact_payload(valid=kind == "valid")),
             "/contacts.delete": st.fixed_dictionaries({"id": ident}),
             "/contacts.merge": st.fixed_dictionaries({"source_id": ident, "destination_id": ident}, optional={"dry_run": st.booleans()}),
+            # "@pair": the latest pair the run merged, so unmerges also succeed
+            "/contacts.unmerge": st.one_of(st.fixed_dictionaries({"destination_id": ident, "source_id": ident}), st.just({"@pair": True})),
             "/contacts.lookup": st.fixed_dictionaries({"via": _valid_values["via"]}),
             "/contacts.search": st.fixed_dictionaries(
                 {"query": st.one_of(_short_text, st.sampled_from(["seed", "fuzz 1", "+49 170 1234", "a@b.c"]))},
@@ -678,6 +692,7 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
     client = app.test_client()
     ids = [client.post("/contacts.create", json={"display_name": f"seed {i}"}).get_json()["id"] for i in range(4)]
     cursors = ["", None]
+    merged_pairs: list[tuple[str, str]] = []  # (destination, source) of the run's merges
     budget = max(1, FUZZ_REQUESTS - FUZZ_REQUESTS // 2)
     failures = _Failures()
     statuses: dict[int, int] = {}
@@ -687,6 +702,9 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
     def substitute(raw: bytes, picks: list[int]) -> bytes:
         raw = raw.replace(b'"@id0"', json.dumps(ids[picks[0] % len(ids)]).encode())
         raw = raw.replace(b'"@id1"', json.dumps(ids[picks[1] % len(ids)]).encode())
+        if merged_pairs:
+            destination, source = merged_pairs[-1]
+            raw = raw.replace(b'{"@pair": true}', json.dumps({"destination_id": destination, "source_id": source}).encode())
         return raw.replace(b'"@cursor"', json.dumps(cursors[picks[0] % len(cursors)]).encode())
 
     @settings(max_examples=budget, **_FUZZ_SETTINGS)
@@ -742,6 +760,10 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
         if status == 200 and path == "/contacts.merge" and "id" in answer:  # not a dry run
             source = payload["source_id"].lower()
             ids[:] = [i for i in ids if i != source] or [answer["id"]]
+            merged_pairs.append((answer["id"], source))
+        if status == 200 and path == "/contacts.unmerge":
+            merged_pairs[:] = [p for p in merged_pairs if p != (answer["destination"]["id"], answer["restored"]["id"])]
+            ids.append(answer["restored"]["id"])
         if status == 202 and path == "/contacts.delete" and len(ids) > 1:
             ids[:] = [i for i in ids if i != payload["id"].lower()] or ids
 

@@ -57,6 +57,7 @@ class DictView:
                     self.merged[change.contact_id] = change.headers["merged_into"]
             else:
                 self.contacts[change.contact_id] = change.contact
+                self.merged.pop(change.contact_id, None)  # live again: merged into nothing
         self.metadata.update(decision.conversation_metadata)
 
 
@@ -156,7 +157,59 @@ commands_strategy = st.one_of(
     st.builds(lambda i: ("delete", i), st.sampled_from(IDS)),
     st.builds(lambda s, d: ("merge", s, d), st.sampled_from(IDS), st.sampled_from(IDS)),
     st.builds(lambda c: ("auto", c), st.sampled_from(CONVS)),
+    st.builds(lambda d, s: ("unmerge", d, s), st.sampled_from(IDS), st.sampled_from(IDS)),
 )
+
+
+def test_unmerge_restores_the_source_and_gives_back_its_conversations():
+    view = DictView()
+    conv, other_conv = str(uuid.uuid4()), str(uuid.uuid4())
+    a = create(view, display_name="A", via={"email": "a@example.org"}, conversations={conv: "facebook"})
+    b = create(view, display_name="B", conversations={other_conv: "sms"})
+    before_a, before_b = view.get(a), view.get(b)
+    view.apply(decide(view, command(commands.MERGE, source_id=a, destination_id=b), NOW + 1))
+    assert view.owner_of_conversation(conv) == b
+
+    unmerged = decide(view, command(commands.UNMERGE, destination_id=b, source_id=a), NOW + 2)
+    assert unmerged.status == 200 and unmerged.ids == [b, a]
+    assert [(c.contact_id, c.operation, c.headers) for c in unmerged.changes] == [
+        (b, "unmerged", {"unmerged_from": a}),
+        (a, "restored", {"restored_from": b}),
+    ]
+    view.apply(unmerged)
+    strip = lambda c: {k: v for k, v in c.items() if k != "updated_at"}  # noqa: E731
+    assert strip(view.get(a)) == strip(before_a) and strip(view.get(b)) == strip(before_b)
+    assert view.owner_of_conversation(conv) == a and view.merged_into(a) is None
+
+    again = decide(view, command(commands.UNMERGE, destination_id=b, source_id=a), NOW + 3)
+    assert again.status == 404 and "never merged" in again.error["message"] and not again.changes
+    unknown = decide(view, command(commands.UNMERGE, destination_id=str(uuid.uuid4()), source_id=a), NOW + 3)
+    assert unknown.status == 404 and "destination_id" in unknown.error["message"]
+
+
+def test_unmerge_is_a_409_when_the_source_cannot_come_back_as_it_was():
+    view = DictView()
+    conv = str(uuid.uuid4())
+    a = create(view, display_name="A", conversations={conv: "facebook"})
+    b = create(view, display_name="B")
+    view.apply(decide(view, command(commands.MERGE, source_id=a, destination_id=b), NOW))
+    # the destination lets the conversation go and a third contact takes it
+    view.apply(decide(view, command(commands.UPDATE, id=b, changes={"conversations": {conv: ""}}), NOW))
+    c = create(view, display_name="C", conversations={conv: "facebook"})
+    taken = decide(view, command(commands.UNMERGE, destination_id=b, source_id=a), NOW)
+    assert taken.status == 409 and taken.error["field"] == f"conversations.{conv}" and c in taken.error["message"]
+    assert not taken.changes
+
+    # an auto-created source whose conversation the destination let go of is created again
+    auto_conv = str(uuid.uuid4())
+    view.apply(decide(view, command(commands.AUTO_CREATE, conversations={auto_conv: {"source": "facebook"}}), NOW))
+    auto = model.contact_id_for_conversation(auto_conv)
+    view.apply(decide(view, command(commands.MERGE, source_id=auto, destination_id=b), NOW))
+    view.apply(decide(view, command(commands.UPDATE, id=b, changes={"conversations": {auto_conv: ""}}), NOW))
+    view.apply(decide(view, command(commands.AUTO_CREATE, conversations={auto_conv: {"source": "facebook"}}), NOW))
+    assert view.get(auto) is not None
+    live = decide(view, command(commands.UNMERGE, destination_id=b, source_id=auto), NOW)
+    assert live.status == 409 and live.error["field"] == "source_id" and not live.changes
 
 
 def to_command(spec, n):
@@ -171,6 +224,8 @@ def to_command(spec, n):
         return command(commands.DELETE, id=spec[1])
     if kind == "merge":
         return command(commands.MERGE, source_id=spec[1], destination_id=spec[2])
+    if kind == "unmerge":
+        return command(commands.UNMERGE, destination_id=spec[1], source_id=spec[2])
     return command(commands.AUTO_CREATE, conversations={spec[1]: {"source": "facebook"}})
 
 
