@@ -283,8 +283,15 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     @app.post("/contacts.duplicates")
     def duplicates():
         contact_id, cursor, page_size = model.validate_duplicates(body(), ignored())
+        if not service.dismissed.ready:  # else groups people dismissed would be offered again
+            return _unavailable(f"duplicates are not available yet, retry later: {service.dismissed.status()}")
         groups, next_cursor = finder.duplicates(contact_id, cursor, page_size)
         return _json({"data": groups, "pagination_data": {"previous_cursor": None, "next_cursor": next_cursor}}, 200)
+
+    @app.post("/contacts.dismiss_duplicates")
+    def dismiss_duplicates():
+        ids = model.validate_dismiss(body(), ignored())
+        return written(contacts.write(commands.DISMISS_DUPLICATES, {"ids": ids}, write_context()), empty=True)
 
     # --- operations ----------------------------------------------------------------------------
 

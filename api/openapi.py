@@ -317,6 +317,21 @@ _SCHEMAS: dict[str, dict] = {
             " source_id). Other fields are ignored."
         ),
     },
+    "DismissRequest": {
+        "type": "object",
+        "properties": {
+            "ids": {
+                "type": "array",
+                "items": _uuid(),
+                "minItems": model.MIN_DISMISSED,
+                "maxItems": model.MAX_DISMISSED,
+                "uniqueItems": True,
+                "description": "The contacts of one group from contacts.duplicates, in any order.",
+            }
+        },
+        "required": ["ids"],
+        "description": "Other fields are ignored. Ids that differ only in case are the same contact (400).",
+    },
     "UnmergeResponse": {
         "type": "object",
         "properties": {"destination": _ref("ContactWithHistory"), "restored": _ref("ContactWithHistory")},
@@ -695,6 +710,18 @@ _PATHS = {
         ),
         not_found=True,
         conflict=True,
+    ),
+    "/contacts.dismiss_duplicates": _post(
+        "dismissDuplicates",
+        "Say a group of contacts are not duplicates",
+        "DismissRequest",
+        (
+            202,
+            "Dismissed; empty body. contacts.duplicates no longer offers exactly this group (until a contact joins or"
+            " leaves it), on every replica. 404: an id that is not a live contact.",
+            None,
+        ),
+        not_found=True,
     ),
     "/contacts.lookup": _post(
         "lookupContacts",

@@ -18,10 +18,10 @@ from typing import Any
 
 # HTTP writes
 CREATE, IMPORT, UPDATE, DELETE, MERGE = "create", "import", "update", "delete", "merge"
-UNMERGE = "unmerge"
+UNMERGE, DISMISS_DUPLICATES = "unmerge", "dismiss_duplicates"
 # From the conversation routers: one command carries a whole batch of conversations.
 AUTO_CREATE = "auto_create"
-TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, UNMERGE, AUTO_CREATE)
+TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, UNMERGE, DISMISS_DUPLICATES, AUTO_CREATE)
 
 # Who (actor) and how (origin), for the change events of a later issue.
 SYSTEM, ANONYMOUS = "system", "anonymous"
@@ -131,11 +131,15 @@ class Reply:
     ids: list[str] = field(default_factory=list)
     error: dict | None = None  # {"message", "field"?, "merged_into"?}
     offsets: dict[int, int] = field(default_factory=dict)
+    # The dismissed-groups topic's offsets it produced (partition -> offset), if any.
+    dismissed: dict[int, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {"v": VERSION, "status": self.status, "ids": self.ids, "offsets": {str(p): o for p, o in self.offsets.items()}}
         if self.error is not None:
             value["error"] = self.error
+        if self.dismissed:
+            value["dismissed"] = {str(p): o for p, o in self.dismissed.items()}
         return _dumps(value)
 
     @classmethod
@@ -147,6 +151,7 @@ class Reply:
                 ids=[str(i) for i in value.get("ids") or []],
                 error=value.get("error"),
                 offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
+                dismissed={int(p): int(o) for p, o in (value.get("dismissed") or {}).items()},
             )
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
             raise BadCommand(f"undecodable reply: {err!r}"[:300]) from None

@@ -8,6 +8,7 @@ answered, and anywhere else with the position token.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Sequence
@@ -53,10 +54,11 @@ class Written:
 
 
 class Contacts:
-    def __init__(self, store: Store, client: CommandClient, materializer: Materializer):
+    def __init__(self, store: Store, client: CommandClient, materializer: Materializer, dismissed: Materializer | None = None):
         self._store = store
         self._client = client
         self._materializer = materializer
+        self._dismissed = dismissed  # feeds the store's dismissed groups
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -99,6 +101,11 @@ class Contacts:
         )
         position = commands.encode_position(reply.offsets)
         self._raise_error(reply)
+        if reply.dismissed and self._dismissed is not None:
+            # What the write dismissed is left out of the duplicates this replica answers next.
+            left = context.deadline - time.monotonic() if context.deadline is not None else self._client.deadline() - time.monotonic()
+            if not self._dismissed.wait_applied(reply.dismissed, max(0.0, left)):
+                raise Unavailable("the write is committed but this replica's store did not apply it in time")
         return Written(reply.status, self._body(type_, reply), position)
 
     @staticmethod

@@ -69,6 +69,8 @@ class Decision:
     error: dict | None = None
     # Conversation join state the command learned (auto-create): conversation -> values.
     conversation_metadata: dict[str, dict] = field(default_factory=dict)
+    # Groups (sorted contact ids) people said are not duplicates, for the dismissed topic.
+    dismissed: list[list[str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -209,6 +211,15 @@ def _unmerge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
     )
 
 
+def _dismiss_duplicates(view: View, payload: dict, _now_ms: int, _type: str) -> Decision:
+    """A group of live contacts that is not to be offered as duplicates again."""
+    ids = payload["ids"]
+    for index, contact_id in enumerate(ids):
+        if view.get(contact_id) is None:
+            raise _not_found(view, contact_id, f"ids[{index}]")
+    return Decision(202, list(ids), dismissed=[list(ids)])
+
+
 # --- auto-create (router commands) ----------------------------------------------------------------
 
 
@@ -297,6 +308,7 @@ _HANDLERS = {
     commands.DELETE: _delete,
     commands.MERGE: _merge,
     commands.UNMERGE: _unmerge,
+    commands.DISMISS_DUPLICATES: _dismiss_duplicates,
     commands.AUTO_CREATE: _auto_create,
 }
 

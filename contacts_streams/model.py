@@ -577,6 +577,27 @@ def validate_unmerge(payload: Any, ignored: list[str] | None = None) -> tuple[st
     return destination_id, source_id
 
 
+MIN_DISMISSED, MAX_DISMISSED = 2, 100
+
+
+def validate_dismiss(payload: Any, ignored: list[str] | None = None) -> list[str]:
+    """The sorted, distinct ids of a ``contacts.dismiss_duplicates`` payload: a group of 2 to
+    MAX_DISMISSED contacts (the ids of a group from ``contacts.duplicates``)."""
+    _require_object(payload, "")
+    _note_unknown(payload, ("ids",), "", ignored)
+    if "ids" not in payload:
+        raise ValidationError("ids", "ids is required")
+    given = payload["ids"]
+    if not isinstance(given, list):
+        raise ValidationError("ids", f"ids must be an array of contact ids, not {_type_name(given)}")
+    if not MIN_DISMISSED <= len(given) <= MAX_DISMISSED:
+        raise ValidationError("ids", f"ids must hold {MIN_DISMISSED} to {MAX_DISMISSED} contact ids, not {len(given)}")
+    ids = [normalize_uuid(value, f"ids[{index}]") for index, value in enumerate(given)]
+    if len(set(ids)) != len(ids):
+        raise ValidationError("ids", "ids must name each contact once")
+    return sorted(ids)
+
+
 MAX_QUERY_LENGTH = 256
 
 

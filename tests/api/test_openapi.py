@@ -42,6 +42,7 @@ CONTACT_PATHS = [
     "/contacts.delete",
     "/contacts.merge",
     "/contacts.unmerge",
+    "/contacts.dismiss_duplicates",
     "/contacts.lookup",
     "/contacts.search",
     "/contacts.duplicates",
@@ -318,6 +319,13 @@ AGREEMENT = [
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "force": True}, model.validate_merge),
     ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _OTHER}, model.validate_unmerge),
     ("/contacts.unmerge", {"destination_id": _UUID}, model.validate_unmerge),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _OTHER]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _OTHER] * 51}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, "x"]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _UUID]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": "x"}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {}, model.validate_dismiss),
     ("/contacts.unmerge", {"destination_id": _UUID, "source_id": 5}, model.validate_unmerge),
     ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _OTHER, "dry_run": True}, model.validate_unmerge),
 ]
@@ -349,6 +357,7 @@ DESCRIBED_ONLY = [
     ("/contacts.create", {"metadata": {"a": 2**63}}, model.validate_create),  # JSON Schema: 2**63 is a number
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _UUID}, model.validate_merge),
     ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _UUID}, model.validate_unmerge),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _UUID.upper()]}, model.validate_dismiss),
 ]
 
 
@@ -572,6 +581,7 @@ _VALIDATORS = {
     "/contacts.delete": model.validate_id,
     "/contacts.merge": model.validate_merge_request,
     "/contacts.unmerge": model.validate_unmerge,
+    "/contacts.dismiss_duplicates": model.validate_dismiss,
     "/contacts.lookup": model.validate_lookup,
     "/contacts.search": model.validate_search,
     "/contacts.duplicates": model.validate_duplicates,
@@ -669,6 +679,7 @@ def _request(draw):
             "/contacts.delete": st.fixed_dictionaries({"id": ident}),
             "/contacts.merge": st.fixed_dictionaries({"source_id": ident, "destination_id": ident}, optional={"dry_run": st.booleans()}),
             # "@pair": the latest pair the run merged, so unmerges also succeed
+            "/contacts.dismiss_duplicates": st.fixed_dictionaries({"ids": st.lists(ident, min_size=0, max_size=3)}),
             "/contacts.unmerge": st.one_of(st.fixed_dictionaries({"destination_id": ident, "source_id": ident}), st.just({"@pair": True})),
             "/contacts.lookup": st.fixed_dictionaries({"via": _valid_values["via"]}),
             "/contacts.search": st.fixed_dictionaries(
