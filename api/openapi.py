@@ -227,7 +227,7 @@ def _contact_response(history: str) -> dict:
 
 _SCHEMAS: dict[str, dict] = {
     "ContactFields": _contact_fields_request(),
-    "ImportRequest": {
+    "ImportContacts": {
         "type": "array",
         "items": _ref("ContactFields"),
         "maxItems": model.MAX_IMPORT,
@@ -235,6 +235,30 @@ _SCHEMAS: dict[str, dict] = {
             f"Up to {model.MAX_IMPORT} create payloads, all written or none (`[]` writes nothing); an error"
             " names the element (`[3].display_name`), and so do ignored fields (`[3].nickname`)."
         ),
+    },
+    "ImportRequest": {
+        "anyOf": [
+            _ref("ImportContacts"),
+            {
+                "type": "object",
+                "properties": {
+                    "contacts": _ref("ImportContacts"),
+                    "upsert_by": {
+                        "type": "string",
+                        "enum": [*model.UPSERT_KINDS, None],
+                        "nullable": True,
+                        "description": (
+                            "An element whose via.<upsert_by> (normalized) exactly one live contact has updates that"
+                            " contact key by key, as contacts.update would; the others are created. Elements apply in"
+                            " order, so two with one identity make one contact. Several contacts with that identity:"
+                            " 409 naming the element."
+                        ),
+                    },
+                },
+                "required": ["contacts"],
+            },
+        ],
+        "description": "The create payloads, or an object with them and upsert_by; errors name the element as `[3].via.email` in both forms.",
     },
     "ListRequest": {
         "type": "object",
@@ -490,7 +514,11 @@ _SCHEMAS: dict[str, dict] = {
     "MergedContact": _contact_response("none"),
     "ImportResponse": {
         "type": "object",
-        "properties": {"data": {"type": "array", "items": _ref("Contact")}},
+        "properties": {
+            "data": {"type": "array", "items": _ref("Contact"), "description": "For each element, in order, the contact it created or updated."},
+            "created": {"type": "integer", "minimum": 0, "description": "How many elements created a contact (object form only)."},
+            "updated": {"type": "integer", "minimum": 0, "description": "How many elements updated one (object form only)."},
+        },
         "required": ["data"],
         "additionalProperties": False,
     },
@@ -658,7 +686,7 @@ _PATHS = {
         "importContacts",
         "Create contacts in bulk, all or none",
         "ImportRequest",
-        (201, "The new contacts, in the order given.", "ImportResponse"),
+        (201, "The contacts, in the order given; the object form adds how many were created and updated.", "ImportResponse"),
         conflict=True,
     ),
     "/contacts.list": _post(

@@ -133,6 +133,8 @@ class Reply:
     offsets: dict[int, int] = field(default_factory=dict)
     # The dismissed-groups topic's offsets it produced (partition -> offset), if any.
     dismissed: dict[int, int] = field(default_factory=dict)
+    # An upsert import: the indexes of the elements that updated a contact.
+    updated: list[int] = field(default_factory=list)
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {"v": VERSION, "status": self.status, "ids": self.ids, "offsets": {str(p): o for p, o in self.offsets.items()}}
@@ -140,6 +142,8 @@ class Reply:
             value["error"] = self.error
         if self.dismissed:
             value["dismissed"] = {str(p): o for p, o in self.dismissed.items()}
+        if self.updated:
+            value["updated"] = self.updated
         return _dumps(value)
 
     @classmethod
@@ -152,6 +156,7 @@ class Reply:
                 error=value.get("error"),
                 offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
                 dismissed={int(p): int(o) for p, o in (value.get("dismissed") or {}).items()},
+                updated=[int(i) for i in value.get("updated") or []],
             )
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
             raise BadCommand(f"undecodable reply: {err!r}"[:300]) from None
@@ -167,9 +172,10 @@ class Remembered:
     offsets: dict[int, int]
     body_hash: str
     at_ms: int
+    updated: list[int] = field(default_factory=list)
 
     def reply(self) -> Reply:
-        return Reply(self.status, list(self.ids), self.error, dict(self.offsets))
+        return Reply(self.status, list(self.ids), self.error, dict(self.offsets), updated=list(self.updated))
 
     def encode(self) -> bytes:
         value = {
@@ -181,6 +187,8 @@ class Remembered:
             "hash": self.body_hash,
             "at": self.at_ms,
         }
+        if self.updated:
+            value["updated"] = self.updated
         return _dumps(value)
 
     @classmethod
@@ -194,6 +202,7 @@ class Remembered:
                 offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
                 body_hash=str(value["hash"]),
                 at_ms=int(value["at"]),
+                updated=[int(i) for i in value.get("updated") or []],
             )
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
             raise BadCommand(f"undecodable idempotency entry: {err!r}"[:300]) from None

@@ -51,6 +51,7 @@ class Written:
     status: int
     body: object  # the JSON answer, None for an empty one
     position: str  # X-Contacts-Position
+    updated: int = 0  # an import: how many elements updated a contact (the others created one)
 
 
 class Contacts:
@@ -106,7 +107,7 @@ class Contacts:
             left = context.deadline - time.monotonic() if context.deadline is not None else self._client.deadline() - time.monotonic()
             if not self._dismissed.wait_applied(reply.dismissed, max(0.0, left)):
                 raise Unavailable("the write is committed but this replica's store did not apply it in time")
-        return Written(reply.status, self._body(type_, reply), position)
+        return Written(reply.status, self._body(type_, reply), position, len(reply.updated))
 
     @staticmethod
     def _raise_error(reply: Reply) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from contacts_streams import commands, model
+from contacts_streams import commands, identities, model
 from contacts_streams.commands import Command
 
 MERGED_INTO, MERGED_FROM = "merged_into", "merged_from"
@@ -33,6 +33,12 @@ class View(Protocol):
     def merged_into(self, contact_id: str) -> str | None: ...
 
     def conversation_metadata(self, conversation_id: str) -> dict: ...
+
+    # The live contacts holding a normalized identity (kind, value), and the region that
+    # normalizes phone numbers without a country code.
+    def holders(self, kind: str, value: str) -> list[str]: ...
+
+    phone_region: str | None
 
 
 class NotFound(LookupError):
@@ -71,6 +77,8 @@ class Decision:
     conversation_metadata: dict[str, dict] = field(default_factory=dict)
     # Groups (sorted contact ids) people said are not duplicates, for the dismissed topic.
     dismissed: list[list[str]] = field(default_factory=list)
+    # An upsert import: the indexes of the elements that updated a contact (the rest created one).
+    updated: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +124,8 @@ def _check_conversation_free(view: View, conversation_id: str, owner: str | None
 
 
 def _create(view: View, payload: dict, now_ms: int, type_: str) -> Decision:
+    if type_ == commands.IMPORT and payload.get("upsert_by"):
+        return _upsert(view, payload, now_ms)
     single = type_ == commands.CREATE
     operation = "created" if single else "imported"
     seen: dict[str, int] = {}
@@ -133,6 +143,67 @@ def _create(view: View, payload: dict, now_ms: int, type_: str) -> Decision:
             raise Conflict(f"{prefix}id: contact {contact['id']} exists already", f"{prefix}id")
         changes.append(Change(contact["id"], contact, operation))
     return Decision(201, [c.contact_id for c in changes], changes)
+
+
+MAX_UPSERT_MATCHES = 10  # named in the 409 of an element that matches several contacts
+
+
+def _upsert(view: View, payload: dict, now_ms: int) -> Decision:
+    """An import that updates, key by key, the one live contact holding an element's identity
+    (``upsert_by``: email or phone, normalized) and creates the others. Elements apply in order,
+    each seeing the ones before it: two elements with one identity make one contact, the later
+    values winning key by key. An element whose identity several contacts hold is a 409 naming
+    them (creating yet another would add a duplicate on every run of the same file)."""
+    kind = payload["upsert_by"]
+    pending = Overlay()
+    local = LayeredView(view, [pending])
+    order: list[str] = []  # contact ids in the order the import first touched them
+    created: set[str] = set()
+    element_ids: list[str] = []
+    updated: list[int] = []
+    for index, item in enumerate(payload["contacts"]):
+        prefix = f"[{index}]."
+        fields = item["fields"]
+        raw = (fields.get("via") or {}).get(kind)
+        matches: list[str] = []
+        if isinstance(raw, str) and raw.strip():
+            identity = identities.normalize(kind, raw, local.phone_region)
+            matches = local.holders(*identity)
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:MAX_UPSERT_MATCHES])
+            raise Conflict(
+                f"{prefix}via.{kind}: {len(matches)} contacts have this {kind} ({shown}); merge them or import this row without upsert",
+                f"{prefix}via.{kind}",
+            )
+        if matches:
+            contact_id = matches[0]
+            current = local.get(contact_id)
+            for conversation_id in fields.get("conversations") or {}:
+                _check_conversation_free(local, conversation_id, contact_id, f"{prefix}conversations.{conversation_id}")
+            try:
+                contact = model.apply_update(current, fields, now_ms)
+            except model.ValidationError as err:
+                raise model.ValidationError(prefix + err.field, f"{prefix}{err.message}") from None
+            updated.append(index)
+        else:
+            contact = model.new_contact(fields, item["id"], now_ms)
+            contact_id = contact["id"]
+            for conversation_id in contact.get("conversations", {}):
+                _check_conversation_free(local, conversation_id, None, f"{prefix}conversations.{conversation_id}")
+            if local.get(contact_id) is not None:  # ids are fresh uuid4s: only a replayed command repeats one
+                raise Conflict(f"{prefix}id: contact {contact_id} exists already", f"{prefix}id")
+            created.add(contact_id)
+        if contact_id not in pending.contacts:
+            order.append(contact_id)
+        local.record(Decision(201, changes=[Change(contact_id, contact, "imported")]), pending)
+        element_ids.append(contact_id)
+    changes = []
+    for contact_id in order:
+        contact = pending.contacts[contact_id]
+        if contact_id not in created and model.same_json(contact, view.get(contact_id)):
+            continue  # updated to what it was: nothing to publish
+        changes.append(Change(contact_id, contact, "imported" if contact_id in created else "updated"))
+    return Decision(201, element_ids, changes, updated=updated)
 
 
 def _update(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
@@ -345,6 +416,33 @@ class LayeredView:
     def __init__(self, base: View, layers: list[Overlay]):
         self._base = base
         self._layers = layers
+        # Built on the first holders() call (upsert imports only): the identities of every
+        # contact the layers hold (contact id -> identities) and the other way round.
+        self._identities_of: dict[str, set] | None = None
+        self._holding: dict[tuple, set[str]] = {}
+
+    @property
+    def phone_region(self) -> str | None:
+        return getattr(self._base, "phone_region", None)
+
+    def holders(self, kind: str, value: str) -> list[str]:
+        if self._identities_of is None:
+            self._identities_of = {}
+            latest: dict[str, dict | None] = {}
+            for layer in self._layers:
+                latest.update(layer.contacts)
+            for contact_id, contact in latest.items():
+                self._index_identities(contact_id, contact)
+        found = [h for h in self._base.holders(kind, value) if h not in self._identities_of]
+        return found + sorted(self._holding.get((kind, value), ()))
+
+    def _index_identities(self, contact_id: str, contact: dict | None) -> None:
+        for identity in self._identities_of.get(contact_id, ()):
+            self._holding.get(identity, set()).discard(contact_id)
+        held = set(identities.identities_of(contact, self.phone_region)) if contact is not None else set()
+        self._identities_of[contact_id] = held
+        for identity in held:
+            self._holding.setdefault(identity, set()).add(contact_id)
 
     def get(self, contact_id: str) -> dict | None:
         for layer in reversed(self._layers):
@@ -395,6 +493,8 @@ class LayeredView:
                 if self.owner_of_conversation(conversation_id) == change.contact_id:
                     layer.owners[conversation_id] = None
             layer.contacts[change.contact_id] = change.contact
+            if self._identities_of is not None:
+                self._index_identities(change.contact_id, change.contact)
             for conversation_id in (change.contact or {}).get("conversations", {}):
                 layer.owners[conversation_id] = change.contact_id
             if change.headers.get(MERGED_INTO):

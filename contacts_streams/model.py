@@ -504,6 +504,28 @@ def validate_import(payload: Any, ignored: list[str] | None = None) -> list[dict
     return [_validate_contact_payload(item, f"[{index}]", ignored) for index, item in enumerate(payload)]
 
 
+UPSERT_KINDS = ("email", "phone")
+
+
+def validate_import_request(payload: Any, ignored: list[str] | None = None) -> tuple[list[dict], str | None]:
+    """(contacts, upsert_by) of a ``contacts.import`` payload: a JSON array of create payloads,
+    or ``{"contacts": [...], "upsert_by"?: "email" | "phone" | null}``. Elements' errors name
+    them as ``[3].via.email`` in both forms."""
+    if isinstance(payload, list):
+        return validate_import(payload, ignored), None
+    if not isinstance(payload, dict) or "contacts" not in payload:
+        raise ValidationError(
+            "", f'the request body must be a JSON array of contacts or {{"contacts": [...], "upsert_by"?}}, not {_type_name(payload)}'
+        )
+    _note_unknown(payload, ("contacts", "upsert_by"), "", ignored)
+    if not isinstance(payload["contacts"], list):
+        raise ValidationError("contacts", f"contacts must be a JSON array of contacts, not {_type_name(payload['contacts'])}")
+    upsert_by = payload.get("upsert_by")
+    if upsert_by is not None and upsert_by not in UPSERT_KINDS:
+        raise ValidationError("upsert_by", f"upsert_by must be one of {', '.join(UPSERT_KINDS)} (or null)")
+    return validate_import(payload["contacts"], ignored), upsert_by
+
+
 def validate_update(payload: Any, ignored: list[str] | None = None) -> tuple[str, dict]:
     """(id, changes) of a ``contacts.update`` payload; changes keep "" as removal markers."""
     _require_object(payload, "")

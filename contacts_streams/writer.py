@@ -56,7 +56,8 @@ def too_large(command: Command, decision: Decision, change: Change, size: int, l
     if command.type == commands.CREATE:
         return error(413, f"the contact would be {_against_limit(size, limit)}")
     if command.type == commands.IMPORT:
-        index = next(i for i, c in enumerate(decision.changes) if c is change)
+        # The element that made the contact (an upsert may touch one contact from several).
+        index = decision.ids.index(change.contact_id)
         return error(413, f"[{index}]: the contact would be {_against_limit(size, limit)}", f"[{index}]")
     if command.type == commands.MERGE:
         p = command.payload
@@ -84,6 +85,13 @@ class StoreView:
 
     def merged_into(self, contact_id: str) -> str | None:
         return self._store.merged_into(contact_id)
+
+    def holders(self, kind: str, value: str) -> list[str]:
+        return self._store.holders(kind, value)
+
+    @property
+    def phone_region(self) -> str | None:
+        return self._store.phone_region
 
     def conversation_metadata(self, conversation_id: str) -> dict:
         """The conversation's join state as committed (a store from before the join-state topic
@@ -358,7 +366,7 @@ class Writer(ExactlyOnceLoop):
                 outcome.same_as = earlier
                 return outcome
             if remembered is not None:
-                outcome = _Outcome(command, command.id, Decision(remembered.status, list(remembered.ids), error=remembered.error))
+                outcome = _Outcome(command, command.id, Decision(remembered.status, list(remembered.ids), error=remembered.error, updated=list(remembered.updated)))
                 outcome.offsets = dict(remembered.offsets)
                 return outcome
         refused: list[str] = []
@@ -455,7 +463,7 @@ class Writer(ExactlyOnceLoop):
             wants_reply = command is None or command.type != commands.AUTO_CREATE  # routers wait for nothing
             if wants_reply and outcome.command_id:
                 d = outcome.decision
-                reply = Reply(d.status, d.ids, d.error, outcome.offsets, outcome.dismissed)
+                reply = Reply(d.status, d.ids, d.error, outcome.offsets, outcome.dismissed, d.updated)
                 out.append(Produced(self._replies_topic, outcome.command_id.encode(), reply.encode(), []))
             if outcome.remember:
                 entry = self._remembered_of(outcome, now)
@@ -465,7 +473,7 @@ class Writer(ExactlyOnceLoop):
     @staticmethod
     def _remembered_of(outcome: _Outcome, now: int) -> Remembered:
         d = outcome.decision
-        return Remembered(d.status, list(d.ids), d.error, dict(outcome.offsets or {}), outcome.command.idempotency.body_hash, now)
+        return Remembered(d.status, list(d.ids), d.error, dict(outcome.offsets or {}), outcome.command.idempotency.body_hash, now, list(d.updated))
 
     def _count(self, outcomes: list[_Outcome], seconds: float) -> None:
         self._metrics.writer_batch_seconds.observe(seconds)

@@ -153,7 +153,7 @@ def test_limits_and_fields_come_from_the_model():
     assert create["properties"]["display_name"]["maxLength"] == model.MAX_STRING_LENGTH
     assert create["properties"]["via"]["maxProperties"] == model.MAX_VIA_KEYS
     assert create["properties"]["conversations"]["maxProperties"] == model.MAX_CONVERSATIONS
-    assert schemas["ImportRequest"]["maxItems"] == model.MAX_IMPORT
+    assert schemas["ImportContacts"]["maxItems"] == model.MAX_IMPORT
     page_size = schemas["ListRequest"]["properties"]["page_size"]
     assert (page_size["minimum"], page_size["maximum"], page_size["default"]) == (1, model.MAX_PAGE_SIZE, model.DEFAULT_PAGE_SIZE)
     assert schemas["ListRequest"]["properties"]["cursor"]["maxLength"] == model.MAX_CURSOR_LENGTH
@@ -257,7 +257,12 @@ AGREEMENT = [
     ("/contacts.import", [SEED_CONTACT, {"title": "x"}], model.validate_import),
     ("/contacts.import", [], model.validate_import),
     ("/contacts.import", [{"title": "x", "nickname": "y"}], model.validate_import),
-    ("/contacts.import", {"display_name": "x"}, model.validate_import),
+    ("/contacts.import", {"display_name": "x"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [{"title": "x"}], "upsert_by": "email"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [], "upsert_by": None}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [{"title": "x"}], "upsert_by": "telegram"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": {"title": "x"}, "upsert_by": "email"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [{}], "upsert_by": "phone"}, model.validate_import_request),
     ("/contacts.import", [{"title": "x"}, {}], model.validate_import),
     ("/contacts.import", [{"title": "x"}] * (model.MAX_IMPORT + 1), model.validate_import),
     ("/contacts.list", {}, model.validate_list),
@@ -574,7 +579,7 @@ def test_fuzz_every_operation_from_the_document(app, capsys):
 
 _VALIDATORS = {
     "/contacts.create": model.validate_create,
-    "/contacts.import": model.validate_import,
+    "/contacts.import": model.validate_import_request,
     "/contacts.list": model.validate_list,
     "/contacts.info": model.validate_info,
     "/contacts.update": model.validate_update,
@@ -672,7 +677,12 @@ def _request(draw):
         ident = st.one_of(st.just("@id0"), st.just("@id1"), st.uuids().map(str), _scalars) if kind == "ids" else st.sampled_from(["@id0", "@id1"])
         payloads = {
             "/contacts.create": st.just({"display_name": "fuzz"}) if kind == "ids" else _contact_payload(valid=True),
-            "/contacts.import": st.lists(_contact_payload(valid=True), min_size=1, max_size=3),
+            "/contacts.import": st.one_of(
+                st.lists(_contact_payload(valid=True), min_size=1, max_size=3),
+                st.fixed_dictionaries(
+                    {"contacts": st.lists(_contact_payload(valid=True), min_size=1, max_size=3), "upsert_by": st.sampled_from(["email", "phone"])}
+                ),
+            ),
             "/contacts.list": st.fixed_dictionaries({}, optional={"page_size": st.integers(1, 50), "cursor": st.just("@cursor")}),
             "/contacts.info": st.one_of(st.fixed_dictionaries({"id": ident}), st.fixed_dictionaries({"conversation_id": ident})),
             "/contacts.update": st.builds(lambda i, p: {"id": i, **p}, ident, _contact_payload(valid=kind == "valid")),
