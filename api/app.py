@@ -212,12 +212,17 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
 
     @app.post("/contacts.import")
     def import_():
-        payloads = model.validate_import(body(), ignored())
+        payloads, upsert_by = model.validate_import_request(body(), ignored())
         metrics.import_size.observe(len(payloads))
-        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
+        payload: dict = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
+        if upsert_by:
+            payload["upsert_by"] = upsert_by
         context = write_context()
         outcome = contacts.write(commands.IMPORT, payload, WriteContext(context.actor, commands.ORIGIN_IMPORT, context.idempotency, context.deadline))
-        return written(outcome.__class__(outcome.status, {"data": outcome.body}, outcome.position))
+        answer: dict = {"data": outcome.body}
+        if isinstance(g.body, dict):  # the object form; the array form keeps the platform's shape
+            answer.update(created=len(payloads) - outcome.updated, updated=outcome.updated)
+        return written(outcome.__class__(outcome.status, answer, outcome.position))
 
     @app.post("/contacts.list")
     def list_():
@@ -262,6 +267,13 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         outcome = contacts.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context())
         return written(outcome.__class__(outcome.status, _with_history(outcome.body), outcome.position))
 
+    @app.post("/contacts.unmerge")
+    def unmerge():
+        destination_id, source_id = model.validate_unmerge(body(), ignored())
+        outcome = contacts.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, write_context())
+        answer = {name: _with_history(contact) for name, contact in outcome.body.items()}
+        return written(outcome.__class__(outcome.status, answer, outcome.position))
+
     @app.post("/contacts.lookup")
     def lookup():
         return _json({"data": finder.lookup(model.validate_lookup(body(), ignored()))}, 200)
@@ -276,8 +288,15 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     @app.post("/contacts.duplicates")
     def duplicates():
         contact_id, cursor, page_size = model.validate_duplicates(body(), ignored())
+        if not service.dismissed.ready:  # else groups people dismissed would be offered again
+            return _unavailable(f"duplicates are not available yet, retry later: {service.dismissed.status()}")
         groups, next_cursor = finder.duplicates(contact_id, cursor, page_size)
         return _json({"data": groups, "pagination_data": {"previous_cursor": None, "next_cursor": next_cursor}}, 200)
+
+    @app.post("/contacts.dismiss_duplicates")
+    def dismiss_duplicates():
+        ids = model.validate_dismiss(body(), ignored())
+        return written(contacts.write(commands.DISMISS_DUPLICATES, {"ids": ids}, write_context()), empty=True)
 
     # --- operations ----------------------------------------------------------------------------
 

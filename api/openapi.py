@@ -227,7 +227,7 @@ def _contact_response(history: str) -> dict:
 
 _SCHEMAS: dict[str, dict] = {
     "ContactFields": _contact_fields_request(),
-    "ImportRequest": {
+    "ImportContacts": {
         "type": "array",
         "items": _ref("ContactFields"),
         "maxItems": model.MAX_IMPORT,
@@ -235,6 +235,30 @@ _SCHEMAS: dict[str, dict] = {
             f"Up to {model.MAX_IMPORT} create payloads, all written or none (`[]` writes nothing); an error"
             " names the element (`[3].display_name`), and so do ignored fields (`[3].nickname`)."
         ),
+    },
+    "ImportRequest": {
+        "anyOf": [
+            _ref("ImportContacts"),
+            {
+                "type": "object",
+                "properties": {
+                    "contacts": _ref("ImportContacts"),
+                    "upsert_by": {
+                        "type": "string",
+                        "enum": [*model.UPSERT_KINDS, None],
+                        "nullable": True,
+                        "description": (
+                            "An element whose via.<upsert_by> (normalized) exactly one live contact has updates that"
+                            " contact key by key, as contacts.update would; the others are created. Elements apply in"
+                            " order, so two with one identity make one contact. Several contacts with that identity:"
+                            " 409 naming the element."
+                        ),
+                    },
+                },
+                "required": ["contacts"],
+            },
+        ],
+        "description": "The create payloads, or an object with them and upsert_by; errors name the element as `[3].via.email` in both forms.",
     },
     "ListRequest": {
         "type": "object",
@@ -307,6 +331,36 @@ _SCHEMAS: dict[str, dict] = {
         },
         "required": ["source_id", "destination_id"],
         "description": "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
+    },
+    "UnmergeRequest": {
+        "type": "object",
+        "properties": {"destination_id": _uuid(), "source_id": _uuid()},
+        "required": ["destination_id", "source_id"],
+        "description": (
+            "Undoes the latest merge of source_id into destination_id; the two must differ (else 400 naming"
+            " source_id). Other fields are ignored."
+        ),
+    },
+    "DismissRequest": {
+        "type": "object",
+        "properties": {
+            "ids": {
+                "type": "array",
+                "items": _uuid(),
+                "minItems": model.MIN_DISMISSED,
+                "maxItems": model.MAX_DISMISSED,
+                "uniqueItems": True,
+                "description": "The contacts of one group from contacts.duplicates, in any order.",
+            }
+        },
+        "required": ["ids"],
+        "description": "Other fields are ignored. Ids that differ only in case are the same contact (400).",
+    },
+    "UnmergeResponse": {
+        "type": "object",
+        "properties": {"destination": _ref("ContactWithHistory"), "restored": _ref("ContactWithHistory")},
+        "required": ["destination", "restored"],
+        "additionalProperties": False,
     },
     "MergePreview": {
         "type": "object",
@@ -460,7 +514,11 @@ _SCHEMAS: dict[str, dict] = {
     "MergedContact": _contact_response("none"),
     "ImportResponse": {
         "type": "object",
-        "properties": {"data": {"type": "array", "items": _ref("Contact")}},
+        "properties": {
+            "data": {"type": "array", "items": _ref("Contact"), "description": "For each element, in order, the contact it created or updated."},
+            "created": {"type": "integer", "minimum": 0, "description": "How many elements created a contact (object form only)."},
+            "updated": {"type": "integer", "minimum": 0, "description": "How many elements updated one (object form only)."},
+        },
         "required": ["data"],
         "additionalProperties": False,
     },
@@ -628,7 +686,7 @@ _PATHS = {
         "importContacts",
         "Create contacts in bulk, all or none",
         "ImportRequest",
-        (201, "The new contacts, in the order given.", "ImportResponse"),
+        (201, "The contacts, in the order given; the object form adds how many were created and updated.", "ImportResponse"),
         conflict=True,
     ),
     "/contacts.list": _post(
@@ -665,6 +723,32 @@ _PATHS = {
         "Merge the source contact into the destination",
         "MergeRequest",
         (200, "The destination after the merge, with merge_history; with dry_run, a MergePreview (nothing written).", "MergeResponse"),
+        not_found=True,
+    ),
+    "/contacts.unmerge": _post(
+        "unmergeContacts",
+        "Undo the latest merge of the source into the destination",
+        "UnmergeRequest",
+        (
+            200,
+            "The destination without what it gained from the source (values changed since stay) and the restored"
+            " source with its id, fields and conversations. 404: unknown destination or a pair never merged;"
+            " 409: the source id is live again or one of its conversations belongs to another contact now (nothing changed).",
+            "UnmergeResponse",
+        ),
+        not_found=True,
+        conflict=True,
+    ),
+    "/contacts.dismiss_duplicates": _post(
+        "dismissDuplicates",
+        "Say a group of contacts are not duplicates",
+        "DismissRequest",
+        (
+            202,
+            "Dismissed; empty body. contacts.duplicates no longer offers exactly this group (until a contact joins or"
+            " leaves it), on every replica. 404: an id that is not a live contact.",
+            None,
+        ),
         not_found=True,
     ),
     "/contacts.lookup": _post(

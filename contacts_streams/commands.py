@@ -18,9 +18,10 @@ from typing import Any
 
 # HTTP writes
 CREATE, IMPORT, UPDATE, DELETE, MERGE = "create", "import", "update", "delete", "merge"
+UNMERGE, DISMISS_DUPLICATES = "unmerge", "dismiss_duplicates"
 # From the conversation routers: one command carries a whole batch of conversations.
 AUTO_CREATE = "auto_create"
-TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, AUTO_CREATE)
+TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, UNMERGE, DISMISS_DUPLICATES, AUTO_CREATE)
 
 # Who (actor) and how (origin), for the change events of a later issue.
 SYSTEM, ANONYMOUS = "system", "anonymous"
@@ -130,11 +131,19 @@ class Reply:
     ids: list[str] = field(default_factory=list)
     error: dict | None = None  # {"message", "field"?, "merged_into"?}
     offsets: dict[int, int] = field(default_factory=dict)
+    # The dismissed-groups topic's offsets it produced (partition -> offset), if any.
+    dismissed: dict[int, int] = field(default_factory=dict)
+    # An upsert import: the indexes of the elements that updated a contact.
+    updated: list[int] = field(default_factory=list)
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {"v": VERSION, "status": self.status, "ids": self.ids, "offsets": {str(p): o for p, o in self.offsets.items()}}
         if self.error is not None:
             value["error"] = self.error
+        if self.dismissed:
+            value["dismissed"] = {str(p): o for p, o in self.dismissed.items()}
+        if self.updated:
+            value["updated"] = self.updated
         return _dumps(value)
 
     @classmethod
@@ -146,6 +155,8 @@ class Reply:
                 ids=[str(i) for i in value.get("ids") or []],
                 error=value.get("error"),
                 offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
+                dismissed={int(p): int(o) for p, o in (value.get("dismissed") or {}).items()},
+                updated=[int(i) for i in value.get("updated") or []],
             )
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
             raise BadCommand(f"undecodable reply: {err!r}"[:300]) from None
@@ -161,9 +172,10 @@ class Remembered:
     offsets: dict[int, int]
     body_hash: str
     at_ms: int
+    updated: list[int] = field(default_factory=list)
 
     def reply(self) -> Reply:
-        return Reply(self.status, list(self.ids), self.error, dict(self.offsets))
+        return Reply(self.status, list(self.ids), self.error, dict(self.offsets), updated=list(self.updated))
 
     def encode(self) -> bytes:
         value = {
@@ -175,6 +187,8 @@ class Remembered:
             "hash": self.body_hash,
             "at": self.at_ms,
         }
+        if self.updated:
+            value["updated"] = self.updated
         return _dumps(value)
 
     @classmethod
@@ -188,6 +202,7 @@ class Remembered:
                 offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
                 body_hash=str(value["hash"]),
                 at_ms=int(value["at"]),
+                updated=[int(i) for i in value.get("updated") or []],
             )
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
             raise BadCommand(f"undecodable idempotency entry: {err!r}"[:300]) from None

@@ -8,6 +8,7 @@ answered, and anywhere else with the position token.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Sequence
@@ -50,13 +51,15 @@ class Written:
     status: int
     body: object  # the JSON answer, None for an empty one
     position: str  # X-Contacts-Position
+    updated: int = 0  # an import: how many elements updated a contact (the others created one)
 
 
 class Contacts:
-    def __init__(self, store: Store, client: CommandClient, materializer: Materializer):
+    def __init__(self, store: Store, client: CommandClient, materializer: Materializer, dismissed: Materializer | None = None):
         self._store = store
         self._client = client
         self._materializer = materializer
+        self._dismissed = dismissed  # feeds the store's dismissed groups
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -99,7 +102,12 @@ class Contacts:
         )
         position = commands.encode_position(reply.offsets)
         self._raise_error(reply)
-        return Written(reply.status, self._body(type_, reply), position)
+        if reply.dismissed and self._dismissed is not None:
+            # What the write dismissed is left out of the duplicates this replica answers next.
+            left = context.deadline - time.monotonic() if context.deadline is not None else self._client.deadline() - time.monotonic()
+            if not self._dismissed.wait_applied(reply.dismissed, max(0.0, left)):
+                raise Unavailable("the write is committed but this replica's store did not apply it in time")
+        return Written(reply.status, self._body(type_, reply), position, len(reply.updated))
 
     @staticmethod
     def _raise_error(reply: Reply) -> None:
@@ -129,6 +137,8 @@ class Contacts:
             return [self._current(i) for i in reply.ids]
         if type_ == commands.MERGE:
             return self._current(reply.ids[0])
+        if type_ == commands.UNMERGE:
+            return {"destination": self._current(reply.ids[0]), "restored": self._current(reply.ids[1])}
         return None
 
     def _current(self, contact_id: str) -> dict:
@@ -156,3 +166,6 @@ class Contacts:
 
     def merge(self, source_id: str, destination_id: str, context: WriteContext | None = None) -> dict:
         return self.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, context).body
+
+    def unmerge(self, destination_id: str, source_id: str, context: WriteContext | None = None) -> dict:
+        return self.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, context).body

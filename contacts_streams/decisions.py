@@ -12,10 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from contacts_streams import commands, model
+from contacts_streams import commands, identities, model
 from contacts_streams.commands import Command
 
 MERGED_INTO, MERGED_FROM = "merged_into", "merged_from"
+# The other contact of an unmerge, named on both records (as merged_from/merged_into do for a merge).
+UNMERGED_FROM, RESTORED_FROM = "unmerged_from", "restored_from"
+# The operations that can bring back an id that was merged away (an auto-created id is derived
+# from its conversation, so a conversation the destination let go of creates it again).
+LIVE_AGAIN = ("restored", "auto_created")
 DISPLAY_NAME, AVATAR_URL = "contact.display_name", "contact.avatar_url"
 SOURCE = "source"
 
@@ -28,6 +33,12 @@ class View(Protocol):
     def merged_into(self, contact_id: str) -> str | None: ...
 
     def conversation_metadata(self, conversation_id: str) -> dict: ...
+
+    # The live contacts holding a normalized identity (kind, value), and the region that
+    # normalizes phone numbers without a country code.
+    def holders(self, kind: str, value: str) -> list[str]: ...
+
+    phone_region: str | None
 
 
 class NotFound(LookupError):
@@ -64,6 +75,10 @@ class Decision:
     error: dict | None = None
     # Conversation join state the command learned (auto-create): conversation -> values.
     conversation_metadata: dict[str, dict] = field(default_factory=dict)
+    # Groups (sorted contact ids) people said are not duplicates, for the dismissed topic.
+    dismissed: list[list[str]] = field(default_factory=list)
+    # An upsert import: the indexes of the elements that updated a contact (the rest created one).
+    updated: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -109,6 +124,8 @@ def _check_conversation_free(view: View, conversation_id: str, owner: str | None
 
 
 def _create(view: View, payload: dict, now_ms: int, type_: str) -> Decision:
+    if type_ == commands.IMPORT and payload.get("upsert_by"):
+        return _upsert(view, payload, now_ms)
     single = type_ == commands.CREATE
     operation = "created" if single else "imported"
     seen: dict[str, int] = {}
@@ -126,6 +143,67 @@ def _create(view: View, payload: dict, now_ms: int, type_: str) -> Decision:
             raise Conflict(f"{prefix}id: contact {contact['id']} exists already", f"{prefix}id")
         changes.append(Change(contact["id"], contact, operation))
     return Decision(201, [c.contact_id for c in changes], changes)
+
+
+MAX_UPSERT_MATCHES = 10  # named in the 409 of an element that matches several contacts
+
+
+def _upsert(view: View, payload: dict, now_ms: int) -> Decision:
+    """An import that updates, key by key, the one live contact holding an element's identity
+    (``upsert_by``: email or phone, normalized) and creates the others. Elements apply in order,
+    each seeing the ones before it: two elements with one identity make one contact, the later
+    values winning key by key. An element whose identity several contacts hold is a 409 naming
+    them (creating yet another would add a duplicate on every run of the same file)."""
+    kind = payload["upsert_by"]
+    pending = Overlay()
+    local = LayeredView(view, [pending])
+    order: list[str] = []  # contact ids in the order the import first touched them
+    created: set[str] = set()
+    element_ids: list[str] = []
+    updated: list[int] = []
+    for index, item in enumerate(payload["contacts"]):
+        prefix = f"[{index}]."
+        fields = item["fields"]
+        raw = (fields.get("via") or {}).get(kind)
+        matches: list[str] = []
+        if isinstance(raw, str) and raw.strip():
+            identity = identities.normalize(kind, raw, local.phone_region)
+            matches = local.holders(*identity)
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:MAX_UPSERT_MATCHES])
+            raise Conflict(
+                f"{prefix}via.{kind}: {len(matches)} contacts have this {kind} ({shown}); merge them or import this row without upsert",
+                f"{prefix}via.{kind}",
+            )
+        if matches:
+            contact_id = matches[0]
+            current = local.get(contact_id)
+            for conversation_id in fields.get("conversations") or {}:
+                _check_conversation_free(local, conversation_id, contact_id, f"{prefix}conversations.{conversation_id}")
+            try:
+                contact = model.apply_update(current, fields, now_ms)
+            except model.ValidationError as err:
+                raise model.ValidationError(prefix + err.field, f"{prefix}{err.message}") from None
+            updated.append(index)
+        else:
+            contact = model.new_contact(fields, item["id"], now_ms)
+            contact_id = contact["id"]
+            for conversation_id in contact.get("conversations", {}):
+                _check_conversation_free(local, conversation_id, None, f"{prefix}conversations.{conversation_id}")
+            if local.get(contact_id) is not None:  # ids are fresh uuid4s: only a replayed command repeats one
+                raise Conflict(f"{prefix}id: contact {contact_id} exists already", f"{prefix}id")
+            created.add(contact_id)
+        if contact_id not in pending.contacts:
+            order.append(contact_id)
+        local.record(Decision(201, changes=[Change(contact_id, contact, "imported")]), pending)
+        element_ids.append(contact_id)
+    changes = []
+    for contact_id in order:
+        contact = pending.contacts[contact_id]
+        if contact_id not in created and model.same_json(contact, view.get(contact_id)):
+            continue  # updated to what it was: nothing to publish
+        changes.append(Change(contact_id, contact, "imported" if contact_id in created else "updated"))
+    return Decision(201, element_ids, changes, updated=updated)
 
 
 def _update(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
@@ -168,6 +246,49 @@ def _merge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
             Change(source_id, None, "merged_away", {MERGED_INTO: destination_id}),
         ],
     )
+
+
+def _unmerge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
+    """Undo the latest merge of the source into the destination: both records in one decision,
+    or nothing when the source cannot come back as it was (its id is live again, or one of its
+    conversations belongs to a third contact now)."""
+    destination_id, source_id = payload["destination_id"], payload["source_id"]
+    destination = view.get(destination_id)
+    if destination is None:
+        raise _not_found(view, destination_id, "destination_id")
+    try:
+        restored, after = model.unmerge(destination, source_id, now_ms)
+    except model.NotMerged as err:
+        raise NotFound(str(err)) from None
+    source_id = restored["id"]  # as the history spells it
+    if view.get(source_id) is not None:
+        raise Conflict(
+            f"source_id: contact {source_id} exists again (re-created since the merge); unmerging would overwrite it", "source_id"
+        )
+    kept = after.get("conversations") or {}
+    for conversation_id in restored.get("conversations") or {}:
+        field_ = f"conversations.{conversation_id}"
+        if conversation_id in kept:
+            raise Conflict(f"{field_}: conversation is still held by the destination {destination_id}", field_)
+        _check_conversation_free(view, conversation_id, destination_id, field_)
+    return Decision(
+        200,
+        [destination_id, source_id],
+        [
+            # The destination first: it lets go of the conversations the source takes back.
+            Change(destination_id, after, "unmerged", {UNMERGED_FROM: source_id}),
+            Change(source_id, restored, "restored", {RESTORED_FROM: destination_id}),
+        ],
+    )
+
+
+def _dismiss_duplicates(view: View, payload: dict, _now_ms: int, _type: str) -> Decision:
+    """A group of live contacts that is not to be offered as duplicates again."""
+    ids = payload["ids"]
+    for index, contact_id in enumerate(ids):
+        if view.get(contact_id) is None:
+            raise _not_found(view, contact_id, f"ids[{index}]")
+    return Decision(202, list(ids), dismissed=[list(ids)])
 
 
 # --- auto-create (router commands) ----------------------------------------------------------------
@@ -257,6 +378,8 @@ _HANDLERS = {
     commands.UPDATE: _update,
     commands.DELETE: _delete,
     commands.MERGE: _merge,
+    commands.UNMERGE: _unmerge,
+    commands.DISMISS_DUPLICATES: _dismiss_duplicates,
     commands.AUTO_CREATE: _auto_create,
 }
 
@@ -272,7 +395,7 @@ class Overlay:
     def __init__(self) -> None:
         self.contacts: dict[str, dict | None] = {}
         self.owners: dict[str, str | None] = {}
-        self.merged: dict[str, str] = {}
+        self.merged: dict[str, str | None] = {}
         self.metadata: dict[str, dict] = {}
 
     def __bool__(self) -> bool:
@@ -293,6 +416,33 @@ class LayeredView:
     def __init__(self, base: View, layers: list[Overlay]):
         self._base = base
         self._layers = layers
+        # Built on the first holders() call (upsert imports only): the identities of every
+        # contact the layers hold (contact id -> identities) and the other way round.
+        self._identities_of: dict[str, set] | None = None
+        self._holding: dict[tuple, set[str]] = {}
+
+    @property
+    def phone_region(self) -> str | None:
+        return getattr(self._base, "phone_region", None)
+
+    def holders(self, kind: str, value: str) -> list[str]:
+        if self._identities_of is None:
+            self._identities_of = {}
+            latest: dict[str, dict | None] = {}
+            for layer in self._layers:
+                latest.update(layer.contacts)
+            for contact_id, contact in latest.items():
+                self._index_identities(contact_id, contact)
+        found = [h for h in self._base.holders(kind, value) if h not in self._identities_of]
+        return found + sorted(self._holding.get((kind, value), ()))
+
+    def _index_identities(self, contact_id: str, contact: dict | None) -> None:
+        for identity in self._identities_of.get(contact_id, ()):
+            self._holding.get(identity, set()).discard(contact_id)
+        held = set(identities.identities_of(contact, self.phone_region)) if contact is not None else set()
+        self._identities_of[contact_id] = held
+        for identity in held:
+            self._holding.setdefault(identity, set()).add(contact_id)
 
     def get(self, contact_id: str) -> dict | None:
         for layer in reversed(self._layers):
@@ -313,12 +463,12 @@ class LayeredView:
     def merged_into(self, contact_id: str) -> str | None:
         current, seen = contact_id, {contact_id}
         for _ in range(self.MAX_CHAIN):
-            destination = None
+            destination, known = None, False
             for layer in reversed(self._layers):
                 if current in layer.merged:
-                    destination = layer.merged[current]
+                    destination, known = layer.merged[current], True
                     break
-            if destination is None:
+            if not known:
                 destination = self._base.merged_into(current)
             if destination is None or destination in seen:
                 return None
@@ -343,8 +493,12 @@ class LayeredView:
                 if self.owner_of_conversation(conversation_id) == change.contact_id:
                     layer.owners[conversation_id] = None
             layer.contacts[change.contact_id] = change.contact
+            if self._identities_of is not None:
+                self._index_identities(change.contact_id, change.contact)
             for conversation_id in (change.contact or {}).get("conversations", {}):
                 layer.owners[conversation_id] = change.contact_id
             if change.headers.get(MERGED_INTO):
                 layer.merged[change.contact_id] = change.headers[MERGED_INTO]
+            elif change.operation in LIVE_AGAIN and self.merged_into(change.contact_id) is not None:
+                layer.merged[change.contact_id] = None  # live again (restored): merged into nothing
         layer.metadata.update(decision.conversation_metadata)

@@ -504,6 +504,28 @@ def validate_import(payload: Any, ignored: list[str] | None = None) -> list[dict
     return [_validate_contact_payload(item, f"[{index}]", ignored) for index, item in enumerate(payload)]
 
 
+UPSERT_KINDS = ("email", "phone")
+
+
+def validate_import_request(payload: Any, ignored: list[str] | None = None) -> tuple[list[dict], str | None]:
+    """(contacts, upsert_by) of a ``contacts.import`` payload: a JSON array of create payloads,
+    or ``{"contacts": [...], "upsert_by"?: "email" | "phone" | null}``. Elements' errors name
+    them as ``[3].via.email`` in both forms."""
+    if isinstance(payload, list):
+        return validate_import(payload, ignored), None
+    if not isinstance(payload, dict) or "contacts" not in payload:
+        raise ValidationError(
+            "", f'the request body must be a JSON array of contacts or {{"contacts": [...], "upsert_by"?}}, not {_type_name(payload)}'
+        )
+    _note_unknown(payload, ("contacts", "upsert_by"), "", ignored)
+    if not isinstance(payload["contacts"], list):
+        raise ValidationError("contacts", f"contacts must be a JSON array of contacts, not {_type_name(payload['contacts'])}")
+    upsert_by = payload.get("upsert_by")
+    if upsert_by is not None and upsert_by not in UPSERT_KINDS:
+        raise ValidationError("upsert_by", f"upsert_by must be one of {', '.join(UPSERT_KINDS)} (or null)")
+    return validate_import(payload["contacts"], ignored), upsert_by
+
+
 def validate_update(payload: Any, ignored: list[str] | None = None) -> tuple[str, dict]:
     """(id, changes) of a ``contacts.update`` payload; changes keep "" as removal markers."""
     _require_object(payload, "")
@@ -567,6 +589,35 @@ def validate_merge_request(payload: Any, ignored: list[str] | None = None) -> tu
     if source_id == destination_id:
         raise ValidationError("destination_id", _SELF_MERGE)
     return source_id, destination_id, dry_run
+
+
+def validate_unmerge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
+    """(destination_id, source_id) of a ``contacts.unmerge`` payload."""
+    destination_id, source_id = _ids(payload, ("destination_id", "source_id"), ignored)
+    if source_id == destination_id:
+        raise ValidationError("source_id", "source_id must differ from destination_id: a contact is never merged into itself")
+    return destination_id, source_id
+
+
+MIN_DISMISSED, MAX_DISMISSED = 2, 100
+
+
+def validate_dismiss(payload: Any, ignored: list[str] | None = None) -> list[str]:
+    """The sorted, distinct ids of a ``contacts.dismiss_duplicates`` payload: a group of 2 to
+    MAX_DISMISSED contacts (the ids of a group from ``contacts.duplicates``)."""
+    _require_object(payload, "")
+    _note_unknown(payload, ("ids",), "", ignored)
+    if "ids" not in payload:
+        raise ValidationError("ids", "ids is required")
+    given = payload["ids"]
+    if not isinstance(given, list):
+        raise ValidationError("ids", f"ids must be an array of contact ids, not {_type_name(given)}")
+    if not MIN_DISMISSED <= len(given) <= MAX_DISMISSED:
+        raise ValidationError("ids", f"ids must hold {MIN_DISMISSED} to {MAX_DISMISSED} contact ids, not {len(given)}")
+    ids = [normalize_uuid(value, f"ids[{index}]") for index, value in enumerate(given)]
+    if len(set(ids)) != len(ids):
+        raise ValidationError("ids", "ids must name each contact once")
+    return sorted(ids)
 
 
 MAX_QUERY_LENGTH = 256

@@ -20,7 +20,7 @@ from contacts_streams.publisher import CommandClient, ReplyListener
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
 from contacts_streams.find import Finder
 from contacts_streams.store import Store
-from contacts_streams.topics import conversations_topic, ensure_topics
+from contacts_streams.topics import conversations_topic, dismissed_topic, ensure_topics
 from contacts_streams.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,11 @@ class Service:
         self.materializer = Materializer(config, self.store, self.metrics)
         self.replies = ReplyListener(config, self.metrics)
         self.publisher = CommandClient(config, self.replies, self.materializer, self.metrics)
-        self.contacts = Contacts(self.store, self.publisher, self.materializer)
+        # Groups people said are not duplicates: every replica reads the whole topic.
+        self.dismissed = Materializer(
+            config, self.store, self.metrics, topic=dismissed_topic(config), target=self.store.dismissed, name="dismissed materializer"
+        )
+        self.contacts = Contacts(self.store, self.publisher, self.materializer, self.dismissed)
         self.finder = Finder(self.store)
         self.router = self.join_state = None
         if config.auto_create_enabled:
@@ -131,6 +135,8 @@ class Service:
             return False, f"{what}: {self._start_error}"
         if not self.materializer.ready:
             return False, self.materializer.status()
+        if not self.dismissed.ready:
+            return False, self.dismissed.status()
         if not self.replies.ready:
             return False, "the reply listener is not started"
         for loop in self._loops():
@@ -166,7 +172,7 @@ class Service:
         return [loop for loop in (self.writer, self.router) if loop is not None]
 
     def _materializers(self) -> list[Materializer]:
-        return [m for m in (self.materializer, self.join_state) if m is not None]
+        return [m for m in (self.materializer, self.join_state, self.dismissed) if m is not None]
 
     def _watch(self) -> None:
         """Liveness of the stream stages: one whose waiting input has not moved for

@@ -60,6 +60,7 @@ from rocksdict import Options, Rdict, ReadOptions, WriteBatch
 
 from contacts_streams import identities as ids_module
 from contacts_streams import model
+from contacts_streams.decisions import LIVE_AGAIN
 from contacts_streams.serialization import ContactCodec, DecodeError
 
 log = logging.getLogger(__name__)
@@ -826,6 +827,8 @@ class _Batch:
         self._count_delta = 0
         # identity prefix (kind + 0x00 + value + 0x00) -> contact id -> held after this batch?
         self._identity_changes: dict[bytes, dict[bytes, bool]] = {}
+        # contact id -> the merged-into hints its tombstones put in this batch
+        self._tombstone_hints: dict[str, set[bytes]] = {}
 
     def get(self, family: str, key: bytes) -> bytes | None:
         if (family, key) in self._pending:
@@ -848,6 +851,21 @@ class _Batch:
             current = _I64.unpack(raw)[0] if raw is not None else 0
             self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + self._count_delta))
         self._store._db.write(self._batch)
+
+    def _forget_merged_away(self, contact_id: str) -> None:
+        """A contact that is live again (restored by an unmerge) no longer lives elsewhere: its
+        tombstone's merged-into hints go, those written by this batch too. The hints from a
+        destination's history go with that destination's next record (the unmerged one)."""
+        prefix = contact_id.encode() + SEPARATOR
+        stale = set(self._tombstone_hints.pop(contact_id, ()))
+        it = self._store._cf[MERGED].iter(ReadOptions())
+        it.seek(prefix)
+        while it.valid() and it.key().startswith(prefix):
+            if it.key().endswith(FROM_TOMBSTONE):
+                stale.add(it.key())
+            it.next()
+        for key in stale:
+            self.delete(MERGED, key)
 
     def _add_count(self, delta: int) -> None:
         self._count_delta += delta
@@ -935,11 +953,14 @@ class _Batch:
             merged_into = record.headers.get("merged_into")
             if merged_into:
                 self.put(MERGED, _pair(contact_id, merged_into) + FROM_TOMBSTONE, b"")
+                self._tombstone_hints.setdefault(contact_id, set()).add(_pair(contact_id, merged_into) + FROM_TOMBSTONE)
             return
 
         self.put(CONTACTS, key, record.value)
         if old_raw is None:
             self._add_count(1)
+            if record.headers.get("operation") in LIVE_AGAIN:
+                self._forget_merged_away(contact_id)
         self.put(NAMES, model.sort_key(new), key)
         for conversation_id in new.get("conversations", {}):
             self.put(CONVERSATIONS, _pair(conversation_id, contact_id), b"")

@@ -45,6 +45,11 @@ def conversations_topic(config: Config) -> str:
     return f"{config.application_id}-conversations"
 
 
+def dismissed_topic(config: Config) -> str:
+    """Groups people said are not duplicates: sorted contact ids joined by "," -> a marker."""
+    return f"{config.application_id}-dismissed"
+
+
 def dead_letter_topic(config: Config) -> str:
     """Records a stream stage can never process, as received, with the error in headers."""
     return f"{config.application_id}-dead-letter"
@@ -52,7 +57,7 @@ def dead_letter_topic(config: Config) -> str:
 
 def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors | None = None) -> None:
     """The compacted contacts topic, the dead-letter topic, the writer's commands, replies and
-    idempotency topics and, with auto-create on, the join-state topic.
+    idempotency and dismissed-groups topics and, with auto-create on, the join-state topic.
 
     This is the service's first call to the broker. With `errors`, what librdkafka reports
     meanwhile is judged: refused credentials or certificates raise BrokerRefused within about a
@@ -97,6 +102,8 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
             replication_factor=-1,
             config={"cleanup.policy": "compact,delete", "retention.ms": str(IDEMPOTENCY_RETENTION_MS)},
         ),
+        # Contact ids only, nothing personal: kept for good, one record per dismissed group.
+        NewTopic(dismissed_topic(config), num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact"}),
     ]
     if config.auto_create_enabled:
         wanted.append(

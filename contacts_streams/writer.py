@@ -33,7 +33,7 @@ from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, megabytes
 from contacts_streams.serialization import ContactCodec, RegistryError
-from contacts_streams.store import Store
+from contacts_streams.store import Store, dismissed_key
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def too_large(command: Command, decision: Decision, change: Change, size: int, l
     if command.type == commands.CREATE:
         return error(413, f"the contact would be {_against_limit(size, limit)}")
     if command.type == commands.IMPORT:
-        index = next(i for i, c in enumerate(decision.changes) if c is change)
+        # The element that made the contact (an upsert may touch one contact from several).
+        index = decision.ids.index(change.contact_id)
         return error(413, f"[{index}]: the contact would be {_against_limit(size, limit)}", f"[{index}]")
     if command.type == commands.MERGE:
         p = command.payload
@@ -85,6 +86,13 @@ class StoreView:
     def merged_into(self, contact_id: str) -> str | None:
         return self._store.merged_into(contact_id)
 
+    def holders(self, kind: str, value: str) -> list[str]:
+        return self._store.holders(kind, value)
+
+    @property
+    def phone_region(self) -> str | None:
+        return self._store.phone_region
+
     def conversation_metadata(self, conversation_id: str) -> dict:
         """The conversation's join state as committed (a store from before the join-state topic
         may still hold some of it only locally)."""
@@ -95,7 +103,7 @@ class StoreView:
 class _Outcome:
     """One command's result within a batch; its offsets are known once the batch is flushed."""
 
-    __slots__ = ("command", "command_id", "decision", "records", "offsets", "same_as", "remember", "refused", "letter")
+    __slots__ = ("command", "command_id", "decision", "records", "offsets", "dismissed", "same_as", "remember", "refused", "letter")
 
     def __init__(self, command: Command | None, command_id: str | None, decision: Decision, records: range = range(0)):
         self.command = command
@@ -103,6 +111,7 @@ class _Outcome:
         self.decision = decision
         self.records = records
         self.offsets: dict[int, int] | None = None
+        self.dismissed: dict[int, int] = {}  # the dismissed topic's offsets it produced
         self.same_as: _Outcome | None = None
         self.remember = False
         self.refused: list[str] = []  # auto-create fills left out: over the record limit
@@ -140,6 +149,7 @@ class Writer(ExactlyOnceLoop):
         self._join_topic = topics.conversations_topic(config)
         self._replies_topic = topics.replies_topic(config)
         self._idempotency_topic = topics.idempotency_topic(config)
+        self._dismissed_topic = topics.dismissed_topic(config)
         self._takeover_needed = False
         self.holding = False
         # Committed, not yet materialized: (contacts positions, join-state positions, changes).
@@ -356,7 +366,7 @@ class Writer(ExactlyOnceLoop):
                 outcome.same_as = earlier
                 return outcome
             if remembered is not None:
-                outcome = _Outcome(command, command.id, Decision(remembered.status, list(remembered.ids), error=remembered.error))
+                outcome = _Outcome(command, command.id, Decision(remembered.status, list(remembered.ids), error=remembered.error, updated=list(remembered.updated)))
                 outcome.offsets = dict(remembered.offsets)
                 return outcome
         refused: list[str] = []
@@ -411,6 +421,10 @@ class Writer(ExactlyOnceLoop):
             records.append(record)
             if record.value is not None:
                 encoded_contacts.append((record.value, contact))
+        if decision.ok:
+            marker = json.dumps({"v": 1, "at": now}).encode()
+            for group in decision.dismissed:
+                records.append(Produced(self._dismissed_topic, dismissed_key(group), marker, []))
         outcome = _Outcome(command, command.id, decision, range(start, len(records)))
         outcome.refused = refused
         if idempotency is not None:
@@ -441,14 +455,15 @@ class Writer(ExactlyOnceLoop):
                 else:
                     offsets: dict[int, int] = {}
                     for index in outcome.records:
-                        _topic, partition, offset = placed[index]
-                        offsets[partition] = max(offsets.get(partition, -1), offset)
+                        topic, partition, offset = placed[index]
+                        into = offsets if topic == self._contacts_topic else outcome.dismissed
+                        into[partition] = max(into.get(partition, -1), offset)
                     outcome.offsets = offsets
             command = outcome.command
             wants_reply = command is None or command.type != commands.AUTO_CREATE  # routers wait for nothing
             if wants_reply and outcome.command_id:
                 d = outcome.decision
-                reply = Reply(d.status, d.ids, d.error, outcome.offsets)
+                reply = Reply(d.status, d.ids, d.error, outcome.offsets, outcome.dismissed, d.updated)
                 out.append(Produced(self._replies_topic, outcome.command_id.encode(), reply.encode(), []))
             if outcome.remember:
                 entry = self._remembered_of(outcome, now)
@@ -458,7 +473,7 @@ class Writer(ExactlyOnceLoop):
     @staticmethod
     def _remembered_of(outcome: _Outcome, now: int) -> Remembered:
         d = outcome.decision
-        return Remembered(d.status, list(d.ids), d.error, dict(outcome.offsets or {}), outcome.command.idempotency.body_hash, now)
+        return Remembered(d.status, list(d.ids), d.error, dict(outcome.offsets or {}), outcome.command.idempotency.body_hash, now, list(d.updated))
 
     def _count(self, outcomes: list[_Outcome], seconds: float) -> None:
         self._metrics.writer_batch_seconds.observe(seconds)

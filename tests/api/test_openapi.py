@@ -41,6 +41,8 @@ CONTACT_PATHS = [
     "/contacts.update",
     "/contacts.delete",
     "/contacts.merge",
+    "/contacts.unmerge",
+    "/contacts.dismiss_duplicates",
     "/contacts.lookup",
     "/contacts.search",
     "/contacts.duplicates",
@@ -151,7 +153,7 @@ def test_limits_and_fields_come_from_the_model():
     assert create["properties"]["display_name"]["maxLength"] == model.MAX_STRING_LENGTH
     assert create["properties"]["via"]["maxProperties"] == model.MAX_VIA_KEYS
     assert create["properties"]["conversations"]["maxProperties"] == model.MAX_CONVERSATIONS
-    assert schemas["ImportRequest"]["maxItems"] == model.MAX_IMPORT
+    assert schemas["ImportContacts"]["maxItems"] == model.MAX_IMPORT
     page_size = schemas["ListRequest"]["properties"]["page_size"]
     assert (page_size["minimum"], page_size["maximum"], page_size["default"]) == (1, model.MAX_PAGE_SIZE, model.DEFAULT_PAGE_SIZE)
     assert schemas["ListRequest"]["properties"]["cursor"]["maxLength"] == model.MAX_CURSOR_LENGTH
@@ -255,7 +257,12 @@ AGREEMENT = [
     ("/contacts.import", [SEED_CONTACT, {"title": "x"}], model.validate_import),
     ("/contacts.import", [], model.validate_import),
     ("/contacts.import", [{"title": "x", "nickname": "y"}], model.validate_import),
-    ("/contacts.import", {"display_name": "x"}, model.validate_import),
+    ("/contacts.import", {"display_name": "x"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [{"title": "x"}], "upsert_by": "email"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [], "upsert_by": None}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [{"title": "x"}], "upsert_by": "telegram"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": {"title": "x"}, "upsert_by": "email"}, model.validate_import_request),
+    ("/contacts.import", {"contacts": [{}], "upsert_by": "phone"}, model.validate_import_request),
     ("/contacts.import", [{"title": "x"}, {}], model.validate_import),
     ("/contacts.import", [{"title": "x"}] * (model.MAX_IMPORT + 1), model.validate_import),
     ("/contacts.list", {}, model.validate_list),
@@ -315,6 +322,17 @@ AGREEMENT = [
     ("/contacts.duplicates", {"id": _UUID, "page_size": 5}, model.validate_duplicates),
     ("/contacts.duplicates", {"id": 5}, model.validate_duplicates),
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _OTHER, "force": True}, model.validate_merge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _OTHER}, model.validate_unmerge),
+    ("/contacts.unmerge", {"destination_id": _UUID}, model.validate_unmerge),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _OTHER]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _OTHER] * 51}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, "x"]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _UUID]}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {"ids": "x"}, model.validate_dismiss),
+    ("/contacts.dismiss_duplicates", {}, model.validate_dismiss),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": 5}, model.validate_unmerge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _OTHER, "dry_run": True}, model.validate_unmerge),
 ]
 
 
@@ -343,6 +361,8 @@ DESCRIBED_ONLY = [
     ("/contacts.create", {"metadata": {"a": float("nan")}}, model.validate_create),
     ("/contacts.create", {"metadata": {"a": 2**63}}, model.validate_create),  # JSON Schema: 2**63 is a number
     ("/contacts.merge", {"source_id": _UUID, "destination_id": _UUID}, model.validate_merge),
+    ("/contacts.unmerge", {"destination_id": _UUID, "source_id": _UUID}, model.validate_unmerge),
+    ("/contacts.dismiss_duplicates", {"ids": [_UUID, _UUID.upper()]}, model.validate_dismiss),
 ]
 
 
@@ -381,6 +401,11 @@ def test_real_responses_fit_the_documented_schemas(api):
     assert merged.status_code == 200 and merged.get_json()["merge_history"][0]["id"] == contact["id"]
     gone = api.post("/contacts.info", json={"id": contact["id"]})
     assert gone.status_code == 404 and gone.get_json()["merged_into"] == other["id"]
+    unmerged = api.post("/contacts.unmerge", json={"destination_id": other["id"], "source_id": contact["id"]})
+    assert unmerged.status_code == 200 and unmerged.get_json()["restored"]["id"] == contact["id"]
+    never = api.post("/contacts.unmerge", json={"destination_id": other["id"], "source_id": contact["id"]})
+    assert never.status_code == 404
+    assert api.post("/contacts.merge", json={"source_id": contact["id"], "destination_id": other["id"]}).status_code == 200
     assert api.post("/contacts.info", json={"id": str(uuid.uuid4())}).status_code == 404
     assert api.post("/contacts.update", json={"id": str(uuid.uuid4()), "title": "x"}).status_code == 404
     assert api.post("/contacts.merge", json={"source_id": str(uuid.uuid4()), "destination_id": other["id"]}).status_code == 404
@@ -554,12 +579,14 @@ def test_fuzz_every_operation_from_the_document(app, capsys):
 
 _VALIDATORS = {
     "/contacts.create": model.validate_create,
-    "/contacts.import": model.validate_import,
+    "/contacts.import": model.validate_import_request,
     "/contacts.list": model.validate_list,
     "/contacts.info": model.validate_info,
     "/contacts.update": model.validate_update,
     "/contacts.delete": model.validate_id,
     "/contacts.merge": model.validate_merge_request,
+    "/contacts.unmerge": model.validate_unmerge,
+    "/contacts.dismiss_duplicates": model.validate_dismiss,
     "/contacts.lookup": model.validate_lookup,
     "/contacts.search": model.validate_search,
     "/contacts.duplicates": model.validate_duplicates,
@@ -650,12 +677,20 @@ def _request(draw):
         ident = st.one_of(st.just("@id0"), st.just("@id1"), st.uuids().map(str), _scalars) if kind == "ids" else st.sampled_from(["@id0", "@id1"])
         payloads = {
             "/contacts.create": st.just({"display_name": "fuzz"}) if kind == "ids" else _contact_payload(valid=True),
-            "/contacts.import": st.lists(_contact_payload(valid=True), min_size=1, max_size=3),
+            "/contacts.import": st.one_of(
+                st.lists(_contact_payload(valid=True), min_size=1, max_size=3),
+                st.fixed_dictionaries(
+                    {"contacts": st.lists(_contact_payload(valid=True), min_size=1, max_size=3), "upsert_by": st.sampled_from(["email", "phone"])}
+                ),
+            ),
             "/contacts.list": st.fixed_dictionaries({}, optional={"page_size": st.integers(1, 50), "cursor": st.just("@cursor")}),
             "/contacts.info": st.one_of(st.fixed_dictionaries({"id": ident}), st.fixed_dictionaries({"conversation_id": ident})),
             "/contacts.update": st.builds(lambda i, p: {"id": i, **p}, ident, _contact_payload(valid=kind == "valid")),
             "/contacts.delete": st.fixed_dictionaries({"id": ident}),
             "/contacts.merge": st.fixed_dictionaries({"source_id": ident, "destination_id": ident}, optional={"dry_run": st.booleans()}),
+            # "@pair": the latest pair the run merged, so unmerges also succeed
+            "/contacts.dismiss_duplicates": st.fixed_dictionaries({"ids": st.lists(ident, min_size=0, max_size=3)}),
+            "/contacts.unmerge": st.one_of(st.fixed_dictionaries({"destination_id": ident, "source_id": ident}), st.just({"@pair": True})),
             "/contacts.lookup": st.fixed_dictionaries({"via": _valid_values["via"]}),
             "/contacts.search": st.fixed_dictionaries(
                 {"query": st.one_of(_short_text, st.sampled_from(["seed", "fuzz 1", "+49 170 1234", "a@b.c"]))},
@@ -678,6 +713,7 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
     client = app.test_client()
     ids = [client.post("/contacts.create", json={"display_name": f"seed {i}"}).get_json()["id"] for i in range(4)]
     cursors = ["", None]
+    merged_pairs: list[tuple[str, str]] = []  # (destination, source) of the run's merges
     budget = max(1, FUZZ_REQUESTS - FUZZ_REQUESTS // 2)
     failures = _Failures()
     statuses: dict[int, int] = {}
@@ -687,6 +723,9 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
     def substitute(raw: bytes, picks: list[int]) -> bytes:
         raw = raw.replace(b'"@id0"', json.dumps(ids[picks[0] % len(ids)]).encode())
         raw = raw.replace(b'"@id1"', json.dumps(ids[picks[1] % len(ids)]).encode())
+        if merged_pairs:
+            destination, source = merged_pairs[-1]
+            raw = raw.replace(b'{"@pair": true}', json.dumps({"destination_id": destination, "source_id": source}).encode())
         return raw.replace(b'"@cursor"', json.dumps(cursors[picks[0] % len(cursors)]).encode())
 
     @settings(max_examples=budget, **_FUZZ_SETTINGS)
@@ -742,6 +781,10 @@ def test_fuzz_hostile_and_valid_bodies_on_every_endpoint(app, capsys):
         if status == 200 and path == "/contacts.merge" and "id" in answer:  # not a dry run
             source = payload["source_id"].lower()
             ids[:] = [i for i in ids if i != source] or [answer["id"]]
+            merged_pairs.append((answer["id"], source))
+        if status == 200 and path == "/contacts.unmerge":
+            merged_pairs[:] = [p for p in merged_pairs if p != (answer["destination"]["id"], answer["restored"]["id"])]
+            ids.append(answer["restored"]["id"])
         if status == 202 and path == "/contacts.delete" and len(ids) > 1:
             ids[:] = [i for i in ids if i != payload["id"].lower()] or ids
 

@@ -216,18 +216,6 @@ def test_ctrl_c_stops_after_the_batch_and_skip_resumes(service, tmp_path):
     assert sorted(imported) == names  # each row once
 
 
-def test_upsert_against_a_service_without_it_says_so(service, tmp_path):
-    path = tmp_path / "upsert.csv"
-    path.write_text("name,email\nUpsert Ada,upsert.ada@example.org\n")
-    before = total(service)
-    done = contacts("import", path, "--url", service.base, "--upsert-by", "email")
-    assert done.returncode == 1
-    assert "this service does not support upsert yet" in done.stderr
-    assert "to resume" not in done.stderr
-    assert total(service) == before
-
-
-@pytest.mark.skip(reason="needs the service's contacts.import upsert_by (issues #10/#9: lookup by identity, the upsert import mode)")
 def test_the_same_file_twice_with_upsert_creates_nothing_new(service, tmp_path):
     path = tmp_path / "twice.csv"
     path.write_text("name,email,city\nTwice Ada,twice.ada@example.org,London\nTwice Alan,TWICE.alan@example.org,\n")

@@ -29,6 +29,8 @@ def test_reply_and_remembered_round_trip():
     assert Reply.decode(reply.encode()) == reply
     reply = Reply(201, ["a", "b"], None, {0: 5, 7: 9})
     assert Reply.decode(reply.encode()) == reply
+    reply = Reply(202, ["a", "b"], None, {}, {0: 3})
+    assert Reply.decode(reply.encode()) == reply
     entry = Remembered(201, ["a"], None, {3: 4}, "hash", 123)
     assert Remembered.decode(entry.encode()) == entry and entry.reply() == Reply(201, ["a"], None, {3: 4})
 

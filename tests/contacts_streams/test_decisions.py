@@ -10,7 +10,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contacts_streams import commands, model
+from contacts_streams import commands, identities, model
 from contacts_streams.commands import Command
 from contacts_streams.decisions import LayeredView, Overlay, decide
 
@@ -49,6 +49,11 @@ class DictView:
     def conversation_metadata(self, conversation_id):
         return self.metadata.get(conversation_id, {})
 
+    phone_region = "DE"
+
+    def holders(self, kind, value):
+        return sorted(i for i, c in self.contacts.items() if (kind, value) in identities.identities_of(c, self.phone_region))
+
     def apply(self, decision):
         for change in decision.changes:
             if change.contact is None:
@@ -57,6 +62,7 @@ class DictView:
                     self.merged[change.contact_id] = change.headers["merged_into"]
             else:
                 self.contacts[change.contact_id] = change.contact
+                self.merged.pop(change.contact_id, None)  # live again: merged into nothing
         self.metadata.update(decision.conversation_metadata)
 
 
@@ -148,6 +154,7 @@ def test_auto_create_creates_once_fills_defaults_and_follows_merges():
 
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(5)]
 CONVS = [str(uuid.UUID(int=100 + i)) for i in range(4)]
+EMAILS = ["a@example.org", " A@Example.org", "b@example.org"]
 
 commands_strategy = st.one_of(
     st.builds(lambda i, c: ("create", i, c), st.sampled_from(IDS), st.lists(st.sampled_from(CONVS), max_size=2, unique=True)),
@@ -156,7 +163,94 @@ commands_strategy = st.one_of(
     st.builds(lambda i: ("delete", i), st.sampled_from(IDS)),
     st.builds(lambda s, d: ("merge", s, d), st.sampled_from(IDS), st.sampled_from(IDS)),
     st.builds(lambda c: ("auto", c), st.sampled_from(CONVS)),
+    st.builds(lambda d, s: ("unmerge", d, s), st.sampled_from(IDS), st.sampled_from(IDS)),
+    st.builds(lambda i, e: ("email", i, e), st.sampled_from(IDS), st.sampled_from(EMAILS)),
+    st.builds(lambda e: ("upsert", e), st.lists(st.tuples(st.sampled_from(EMAILS), st.text(alphabet="xy", max_size=2)), min_size=1, max_size=3)),
 )
+
+
+def test_unmerge_restores_the_source_and_gives_back_its_conversations():
+    view = DictView()
+    conv, other_conv = str(uuid.uuid4()), str(uuid.uuid4())
+    a = create(view, display_name="A", via={"email": "a@example.org"}, conversations={conv: "facebook"})
+    b = create(view, display_name="B", conversations={other_conv: "sms"})
+    before_a, before_b = view.get(a), view.get(b)
+    view.apply(decide(view, command(commands.MERGE, source_id=a, destination_id=b), NOW + 1))
+    assert view.owner_of_conversation(conv) == b
+
+    unmerged = decide(view, command(commands.UNMERGE, destination_id=b, source_id=a), NOW + 2)
+    assert unmerged.status == 200 and unmerged.ids == [b, a]
+    assert [(c.contact_id, c.operation, c.headers) for c in unmerged.changes] == [
+        (b, "unmerged", {"unmerged_from": a}),
+        (a, "restored", {"restored_from": b}),
+    ]
+    view.apply(unmerged)
+    strip = lambda c: {k: v for k, v in c.items() if k != "updated_at"}  # noqa: E731
+    assert strip(view.get(a)) == strip(before_a) and strip(view.get(b)) == strip(before_b)
+    assert view.owner_of_conversation(conv) == a and view.merged_into(a) is None
+
+    again = decide(view, command(commands.UNMERGE, destination_id=b, source_id=a), NOW + 3)
+    assert again.status == 404 and "never merged" in again.error["message"] and not again.changes
+    unknown = decide(view, command(commands.UNMERGE, destination_id=str(uuid.uuid4()), source_id=a), NOW + 3)
+    assert unknown.status == 404 and "destination_id" in unknown.error["message"]
+
+
+def test_unmerge_is_a_409_when_the_source_cannot_come_back_as_it_was():
+    view = DictView()
+    conv = str(uuid.uuid4())
+    a = create(view, display_name="A", conversations={conv: "facebook"})
+    b = create(view, display_name="B")
+    view.apply(decide(view, command(commands.MERGE, source_id=a, destination_id=b), NOW))
+    # the destination lets the conversation go and a third contact takes it
+    view.apply(decide(view, command(commands.UPDATE, id=b, changes={"conversations": {conv: ""}}), NOW))
+    c = create(view, display_name="C", conversations={conv: "facebook"})
+    taken = decide(view, command(commands.UNMERGE, destination_id=b, source_id=a), NOW)
+    assert taken.status == 409 and taken.error["field"] == f"conversations.{conv}" and c in taken.error["message"]
+    assert not taken.changes
+
+    # an auto-created source whose conversation the destination let go of is created again
+    auto_conv = str(uuid.uuid4())
+    view.apply(decide(view, command(commands.AUTO_CREATE, conversations={auto_conv: {"source": "facebook"}}), NOW))
+    auto = model.contact_id_for_conversation(auto_conv)
+    view.apply(decide(view, command(commands.MERGE, source_id=auto, destination_id=b), NOW))
+    view.apply(decide(view, command(commands.UPDATE, id=b, changes={"conversations": {auto_conv: ""}}), NOW))
+    view.apply(decide(view, command(commands.AUTO_CREATE, conversations={auto_conv: {"source": "facebook"}}), NOW))
+    assert view.get(auto) is not None
+    live = decide(view, command(commands.UNMERGE, destination_id=b, source_id=auto), NOW)
+    assert live.status == 409 and live.error["field"] == "source_id" and not live.changes
+
+
+def test_an_upsert_import_updates_the_one_contact_with_the_identity_and_creates_the_rest():
+    view = DictView()
+    ada = create(view, display_name="Ada", via={"email": "ada@example.org", "phone": "+49 170 1234567"}, title="Countess")
+    one, two = create(view, via={"email": "twin@example.org"}), create(view, via={"email": "TWIN@example.org"})
+    new_id, again_id = str(uuid.uuid4()), str(uuid.uuid4())
+    elements = [
+        {"id": str(uuid.uuid4()), "fields": {"via": {"email": " ADA@example.org"}, "address": {"city": "London"}}},
+        {"id": new_id, "fields": {"display_name": "New", "via": {"email": "new@example.org"}}},
+        {"id": again_id, "fields": {"title": "Dr", "via": {"email": "new@example.org"}}},  # the element before made it
+    ]
+    decision = decide(view, command(commands.IMPORT, contacts=elements, upsert_by="email"), NOW + 5)
+    assert decision.status == 201 and decision.ids == [ada, new_id, new_id] and decision.updated == [0, 2]
+    by_id = {c.contact_id: c for c in decision.changes}
+    assert [c.contact_id for c in decision.changes] == [ada, new_id]
+    assert by_id[ada].operation == "updated" and by_id[ada].contact["title"] == "Countess"
+    assert by_id[ada].contact["address"] == {"city": "London"} and by_id[ada].contact["via"]["phone"] == "+49 170 1234567"
+    assert by_id[new_id].operation == "imported" and by_id[new_id].contact["display_name"] == "New" and by_id[new_id].contact["title"] == "Dr"
+    view.apply(decision)
+
+    # by phone, however written
+    by_phone = decide(view, command(commands.IMPORT, contacts=[{"id": str(uuid.uuid4()), "fields": {"via": {"phone": "0170 1234567"}, "gender": "f"}}], upsert_by="phone"), NOW)
+    assert by_phone.ids == [ada] and by_phone.changes[0].contact["gender"] == "f"
+    # the same again changes nothing and publishes nothing
+    view.apply(by_phone)
+    same = decide(view, command(commands.IMPORT, contacts=[{"id": str(uuid.uuid4()), "fields": {"via": {"phone": "0170 1234567"}, "gender": "f"}}], upsert_by="phone"), NOW)
+    assert same.status == 201 and same.ids == [ada] and same.updated == [0] and same.changes == []
+
+    # two contacts with the identity: a 409 naming the element and both, nothing written
+    twins = decide(view, command(commands.IMPORT, contacts=[elements[1], {"id": str(uuid.uuid4()), "fields": {"via": {"email": "twin@example.org"}}}], upsert_by="email"), NOW)
+    assert twins.status == 409 and twins.error["field"] == "[1].via.email" and one in twins.error["message"] and two in twins.error["message"]
+    assert not twins.changes
 
 
 def to_command(spec, n):
@@ -171,6 +265,13 @@ def to_command(spec, n):
         return command(commands.DELETE, id=spec[1])
     if kind == "merge":
         return command(commands.MERGE, source_id=spec[1], destination_id=spec[2])
+    if kind == "email":
+        return command(commands.UPDATE, id=spec[1], changes={"via": {"email": spec[2]}})
+    if kind == "upsert":
+        elements = [{"id": str(uuid.UUID(int=5000 + 10 * n + i)), "fields": {"via": {"email": e}, **({"title": t} if t else {})}} for i, (e, t) in enumerate(spec[1])]
+        return command(commands.IMPORT, contacts=elements, upsert_by="email")
+    if kind == "unmerge":
+        return command(commands.UNMERGE, destination_id=spec[1], source_id=spec[2])
     return command(commands.AUTO_CREATE, conversations={spec[1]: {"source": "facebook"}})
 
 

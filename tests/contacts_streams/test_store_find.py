@@ -177,3 +177,28 @@ def test_search_pages_are_bounded_and_cursors_belong_to_their_query(store):
         if cursor is None:
             break
     assert seen == sorted(c["display_name"] for c in contacts)
+
+
+@pytest.mark.parametrize("one_batch", [False, True])
+def test_a_restored_contact_no_longer_resolves_to_its_old_destination(store, one_batch):
+    """After an unmerge the source is live again: neither its tombstone's merged_into header nor
+    the destination's old history entry may keep sending it to the destination (a later delete of
+    the source would otherwise answer "merged into" the destination)."""
+    source = new(display_name="Source", via={"email": "s@example.org"})
+    destination = new(display_name="Destination")
+    merged = model.merge_contacts(destination, source, T0 + 1)
+    restored, after = model.unmerge(merged, source["id"], T0 + 2)
+    merge = [record(merged, operation="merged", merged_from=source["id"]), record(None, source["id"], operation="merged_away", merged_into=destination["id"])]
+    unmerge = [record(after, operation="unmerged"), record(restored, operation="restored")]
+    store.apply("t", [record(source), record(destination)])
+    if one_batch:
+        store.apply("t", merge + unmerge)
+    else:
+        store.apply("t", merge)
+        assert store.merged_into(source["id"]) == destination["id"]
+        store.apply("t", unmerge)
+    assert store.get(source["id"])["display_name"] == "Source"
+    assert store.merged_into(source["id"]) is None
+    assert lookup(store, "email", "s@example.org") == [source["id"]]
+    store.apply("t", [record(None, source["id"], operation="deleted")])
+    assert store.merged_into(source["id"]) is None
