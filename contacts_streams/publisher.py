@@ -121,7 +121,10 @@ class ReplyListener:
         try:
             while not self._stopping.is_set():
                 try:
-                    batch = consumer.consume(1000, 0.1)
+                    # consume(n, timeout) waits out the whole timeout unless n records arrive, which
+                    # made every write wait 100 ms: wait for the first reply, then drain the rest.
+                    first = consumer.poll(0.1)
+                    batch = [first] + consumer.consume(999, 0) if first is not None else []
                 except KafkaException as err:  # the broker away: keep listening from where it was
                     log.warning("replies: %s", err)
                     time.sleep(0.5)
