@@ -64,3 +64,26 @@ def test_config(kafka: str, unique: str, state_dir: str, **overrides) -> Config:
 
 
 test_config.__test__ = False  # a helper, not a test
+
+
+def module_client(kafka: str, name: str, state_dir: str, **overrides):
+    """A started service with its own topics for a whole test module, and its HTTP test client:
+    yields the client and closes the service after (use it from a module-scoped fixture)."""
+    import uuid
+
+    from api.app import create_app
+    from contacts_streams.service import Service
+
+    config = test_config(kafka, f"{name}-{uuid.uuid4().hex[:8]}", state_dir, **overrides)
+    service = Service(config).start(wait=True, timeout=60)
+    try:
+        yield create_app(config, service).test_client()
+    finally:
+        service.close()
+
+
+def post(client, path: str, body, status: int):
+    """POST `body` as JSON, assert the status, return the JSON answer (None when empty)."""
+    response = client.post(path, json=body)
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    return response.get_json() if response.data else None

@@ -3,29 +3,15 @@ identity is updated key by key, the rest created, all or none."""
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 
-from api.app import create_app
+from support import module_client, post
 
 
 @pytest.fixture(scope="module")
 def api(kafka, tmp_path_factory):
-    from support import test_config
-
-    from contacts_streams.service import Service
-
-    config = test_config(kafka, f"upsert-{uuid.uuid4().hex[:8]}", str(tmp_path_factory.mktemp("state")), default_phone_region="DE")
-    service = Service(config).start(wait=True, timeout=60)
-    yield create_app(config, service).test_client()
-    service.close()
-
-
-def post(client, path, body, status):
-    response = client.post(path, json=body)
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    return response.get_json() if response.data else None
+    yield from module_client(kafka, "upsert", str(tmp_path_factory.mktemp("state")), default_phone_region="DE")
 
 
 def total(api):
