@@ -54,6 +54,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
         Setting("allowedOrigins", "", "CORS origins, comma-separated, `*` for any; empty: no CORS headers"),
         Setting("CONTACTS_TOPIC", "application.communication.contacts", "the compacted contacts topic"),
+        Setting("CONTACT_EVENTS_TOPIC", "application.communication.contact-events", "the change-events topic (one event per contact change)"),
         Setting("MESSAGES_TOPIC", "application.communication.messages", "the messages topic auto-create reads"),
         Setting("METADATA_TOPIC", "application.communication.metadata", "the metadata topic auto-create reads"),
         Setting("CONTACTS_PARTITIONS", "10", "partitions of the contacts topic when this service creates it"),
@@ -88,6 +89,7 @@ class Config:
     jwt_secret: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     contacts_topic: str = "application.communication.contacts"
+    events_topic: str = "application.communication.contact-events"
     messages_topic: str = "application.communication.messages"
     metadata_topic: str = "application.communication.metadata"
     contacts_partitions: int = 10
@@ -167,6 +169,7 @@ class Config:
             jwt_secret=get("jwtSecret") or None,
             allowed_origins=origins,
             contacts_topic=required("CONTACTS_TOPIC"),
+            events_topic=required("CONTACT_EVENTS_TOPIC"),
             messages_topic=required("MESSAGES_TOPIC"),
             metadata_topic=required("METADATA_TOPIC"),
             contacts_partitions=integer("CONTACTS_PARTITIONS", 1, 10_000),
