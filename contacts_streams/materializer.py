@@ -55,6 +55,10 @@ class Materializer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._caught_up: set[int] = set()
+        # The committed end of each partition when it was assigned: reading up to it is caught
+        # up, as Kafka Streams restores to the end offsets it saw at start. The end-of-partition
+        # event alone is not enough: a partition written without a pause may never show one.
+        self._start_ends: dict[int, int] = {}
         self._partitions: list[int] = []
         self.failure: BaseException | None = None
         self.applied_since_start = 0
@@ -76,8 +80,10 @@ class Materializer:
         if not self._partitions:
             return f"{self.name} connecting to {self._topic}"
         if not self.ready:
-            behind = len(set(self._partitions) - self._caught_up)
-            return f"{self.name} catching up with {self._topic} ({behind} of {len(self._partitions)} partitions behind)"
+            with self._changed:
+                behind = {p: (self._applied.get(p, 0), self._start_ends.get(p)) for p in self._partitions if p not in self._caught_up}
+            where = ", ".join(f"{p}: {applied} of {end}" for p, (applied, end) in sorted(behind.items())[:5])
+            return f"{self.name} catching up with {self._topic} ({len(behind)} of {len(self._partitions)} partitions behind: {where})"
         return "up to date"
 
     def wait_applied(self, positions: dict[int, int], timeout: float) -> bool:
@@ -161,6 +167,8 @@ class Materializer:
             stored = {}
         with self._changed:
             self._applied = {p: stored.get(p, 0) for p in partitions}
+            self._start_ends = {p: high for p, (_low, high) in watermarks.items()}
+            self._caught_up.update(p for p in partitions if self._start_ends.get(p, 1) <= self._applied[p])
         self._partitions = partitions
         consumer.assign([TopicPartition(self._topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
         if self._counts_contacts:
@@ -241,6 +249,9 @@ class Materializer:
                 for partition, end in reached_end:
                     self._applied[partition] = max(self._applied.get(partition, 0), end)
                     self._caught_up.add(partition)
+                for record in records:
+                    if record.partition not in self._caught_up and self._applied[record.partition] >= self._start_ends.get(record.partition, 0):
+                        self._caught_up.add(record.partition)
                 self._changed.notify_all()
 
     def _apply(self, records: list[Record]) -> int | None:

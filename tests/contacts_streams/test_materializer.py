@@ -125,3 +125,58 @@ def test_a_store_ahead_of_its_topic_is_rebuilt(make_config, start_service, kafka
     assert rebuilt.materializer.rebuild_reason.startswith("ahead of the topic"), rebuilt.materializer.rebuild_reason
     assert rebuilt.store.count() == 0
     assert rebuilt.contacts.list(None, 20).contacts == []
+
+
+def test_a_store_catches_up_while_its_topic_is_written_without_a_pause(make_config, kafka):
+    """A partition written without a pause never shows an end-of-partition event (every fetch
+    finds new committed records before its wait is over); reading up to the committed end seen
+    at start is being caught up (a restarted replica under steady writes once stayed 503)."""
+    import threading
+
+    from confluent_kafka import Producer
+
+    from contacts_streams.materializer import Materializer
+    from contacts_streams.metrics import Metrics
+    from contacts_streams.topics import ensure_topics
+
+    config = make_config()
+    ensure_topics(config)
+    codec = ContactCodec()
+    contact_id = str(uuid.uuid4())
+    producer = Producer({"bootstrap.servers": kafka, "transactional.id": f"steady-{uuid.uuid4()}", "linger.ms": 0})
+    producer.init_transactions()
+    stop = threading.Event()
+    written = []
+
+    def write_steadily():
+        n = 0
+        while not stop.is_set():
+            producer.begin_transaction()
+            value = codec.encode_contact({"id": contact_id, "display_name": f"steady {n}", "created_at": "2026-11-30T10:00:00.000Z"})
+            producer.produce(config.contacts_topic, key=contact_id.encode(), value=value, headers=[("operation", b"updated")])
+            producer.commit_transaction()
+            written.append(n)
+            n += 1
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=write_steadily, daemon=True)
+    writer.start()
+    store = Store(Path(config.state_dir), codec)
+    materializer = Materializer(config, store, Metrics())
+    try:
+        deadline = time.monotonic() + 30
+        while len(written) < 50:
+            assert time.monotonic() < deadline, "the steady writer did not get going"
+            time.sleep(0.05)
+        materializer.start()
+        deadline = time.monotonic() + 30
+        while not materializer.ready:
+            assert time.monotonic() < deadline, f"never caught up under steady writes: {materializer.status()}"
+            time.sleep(0.05)
+        assert writer.is_alive()  # it caught up while the writes went on, not after they stopped
+    finally:
+        stop.set()
+        writer.join(10)
+        materializer.stop()
+        producer.flush(10)
+        store.close()

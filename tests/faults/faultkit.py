@@ -182,7 +182,7 @@ class ServiceProcess:
             if status == 200:
                 return self.health_seen
             time.sleep(0.05)
-        raise AssertionError(f"the service was not ready after {timeout:.0f}s (health {self.health_seen}); log {self.log_file}:\n{self.tail()}")
+        raise AssertionError(f"the service was not ready after {timeout:.0f}s (health {self.health_seen}, reasons {self.health_reasons[-3:]}); log {self.log_file}:\n{self.tail()}")
 
     def tail(self, lines: int = 60) -> str:
         try:
