@@ -379,6 +379,14 @@ def wait_until_applied(service: ServiceProcess, ends: dict[int, int], timeout: f
     wait_for(applied, timeout, f"{service.log_file.name}'s store to apply the contacts topic up to {ends}", interval=0.5)
 
 
+def wait_settled(names: Names, service: ServiceProcess) -> None:
+    """Wait until nothing more can land: the writer has consumed every command (one sent before
+    a kill is applied by the next writer if its deadline has not passed, seconds after the
+    restart: ready is not settled) and the service's store has applied the committed end."""
+    wait_for(lambda: _commands_left(names) == 0, 60, "the writer to consume every command", interval=0.5)
+    wait_until_applied(service, _contacts_ends(names))
+
+
 def assert_equals_a_fresh_rebuild(spawn, names: Names, live: ServiceProcess, tmp_path: Path, instance_id: str = "rebuild") -> dict:
     """Start a service on a NEW empty state folder against the same topic, let it read the topic,
     stop both, and compare every column family the topic determines: first the contacts' bytes,
@@ -388,9 +396,8 @@ def assert_equals_a_fresh_rebuild(spawn, names: Names, live: ServiceProcess, tmp
     Compared once nothing more can land: the writer has consumed every command on the commands
     topic (one sent before a kill is applied by the next writer if its deadline has not passed,
     seconds after the restart) and both stores have applied the contacts topic's committed end."""
-    wait_for(lambda: _commands_left(names) == 0, 60, "the writer to consume every command", interval=0.5)
+    wait_settled(names, live)
     ends = _contacts_ends(names)
-    wait_until_applied(live, ends)
     rebuild = spawn(names, state_dir=tmp_path / f"state-{instance_id}", instance_id=instance_id, AUTO_CREATE_ENABLED="false")
     rebuild.wait_ready()
     wait_until_applied(rebuild, ends)

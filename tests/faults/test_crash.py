@@ -32,6 +32,7 @@ from faultkit import (
     figures,
     topic_records,
     wait_for,
+    wait_settled,
     without,
 )
 
@@ -154,6 +155,7 @@ def test_kill_during_creates_and_updates(spawn, names, tmp_path):
         threads.join()
         service.start()
         service.wait_ready()
+        wait_settled(names, service)
 
         # Every acknowledged write is there; an unanswered update is either there or not.
         lost, landed = [], 0
@@ -270,6 +272,7 @@ def test_kill_during_a_1000_contact_import(spawn, names, tmp_path, kafka):
         threads.join()
         service.start()
         service.wait_ready()
+        wait_settled(names, service)
 
         contacts = service.list_all()
         by_tag = collections.defaultdict(list)
@@ -370,6 +373,7 @@ def test_kill_during_merges(spawn, names, tmp_path):
         threads.join()
         service.start()
         service.wait_ready()
+        wait_settled(names, service)
 
         contacts = service.list_all()
         live = {c["id"]: c for c in contacts}

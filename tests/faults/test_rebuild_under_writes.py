@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import requests
-from faultkit import CLIENTS, SCALE, Recorder, figures, topic_records, wait_for
+from faultkit import CLIENTS, SCALE, Recorder, figures, topic_records
 
 from contacts_streams.serialization import ContactCodec
 
