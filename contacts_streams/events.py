@@ -24,6 +24,7 @@ EVENTS_SUBJECT = "application.communication.contact-events-value"
 
 # Fields diffed key by key (``via.email``); every other field, merge_history included, whole.
 KEYED_FIELDS = ("via", "address", "metadata", "conversations")
+_FIELD_ORDER = {name: n for n, name in enumerate(("id",) + model.CONTACT_FIELDS + ("created_at", "updated_at", "merge_history"))}
 # The operations after which the contact no longer exists under its id.
 GONE = ("deleted", "merged_away", "erased")
 # The contact record's header naming the other contact of a merge or unmerge (decisions.py).
@@ -56,7 +57,9 @@ def diff(before: dict | None, after: dict | None) -> list[dict]:
     ``{"path", "before", "after"}`` with JSON text values, None where the path is absent."""
     old, new = _paths(before), _paths(after)
     changes = []
-    for path in list(old) + [p for p in new if p not in old]:
+    paths = list(old) + [p for p in new if p not in old]
+    paths.sort(key=lambda path: _FIELD_ORDER.get(path.partition(".")[0], len(_FIELD_ORDER)))  # stable: map keys keep their order
+    for path in paths:
         was, now = old.get(path), new.get(path)
         if path in old and path in new and model.same_json(was, now):
             continue

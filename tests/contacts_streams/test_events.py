@@ -203,3 +203,5 @@ def test_replaying_each_contacts_events_from_nothing_gives_its_current_state(see
 def test_changed_paths():
     a = contact({"via": {"email": "a@x.org"}})
     assert events.changed_paths({"changes": diff(None, a)}) == ["id", "via.email", "created_at", "updated_at"]
+    b = model.apply_update(a, {"title": "Dr"}, NOW + 1)
+    assert events.changed_paths({"changes": diff(a, b)}) == ["title", "updated_at"]
