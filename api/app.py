@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 POSITION, MIN_POSITION, IDEMPOTENCY_KEY = "X-Contacts-Position", "X-Contacts-Min-Position", "Idempotency-Key"
+# How a write came (the events' origin): the contacts command says "cli"; nothing else is taken.
+ORIGIN_HEADER = "X-Contacts-Origin"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 RETRY_AFTER_S = 2
 IGNORED_FIELDS_HEADER = "X-Contacts-Ignored-Fields"
@@ -102,7 +104,10 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
                     IDEMPOTENCY_KEY, f"{IDEMPOTENCY_KEY} must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
                 )
             idempotency = Idempotency(g.caller, request.path, key, commands.body_hash(request.path, g.get("body")))
-        return WriteContext(actor=g.caller, origin=commands.ORIGIN_HTTP, idempotency=idempotency, deadline=deadline)
+        return WriteContext(actor=g.caller, origin=origin(commands.ORIGIN_HTTP), idempotency=idempotency, deadline=deadline)
+
+    def origin(default: str) -> str:
+        return commands.ORIGIN_CLI if request.headers.get(ORIGIN_HEADER, "").strip().lower() == commands.ORIGIN_CLI else default
 
     def written(outcome, empty: bool = False) -> Response:
         response = _empty(outcome.status) if empty else _json(outcome.body, outcome.status)
@@ -218,7 +223,7 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         if upsert_by:
             payload["upsert_by"] = upsert_by
         context = write_context()
-        outcome = contacts.write(commands.IMPORT, payload, WriteContext(context.actor, commands.ORIGIN_IMPORT, context.idempotency, context.deadline))
+        outcome = contacts.write(commands.IMPORT, payload, WriteContext(context.actor, origin(commands.ORIGIN_IMPORT), context.idempotency, context.deadline))
         answer: dict = {"data": outcome.body}
         if isinstance(g.body, dict):  # the object form; the array form keeps the platform's shape
             answer.update(created=len(payloads) - outcome.updated, updated=outcome.updated)
@@ -273,6 +278,12 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         outcome = contacts.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, write_context())
         answer = {name: _with_history(contact) for name, contact in outcome.body.items()}
         return written(outcome.__class__(outcome.status, answer, outcome.position))
+
+    @app.post("/contacts.history")
+    def history():
+        contact_id, cursor, page_size = model.validate_history(body(), ignored())
+        page = service.history.page(contact_id, cursor, page_size)
+        return _json({"data": page.events, "pagination_data": {"previous_cursor": None, "next_cursor": page.next_cursor}}, 200)
 
     @app.post("/contacts.lookup")
     def lookup():

@@ -449,6 +449,65 @@ _SCHEMAS: dict[str, dict] = {
         "additionalProperties": False,
         "description": "Exact word matches first, then prefix matches, each by display name. A page may be short (even empty) with a next_cursor when few of the entries it read matched every word.",
     },
+    "HistoryRequest": {
+        "type": "object",
+        "properties": {
+            "id": _uuid("A live, merged-away or deleted contact's id."),
+            "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from pagination_data."),
+            "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
+            "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
+        },
+        "required": ["id"],
+        "description": "Other fields are ignored.",
+    },
+    "ContactEvent": {
+        "type": "object",
+        "description": "One change of one contact, as on the contact-events topic (schemas/contact-event.avsc).",
+        "properties": {
+            "event_id": {"type": "string", "description": "A UUID, unique per event."},
+            "contact_id": {"type": "string"},
+            "operation": {
+                "type": "string",
+                "description": "created, imported, auto_created, updated, merged, unmerged, restored, deleted, merged_away, erased.",
+            },
+            "time": {"type": "string", "description": "When the writer applied it: ISO 8601 UTC with milliseconds."},
+            "actor": {"type": "string", "description": "Who: system, the JWT's sub, anonymous, auto-create."},
+            "origin": {"type": "string", "description": "How: http, import, auto-create, cli."},
+            "other_contact_id": {"type": "string", "nullable": True, "description": "The other contact of a merge or unmerge."},
+            "changes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string", "description": "A field (display_name, merge_history) or one key of via, address, metadata, conversations (via.email)."},
+                        "before": {"type": "string", "nullable": True, "description": "JSON text; null: absent."},
+                        "after": {"type": "string", "nullable": True, "description": "JSON text; null: absent (removed)."},
+                    },
+                    "required": ["path", "before", "after"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["event_id", "contact_id", "operation", "time", "actor", "origin", "other_contact_id", "changes"],
+        "additionalProperties": False,
+    },
+    "HistoryResponse": {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": _ref("ContactEvent")},
+            "pagination_data": {
+                "type": "object",
+                "properties": {
+                    "previous_cursor": {"type": "string", "nullable": True, "description": "Always null: history pages back in time."},
+                    "next_cursor": {"type": "string", "nullable": True, "description": "Older events; null at the oldest kept."},
+                },
+                "required": ["previous_cursor", "next_cursor"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["data", "pagination_data"],
+        "additionalProperties": False,
+    },
     "DuplicatesRequest": {
         "type": "object",
         "nullable": True,
@@ -769,6 +828,18 @@ _PATHS = {
         "DuplicatesRequest",
         (200, "A page of groups with their reasons and conflicting fields.", "DuplicatesResponse"),
         body_required=False,
+        not_found=True,
+    ),
+    "/contacts.history": _post(
+        "contactHistory",
+        "A contact's change events, newest first, within the events topic's retention",
+        "HistoryRequest",
+        (
+            200,
+            "A page of events (what changed, who, how, when). A merged-away or deleted id's events still show;"
+            " 404 only for an id that was never a contact within the retention.",
+            "HistoryResponse",
+        ),
         not_found=True,
     ),
     "/actuator/health": _get("health", "Readiness (the path the platform's probes use)", _HEALTH),

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             env = {
                 "KAFKA_BROKERS": broker.bootstrap_servers,
                 "CONTACTS_TOPIC": f"{tag}.contacts",
+                "CONTACT_EVENTS_TOPIC": f"{tag}.contact-events",
                 "MESSAGES_TOPIC": f"{tag}.messages",
                 "METADATA_TOPIC": f"{tag}.metadata",
                 "APPLICATION_ID": tag,

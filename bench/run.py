@@ -120,6 +120,7 @@ class Bench:
         return {
             "KAFKA_BROKERS": self.brokers,
             "CONTACTS_TOPIC": contacts_topic,
+            "CONTACT_EVENTS_TOPIC": f"{contacts_topic.rsplit('.', 1)[0]}.contact-events",
             "MESSAGES_TOPIC": messages_topic or f"bench.{self.run_id}.{tag}.messages",
             "METADATA_TOPIC": metadata_topic or f"bench.{self.run_id}.{tag}.metadata",
             "STATE_DIR": str(state),

@@ -113,8 +113,8 @@ class Client:
     def post(self, path: str, body: bytes | dict | list, idempotency_key: str | None = None) -> Answer:
         """The service's answer (any status but 503); raises ServiceError once retrying is over."""
         data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        # The User-Agent lets the service tell the command's writes (origin "cli") from others.
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
+        # X-Contacts-Origin: the change events of these writes say they came from the command line.
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT, "X-Contacts-Origin": "cli"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         if idempotency_key:

@@ -23,9 +23,10 @@ UNMERGE, DISMISS_DUPLICATES = "unmerge", "dismiss_duplicates"
 AUTO_CREATE = "auto_create"
 TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, UNMERGE, DISMISS_DUPLICATES, AUTO_CREATE)
 
-# Who (actor) and how (origin), for the change events of a later issue.
+# Who (actor) and how (origin) wrote: carried to the change events. Commands written before
+# these fields existed decode with the defaults.
 SYSTEM, ANONYMOUS = "system", "anonymous"
-ORIGIN_HTTP, ORIGIN_IMPORT, ORIGIN_AUTO_CREATE = "http", "import", "auto-create"
+ORIGIN_HTTP, ORIGIN_IMPORT, ORIGIN_AUTO_CREATE, ORIGIN_CLI = "http", "import", "auto-create", "cli"
 
 VERSION = 1
 # A 16 MiB request body becomes a command a little larger; the commands topic and the producers

@@ -2,23 +2,140 @@
 
 An event is a dict shaped like the schema: ``event_id``, ``contact_id``, ``operation``, ``time``,
 ``actor``, ``origin``, ``other_contact_id`` (or None) and ``changes``, a list of
-``{"path", "before", "after"}`` whose values are JSON text or None (absent). This module only
-says how events travel; what a change becomes is decided where the contact record is written
-(the writer), so both land in one transaction.
+``{"path", "before", "after"}`` whose values are JSON text or None (absent).
+
+The writer makes one event per contact record it writes (``event_for``), in the same
+transaction, from the contact before and after the change; ``diff`` and its inverse
+``apply_changes`` are pure, so replaying a contact's events from its creation onto nothing gives
+its current state (what a CRM sync relies on, and what the property tests check).
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any, Iterable
 
+from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.serialization import SCHEMA_DIR, AvroCodec
 
 EVENTS_SUBJECT = "application.communication.contact-events-value"
 
+# Fields diffed key by key (``via.email``); every other field, merge_history included, whole.
+KEYED_FIELDS = ("via", "address", "metadata", "conversations")
+_FIELD_ORDER = {name: n for n, name in enumerate(("id",) + model.CONTACT_FIELDS + ("created_at", "updated_at", "merge_history"))}
+# The operations after which the contact no longer exists under its id.
+GONE = ("deleted", "merged_away", "erased")
+# The contact record's header naming the other contact of a merge or unmerge (decisions.py).
+OTHER_CONTACT_HEADERS = ("merged_from", "merged_into", "unmerged_from", "restored_from")
+
 
 def events_topic(config: Config) -> str:
     return config.events_topic
+
+
+def json_text(value: Any) -> str:
+    """A value as the events carry it: compact JSON, keys sorted, UTF-8 as it is."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _paths(contact: dict | None) -> dict[str, Any]:
+    """Path -> value of everything a contact holds, map fields key by key."""
+    out: dict[str, Any] = {}
+    for name, value in (contact or {}).items():
+        if name in KEYED_FIELDS and isinstance(value, dict):
+            for key, item in value.items():
+                out[f"{name}.{key}"] = item
+        elif value is not None:
+            out[name] = value
+    return out
+
+
+def diff(before: dict | None, after: dict | None) -> list[dict]:
+    """The changes from ``before`` to ``after`` (None: no contact), in the contact's field order:
+    ``{"path", "before", "after"}`` with JSON text values, None where the path is absent."""
+    old, new = _paths(before), _paths(after)
+    changes = []
+    paths = list(old) + [p for p in new if p not in old]
+    paths.sort(key=lambda path: _FIELD_ORDER.get(path.partition(".")[0], len(_FIELD_ORDER)))  # stable: map keys keep their order
+    for path in paths:
+        was, now = old.get(path), new.get(path)
+        if path in old and path in new and model.same_json(was, now):
+            continue
+        changes.append(
+            {
+                "path": path,
+                "before": json_text(was) if path in old else None,
+                "after": json_text(now) if path in new else None,
+            }
+        )
+    return changes
+
+
+def apply_changes(contact: dict | None, event: dict) -> dict | None:
+    """The contact after ``event`` (the inverse of ``diff``): None after a deleted, merged-away or
+    erased event; else ``contact`` (or nothing) with each change's ``after`` set or removed. A
+    map field left without keys is removed, as the contacts themselves never hold an empty one."""
+    if event["operation"] in GONE:
+        return None
+    out = {name: (dict(value) if name in KEYED_FIELDS and isinstance(value, dict) else value) for name, value in (contact or {}).items()}
+    for change in event.get("changes") or ():
+        name, dot, key = change["path"].partition(".")
+        after = change.get("after")
+        if dot and name in KEYED_FIELDS:
+            values = out.setdefault(name, {})
+            if after is None:
+                values.pop(key, None)
+                if not values:
+                    del out[name]
+            else:
+                values[key] = json.loads(after)
+        elif after is None:
+            out.pop(change["path"], None)
+        else:
+            out[change["path"]] = json.loads(after)
+    return out
+
+
+def event_for(
+    contact_id: str,
+    operation: str,
+    before: dict | None,
+    after: dict | None,
+    *,
+    actor: str,
+    origin: str,
+    now_ms: int,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """The event of one contact record: what changed from ``before`` to ``after`` (every field
+    going away for a deleted or merged-away contact), who and how, and the other contact of a
+    merge or unmerge (from the record's headers)."""
+    headers = headers or {}
+    other = next((headers[name] for name in OTHER_CONTACT_HEADERS if headers.get(name)), None)
+    return {
+        "event_id": str(uuid.uuid4()),
+        "contact_id": contact_id,
+        "operation": operation,
+        "time": model.millis_to_iso(now_ms),
+        "actor": actor,
+        "origin": origin,
+        "other_contact_id": other,
+        "changes": [] if operation == "erased" else diff(before, after),
+    }
+
+
+def replay(events: Iterable[dict]) -> dict | None:
+    """A contact's state after its events, oldest first, from nothing."""
+    contact = None
+    for event in events:
+        contact = apply_changes(contact, event)
+    return contact
+
+
+def changed_paths(event: dict) -> list[str]:
+    return [change["path"] for change in event.get("changes") or ()]
 
 
 class EventCodec:

@@ -669,6 +669,19 @@ def validate_duplicates(payload: Any = None, ignored: list[str] | None = None) -
     return contact_id, cursor, page_size
 
 
+def validate_history(payload: Any, ignored: list[str] | None = None) -> tuple[str, str | None, int]:
+    """(id, cursor, page_size) of a ``contacts.history`` payload."""
+    _require_object(payload, "")
+    _note_unknown(payload, ("id", "cursor", "page_size", "pageSize"), "", ignored)
+    if "id" not in payload:
+        raise ValidationError("id", "id is required")
+    contact_id = normalize_uuid(payload["id"], "id")
+    cursor, page_size = _paging(payload)
+    if "pageSize" in payload and "page_size" in payload and ignored is not None:
+        ignored.append("pageSize")
+    return contact_id, cursor, page_size
+
+
 def _page_size(value: Any, name: str) -> int | None:
     if value is None:
         return None

@@ -13,6 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
+from contacts_streams.events import EventCodec
+from contacts_streams.history import History
 from contacts_streams.kafka_security import BrokerRefused, StartupErrors
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
@@ -43,7 +45,8 @@ class Service:
         self.fatal: FatalError | None = None
         self.metrics = metrics or Metrics()
         self.codec = _contact_codec(config)
-        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec, config.default_phone_region)
+        self.event_codec = _event_codec(config)
+        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec, config.default_phone_region, self.event_codec)
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
         self.materializer = Materializer(config, self.store, self.metrics)
@@ -53,6 +56,12 @@ class Service:
         self.dismissed = Materializer(
             config, self.store, self.metrics, topic=dismissed_topic(config), target=self.store.dismissed, name="dismissed materializer"
         )
+        # Each contact's recent change events, for contacts.history: every replica reads the
+        # whole events topic. Not part of readiness: only contacts.history waits for it.
+        self.events = Materializer(
+            config, self.store, self.metrics, topic=config.events_topic, target=self.store.history, name="events materializer"
+        )
+        self.history = History(config, self.store, self.events)
         self.contacts = Contacts(self.store, self.publisher, self.materializer, self.dismissed)
         self.finder = Finder(self.store)
         self.router = self.join_state = None
@@ -64,7 +73,9 @@ class Service:
             )
             self.router = ConversationRouter(config, self.store, self.metrics)
         # Every replica runs a writer; the one that holds the commands partition applies.
-        self.writer = Writer(config, self.store, self.materializer, self.metrics, self.codec, self.publisher, join_state=self.join_state)
+        self.writer = Writer(
+            config, self.store, self.materializer, self.metrics, self.codec, self.publisher, join_state=self.join_state, event_codec=self.event_codec
+        )
         self._start_error: BaseException | None = None
         self._closed = False
         self._stalled: str | None = None
@@ -111,13 +122,14 @@ class Service:
     def _register_schema(self) -> None:
         """Register the contact schema now rather than at the first write, so a subject that
         refuses it stops the service at start instead of failing every write later."""
-        if self.codec.avro.registry is None:
-            return
-        try:
-            schema_id = self.codec.avro.register()
-        except SchemaRefused as err:
-            raise FatalError(str(err)) from err
-        log.info("the contact schema is registered under %s with id %d", self.codec.avro.subject, schema_id)
+        for what, avro in (("contact", self.codec.avro), ("contact-event", self.event_codec.avro)):
+            if avro.registry is None:
+                continue
+            try:
+                schema_id = avro.register()
+            except SchemaRefused as err:
+                raise FatalError(str(err)) from err
+            log.info("the %s schema is registered under %s with id %d", what, avro.subject, schema_id)
 
     def wait_ready(self, timeout: float) -> None:
         """Block until ready; raises the FatalError that ended the start, if one did."""
@@ -172,7 +184,7 @@ class Service:
         return [loop for loop in (self.writer, self.router) if loop is not None]
 
     def _materializers(self) -> list[Materializer]:
-        return [m for m in (self.materializer, self.join_state, self.dismissed) if m is not None]
+        return [m for m in (self.materializer, self.join_state, self.dismissed, self.events) if m is not None]
 
     def _watch(self) -> None:
         """Liveness of the stream stages: one whose waiting input has not moved for
@@ -216,6 +228,7 @@ class Service:
         for loop in reversed(self._loops()):
             loop.stop()
         self.publisher.close()
+        self.history.close()
         self.replies.stop()
         for materializer in self._materializers():
             materializer.stop()
@@ -232,3 +245,12 @@ def _contact_codec(config: Config) -> ContactCodec:
     write_timeout_s = config.write_timeout_ms / 1000
     client = shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
     return ContactCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)
+
+
+def _event_codec(config: Config) -> EventCodec:
+    subject = f"{config.events_topic}-value"
+    if not config.schema_registry_url:
+        return EventCodec(subject=subject)
+    write_timeout_s = config.write_timeout_ms / 1000
+    client = shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
+    return EventCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)

@@ -32,6 +32,10 @@ Column families (DESIGN.md, "store"):
   of the contact removes exactly those entries (the header it came with is gone by then);
 - ``dismissed`` / ``dismissed_offsets``: groups people said are not duplicates (sorted contact
   ids joined by ``,`` -> b""), from the ``<APPLICATION_ID>-dismissed`` topic (``DismissedGroups``).
+- ``history`` / ``history_offsets``: each contact's recent change events, from the events topic
+  (``EventHistory``): contact id + 0x00 + partition (4 bytes) + offset (8 bytes) -> the event's
+  time in ms (8 bytes) + the event as compact JSON, so a contact's events are one key range in
+  topic order.
 
 ``meta`` holds the store's format (``FORMAT``): a store written by a version with other indexes is
 emptied of everything the contacts topic determines when opened, so the materializer rebuilds it
@@ -61,6 +65,7 @@ from rocksdict import Options, Rdict, ReadOptions, WriteBatch
 from contacts_streams import identities as ids_module
 from contacts_streams import model
 from contacts_streams.decisions import LIVE_AGAIN
+from contacts_streams.events import EventCodec
 from contacts_streams.serialization import ContactCodec, DecodeError
 
 log = logging.getLogger(__name__)
@@ -70,9 +75,10 @@ COUNTERS, OFFSETS, META, CONVERSATION_METADATA = "counters", "offsets", "meta", 
 JOIN_STATE, JOIN_OFFSETS = "join_state", "join_offsets"
 IDENTITIES, SHARED, SEARCH, DERIVED = "identities", "shared", "search", "derived"
 DISMISSED, DISMISSED_OFFSETS = "dismissed", "dismissed_offsets"
+HISTORY, HISTORY_OFFSETS = "history", "history_offsets"
 FAMILIES = (
     CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA, JOIN_STATE, JOIN_OFFSETS,
-    IDENTITIES, SHARED, SEARCH, DERIVED, DISMISSED, DISMISSED_OFFSETS,
+    IDENTITIES, SHARED, SEARCH, DERIVED, DISMISSED, DISMISSED_OFFSETS, HISTORY, HISTORY_OFFSETS,
 )  # fmt: skip
 # What a rebuild from the contacts topic recreates; the join state and the dismissed groups come
 # from their own topics.
@@ -81,13 +87,14 @@ TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, 
 FORMAT = b"2"
 FORMAT_KEY = b"format"
 DISMISSED_TOPIC_KEY = b"dismissed_topic"
+HISTORY_TOPIC_KEY = b"history_topic"
 SEARCH_NAME_CHARS = 32
 SEARCH_SCAN = 5000
 SEARCH_COUNT = 1000
 DUPLICATES_SCAN = 1000
 MAX_GROUP = 100
 MAX_LOOKUP = 1000
-_SEARCH_CURSOR, _DUPLICATES_CURSOR = b"s", b"d"
+_SEARCH_CURSOR, _DUPLICATES_CURSOR, _HISTORY_CURSOR = b"s", b"d", b"h"
 
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
@@ -173,9 +180,10 @@ def _options() -> Options:
 class Store:
     """One process owns the store; its threads may read while the materializer writes."""
 
-    def __init__(self, path: str | Path, codec: ContactCodec, phone_region: str | None = None):
+    def __init__(self, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None):
         self.path = Path(path)
         self.codec = codec
+        self.event_codec = event_codec or EventCodec(subject=None)
         # For records without the identities header only (see the identities module).
         self.phone_region = phone_region
         self.upgraded_from: str | None = None
@@ -186,6 +194,7 @@ class Store:
         self._upgrade()
         self.join_state = JoinState(self)
         self.dismissed = DismissedGroups(self)
+        self.history = EventHistory(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -241,14 +250,16 @@ class Store:
         self._db = None
 
     @classmethod
-    def open_or_rebuild(cls, path: str | Path, codec: ContactCodec, phone_region: str | None = None) -> tuple["Store", str | None]:
+    def open_or_rebuild(
+        cls, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None
+    ) -> tuple["Store", str | None]:
         """Open the store; a corrupt one is wiped. Returns the store and why it was wiped, if it was."""
         try:
-            return cls(path, codec, phone_region), None
+            return cls(path, codec, phone_region, event_codec), None
         except StoreError as err:
             log.warning("store unusable, rebuilding from the topic: %s", err)
             shutil.rmtree(path, ignore_errors=True)
-            return cls(path, codec, phone_region), str(err)
+            return cls(path, codec, phone_region, event_codec), str(err)
 
     def reset(self) -> None:
         """Forget everything the contacts topic produced (a rebuild follows)."""
@@ -738,6 +749,156 @@ class DismissedGroups:
                 batch.put(_PARTITION.pack(partition), _U64.pack(offset), store._handle[DISMISSED_OFFSETS])
             store._db.write(batch)
             return applied
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    events: list[dict]
+    next_cursor: str | None
+
+
+class EventHistory:
+    """Each contact's recent change events, materialized from the events topic (the same methods
+    as ``JoinState``, so a ``Materializer`` feeds it), for ``contacts.history``.
+
+    Kept as long as the topic keeps them (``retention_ms``, set by the service): older ones are
+    dropped when the contact's next event comes and never served. An ``erased`` event replaces
+    everything before it (it carries nothing personal; what came before does)."""
+
+    retention_ms: int | None = None
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    # --- what its materializer asks ------------------------------------------------------------
+
+    def topic(self) -> str | None:
+        raw = self._store._cf[META].get(HISTORY_TOPIC_KEY)
+        return raw.decode() if raw is not None else None
+
+    def offsets(self) -> dict[int, int]:
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[HISTORY_OFFSETS].items()}
+
+    def count(self) -> int:
+        """1 when it holds any event, else 0 (a store with events but no offsets is rebuilt)."""
+        it = self._store._cf[HISTORY].iter(ReadOptions())
+        it.seek_to_first()
+        found = it.valid()
+        del it
+        return int(found)
+
+    def reset(self) -> None:
+        store = self._store
+        with store._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            for family in (HISTORY, HISTORY_OFFSETS):
+                for key in list(store._cf[family].keys()):
+                    batch.delete(key, store._handle[family])
+            batch.delete(HISTORY_TOPIC_KEY, store._handle[META])
+            store._db.write(batch)
+
+    def _horizon(self) -> int:
+        return model.now_ms() - self.retention_ms if self.retention_ms else -1
+
+    def _keys_of(self, prefix: bytes, older_than: int | None = None) -> list[bytes]:
+        """The stored keys of one contact (those older than a time only: they come first)."""
+        it = self._store._cf[HISTORY].iter(ReadOptions())
+        it.seek(prefix)
+        found = []
+        while it.valid() and it.key().startswith(prefix):
+            if older_than is not None and _U64.unpack(it.value()[:8])[0] >= older_than:
+                break
+            found.append(it.key())
+            it.next()
+        del it
+        return found
+
+    def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
+        store = self._store
+        with store._write_lock:
+            pending: dict[bytes, bytes | None] = {}
+            applied = 0
+            next_offsets: dict[int, int] = {}
+            touched: set[bytes] = set()
+            for record in records:
+                next_offsets[record.partition] = record.offset + 1
+                try:
+                    if record.value is None:
+                        raise ValueError("an event without a value")
+                    event = store.event_codec.decode(record.value)
+                    contact_id = str(event["contact_id"])
+                    if record.key is not None and record.key.decode() != contact_id:
+                        raise ValueError(f"record key {record.key!r} does not match the event's contact {contact_id}")
+                    at = model.iso_to_millis(event["time"])
+                except Exception as err:  # any undecodable event is skipped, never a stalled partition
+                    log.error("skipping a change event at partition %s offset %s: %s", record.partition, record.offset, err)
+                    if on_poison:
+                        on_poison(record, err)
+                    continue
+                prefix = contact_id.encode() + SEPARATOR
+                if event["operation"] == "erased":
+                    for key in self._keys_of(prefix):
+                        pending[key] = None
+                    for key in [k for k in pending if k.startswith(prefix)]:
+                        pending[key] = None
+                key = prefix + _PARTITION.pack(record.partition) + _U64.pack(record.offset)
+                pending[key] = _U64.pack(max(0, at)) + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+                touched.add(prefix)
+                applied += 1
+            horizon = self._horizon()
+            if horizon > 0:
+                for prefix in touched:
+                    for key in self._keys_of(prefix, older_than=horizon):
+                        pending[key] = None
+            batch = WriteBatch(raw_mode=True)
+            batch.put(HISTORY_TOPIC_KEY, topic.encode(), store._handle[META])
+            handle = store._handle[HISTORY]
+            for key, value in pending.items():
+                if value is None:
+                    batch.delete(key, handle)
+                else:
+                    batch.put(key, value, handle)
+            for partition, offset in next_offsets.items():
+                batch.put(_PARTITION.pack(partition), _U64.pack(offset), store._handle[HISTORY_OFFSETS])
+            store._db.write(batch)
+            return applied
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def has_events(self, contact_id: str) -> bool:
+        return bool(self.page(contact_id, None, 1).events)
+
+    def page(self, contact_id: str, cursor: str | None, page_size: int) -> HistoryPage:
+        """A page of a contact's events, newest first, within the retention."""
+        prefix = contact_id.encode() + SEPARATOR
+        if cursor:
+            raw = _b64(cursor)
+            if raw[:1] != _HISTORY_CURSOR or len(raw) != 13:
+                raise BadCursor("cursor is not a cursor this service handed out")
+            start = prefix + raw[1:]
+        else:
+            start = prefix + b"\xff" * 12
+        horizon = self._horizon()
+        it = self._store._cf[HISTORY].iter(ReadOptions())
+        it.seek_for_prev(start)
+        if cursor and it.valid() and it.key() == start:
+            it.prev()
+        found: list[dict] = []
+        last: bytes | None = None
+        more = False
+        while it.valid() and it.key().startswith(prefix):
+            value = it.value()
+            if _U64.unpack(value[:8])[0] < horizon:
+                break  # older ones are older still
+            if len(found) == page_size:
+                more = True
+                break
+            found.append(json.loads(value[8:]))
+            last = it.key()
+            it.prev()
+        del it
+        next_cursor = base64.urlsafe_b64encode(_HISTORY_CURSOR + last[len(prefix) :]).decode().rstrip("=") if more and last else None
+        return HistoryPage(found, next_cursor)
 
 
 def _digest(key: bytes) -> bytes:

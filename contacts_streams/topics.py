@@ -25,6 +25,11 @@ PRODUCER_MAX_BYTES = 1_000_000
 TOPIC_MAX_BYTES = 1_048_588
 # A record batch's header (61 bytes) and one record's varints and attributes, with room to spare.
 RECORD_OVERHEAD = 256
+# An event names before and after of every changed path: a merge's carries the destination's
+# merge_history twice, so it may be about twice the contact record. Room for that, and the
+# writer's producer takes records this large (it checks contact records against the contacts
+# topic's own limit itself).
+EVENTS_MAX_MESSAGE_BYTES = 4 * TOPIC_MAX_BYTES
 
 
 def commands_topic(config: Config) -> str:
@@ -56,7 +61,7 @@ def dead_letter_topic(config: Config) -> str:
 
 
 def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors | None = None) -> None:
-    """The compacted contacts topic, the dead-letter topic, the writer's commands, replies and
+    """The compacted contacts topic, the change-events topic, the dead-letter topic, the writer's commands, replies and
     idempotency and dismissed-groups topics and, with auto-create on, the join-state topic.
 
     This is the service's first call to the broker. With `errors`, what librdkafka reports
@@ -68,6 +73,18 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
             num_partitions=config.contacts_partitions,
             replication_factor=-1,  # the broker's default.replication.factor
             config={"cleanup.policy": "compact"},
+        ),
+        NewTopic(
+            # Key: the contact id, partitioned like the contacts topic (murmur2), so one
+            # contact's events stay in order. Events carry personal data: kept ERASE_WITHIN_MS.
+            config.events_topic,
+            num_partitions=config.contacts_partitions,
+            replication_factor=-1,
+            config={
+                "cleanup.policy": "delete",
+                "retention.ms": str(config.erase_within_ms),
+                "max.message.bytes": str(EVENTS_MAX_MESSAGE_BYTES),
+            },
         ),
         NewTopic(
             dead_letter_topic(config),
@@ -159,11 +176,12 @@ def _list_topics(admin: AdminClient, timeout: float, errors: StartupErrors | Non
                 raise BrokerRefused(errors.fatal) from None
 
 
-def max_record_bytes(config: Config, topic: str, timeout: float = 10.0) -> int:
+def max_record_bytes(config: Config, topic: str, timeout: float = 10.0, producer_max: int | None = None) -> int:
     """The largest record (key + value + headers) this service's producers can write to `topic`:
-    the smaller of the topic's max.message.bytes and the producer's message.max.bytes, less the
-    overhead of a batch that holds only that record."""
-    producer_max = int(config.kafka().get("message.max.bytes", PRODUCER_MAX_BYTES))
+    the smaller of the topic's max.message.bytes and the producer's message.max.bytes (or
+    `producer_max`), less the overhead of a batch that holds only that record."""
+    if producer_max is None:
+        producer_max = int(config.kafka().get("message.max.bytes", PRODUCER_MAX_BYTES))
     topic_max = TOPIC_MAX_BYTES
     admin = AdminClient(config.kafka())
     resource = ConfigResource(ResourceType.TOPIC, topic)

@@ -10,7 +10,8 @@ contacts topic's committed end and reads the idempotency topic, and only then (c
 A batch is decided command by command against the store under a stack of overlays: the batch's
 own changes and those of earlier batches that are committed but not yet materialized, so no
 decision ever sees a state older than the writer's own last commit and the writer never waits
-for its store between batches. Contact records, replies (status, ids, the contacts-topic
+for its store between batches. Contact records, one change event per contact record (the
+diff of the contact before and after, who and how), replies (status, ids, the contacts-topic
 offsets; no bodies), idempotency entries and the commands' offsets commit together.
 """
 
@@ -23,11 +24,12 @@ import time
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from contacts_streams import commands, identities, model, topics
+from contacts_streams import commands, events, identities, model, topics
 from contacts_streams.topics import record_bytes
 from contacts_streams.commands import BadCommand, Command, Remembered, Reply
 from contacts_streams.config import Config
 from contacts_streams.decisions import Change, Decision, LayeredView, Overlay, decide, error
+from contacts_streams.events import EventCodec
 from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Unprocessable
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
@@ -131,6 +133,7 @@ class Writer(ExactlyOnceLoop):
         codec: ContactCodec,
         publisher: CommandClient,
         join_state: Materializer | None = None,
+        event_codec: EventCodec | None = None,
     ):
         super().__init__(
             config,
@@ -145,7 +148,12 @@ class Writer(ExactlyOnceLoop):
         self._join_state = join_state
         self._publisher = publisher  # knows the contacts topic's record limit
         self._codec = codec
+        self._event_codec = event_codec or EventCodec(subject=None)
         self._contacts_topic = config.contacts_topic
+        self._events_topic = events.events_topic(config)
+        # The largest event record the events topic and the writer's producer take (read at
+        # each takeover; the topic may have been made by someone else with a smaller limit).
+        self._events_limit = topics.EVENTS_MAX_MESSAGE_BYTES - topics.RECORD_OVERHEAD
         self._join_topic = topics.conversations_topic(config)
         self._replies_topic = topics.replies_topic(config)
         self._idempotency_topic = topics.idempotency_topic(config)
@@ -183,10 +191,17 @@ class Writer(ExactlyOnceLoop):
             "queued.max.messages.kbytes": 65536,
         }
 
+    def _producer_max_bytes(self) -> int:
+        configured = int(self._config.kafka().get("message.max.bytes", topics.PRODUCER_MAX_BYTES))
+        return max(configured, topics.EVENTS_MAX_MESSAGE_BYTES)
+
     def producer_settings(self) -> dict:
         return {
             "linger.ms": 1,
             "transaction.timeout.ms": 60_000,
+            # Events may be larger than contact records (see topics.EVENTS_MAX_MESSAGE_BYTES);
+            # contact records are held to the contacts topic's limit before they are produced.
+            "message.max.bytes": self._producer_max_bytes(),
             # Batches of several contact records must fit the contacts topic's limit too.
             **self._publisher.producer_limits,
         }
@@ -225,6 +240,7 @@ class Writer(ExactlyOnceLoop):
                     self._stand_down()
                     raise Restart(f"the store did not catch up with {topic}", rejoin=True)
         self._remembered = self._read_idempotency()
+        self._events_limit = topics.max_record_bytes(self._config, self._events_topic, self._timeout, self._producer_max_bytes())
         self.holding = True
         self.takeovers += 1
         self._metrics.writer.set(1)
@@ -313,8 +329,9 @@ class Writer(ExactlyOnceLoop):
         pending_keys: dict[bytes, _Outcome] = {}
         encoded_contacts: list[tuple[bytes, dict]] = []
         letters: list[Produced] = []
+        changes: list[Produced] = []  # the events, one per contact record
         for msg in messages:
-            outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts)
+            outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts, changes)
             outcomes.append(outcome)
             if outcome.refused:
                 letters.append(self.dead_letter(msg, Unprocessable("; ".join(outcome.refused))))
@@ -325,7 +342,7 @@ class Writer(ExactlyOnceLoop):
         joined = [Produced(self._join_topic, c.encode(), encode_join_state(state), []) for c, state in top.metadata.items()]
 
         def replies(placed: list) -> list[Produced]:
-            return self._replies(outcomes, placed, now) + joined + letters
+            return self._replies(outcomes, placed, now) + changes + joined + letters
 
         positions = self.commit(consumer, self.next_offsets(messages), records, then=replies)
         contact_positions = {p: o for (t, p), o in positions.items() if t == self._contacts_topic}
@@ -340,7 +357,9 @@ class Writer(ExactlyOnceLoop):
                 self._remembered[key] = self._remembered_of(outcome, now)
         self._count(outcomes, time.perf_counter() - started)
 
-    def _decide_one(self, msg: Message, view: LayeredView, top: Overlay, now: int, records: list, pending_keys: dict, encoded_contacts: list) -> _Outcome:
+    def _decide_one(
+        self, msg: Message, view: LayeredView, top: Overlay, now: int, records: list, pending_keys: dict, encoded_contacts: list, changes: list
+    ) -> _Outcome:
         key = msg.key()
         command_id = key.decode("utf-8", "replace") if key else None
         try:
@@ -375,6 +394,7 @@ class Writer(ExactlyOnceLoop):
             limit = self._publisher.record_limit
             produced = []
             kept = []
+            happened: list[Produced] = []
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
                 # Identities normalized once, here, and carried to every replica's indexes in a header.
@@ -386,9 +406,29 @@ class Writer(ExactlyOnceLoop):
                         refused.append(f"contact {change.contact_id} would be {_against_limit(size, limit)}")
                         continue
                     decision = too_large(command, decision, change, size, limit)
-                    produced, kept = [], []
+                    produced, kept, happened = [], [], []
+                    break
+                event = events.event_for(
+                    change.contact_id, change.operation, view.get(change.contact_id), change.contact,
+                    actor=command.actor, origin=command.origin, now_ms=now, headers=change.headers,
+                )  # fmt: skip
+                encoded = self._event_codec.encode(event)
+                event_size = record_bytes(change.contact_id.encode(), encoded)
+                if event_size > self._events_limit:
+                    # Refused whole, like a contact record over its limit: never a contact
+                    # record without its event.
+                    message = (
+                        f"the change event of contact {change.contact_id} would be {megabytes(event_size)} ({event_size} bytes), "
+                        f"over the record limit of {megabytes(self._events_limit)} ({self._events_limit} bytes) of the events topic"
+                    )
+                    if command.type == commands.AUTO_CREATE:
+                        refused.append(message)
+                        continue
+                    decision = error(413, message, "source_id" if command.type == commands.MERGE else None)
+                    produced, kept, happened = [], [], []
                     break
                 produced.append((Produced(self._contacts_topic, change.contact_id.encode(), value, headers), change.contact))
+                happened.append(Produced(self._events_topic, change.contact_id.encode(), encoded, []))
                 kept.append(change)
             if refused:
                 # The refused contacts stay as they were, and their conversations' join state
@@ -416,6 +456,7 @@ class Writer(ExactlyOnceLoop):
             view.record(decision, top)
         elif decision.conversation_metadata:
             top.metadata.update(decision.conversation_metadata)
+        changes.extend(happened)
         start = len(records)
         for record, contact in produced:
             records.append(record)

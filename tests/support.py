@@ -50,6 +50,7 @@ def test_config(kafka: str, unique: str, state_dir: str, **overrides) -> Config:
     settings = dict(
         kafka_brokers=kafka,
         contacts_topic=f"{unique}.contacts",
+        events_topic=f"{unique}.contact-events",
         messages_topic=f"{unique}.messages",
         metadata_topic=f"{unique}.metadata",
         contacts_partitions=3,

@@ -249,6 +249,7 @@ def new_service(names: Names, state_dir: Path | str, log_dir: Path, instance_id:
     settings = {
         "KAFKA_BROKERS": names.kafka,
         "CONTACTS_TOPIC": names.contacts_topic,
+        "CONTACT_EVENTS_TOPIC": f"{names.prefix}.contact-events",
         "MESSAGES_TOPIC": names.messages_topic,
         "METADATA_TOPIC": names.metadata_topic,
         "APPLICATION_ID": names.prefix,

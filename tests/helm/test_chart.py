@@ -27,6 +27,7 @@ ON = ("--set", "integration.contacts.enabled=true")
 
 EXPECTED_ENV = {
     "CONTACTS_TOPIC": "application.communication.contacts",
+    "CONTACT_EVENTS_TOPIC": "application.communication.contact-events",
     "MESSAGES_TOPIC": "application.communication.messages",
     "METADATA_TOPIC": "application.communication.metadata",
     "CONTACTS_PARTITIONS": "10",
@@ -299,6 +300,7 @@ def test_overrides_reach_the_objects(helm):
         "--set", "resources.requests.cpu=750m",
         "--set", "config.autoCreateEnabled=false",
         "--set", "config.contactsTopic=tenant.contacts",
+        "--set", "config.eventsTopic=tenant.contact-events",
         "--set", "persistence.size=50Gi",
         "--set", "persistence.storageClass=fast-ssd",
         "--set", "extraEnv[0].name=HTTP_THREADS",
@@ -311,6 +313,7 @@ def test_overrides_reach_the_objects(helm):
     env = env_of(c)
     assert env["AUTO_CREATE_ENABLED"] == "false"
     assert env["CONTACTS_TOPIC"] == "tenant.contacts"
+    assert env["CONTACT_EVENTS_TOPIC"] == "tenant.contact-events"
     assert env["HTTP_THREADS"] == "64"
     claim = only(docs, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["resources"]["requests"]["storage"] == "50Gi"
