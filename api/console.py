@@ -159,7 +159,7 @@ def secure_headers(response: Response) -> Response:
 def login_needed(err: LoginNeeded):
     if not _auth_enabled():  # cannot happen with auth off; never loop on the prompt
         return _page("console/error.html", 403, title="Refused", message=err.reason)
-    response = redirect(url_for("console.login", next=request.full_path if request.method == "GET" else None, reason=_reason(err.reason)))
+    response = redirect(url_for("console.login", next=request.full_path.rstrip("?") if request.method == "GET" else None, reason=_reason(err.reason)))
     if request.cookies.get(TOKEN_COOKIE):
         response.delete_cookie(TOKEN_COOKIE, path=console.url_prefix)
     return response
@@ -255,8 +255,8 @@ def _results(query: str, cursor: str | None) -> tuple[dict, str | None]:
     return answer.body, None
 
 
-@console.get("")
 @console.get("/")
+@console.get("")  # registered first: the one url_for names
 def search():
     query = request.args.get("q", "")
     page, error = _results(query, request.args.get("cursor") or None)
