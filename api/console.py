@@ -533,7 +533,7 @@ def duplicates():
         for number, group in enumerate(answer.body.get("data", []), start=1)
     ]
     next_cursor = (answer.body.get("pagination_data") or {}).get("next_cursor")
-    return _page("console/duplicates.html", title="Duplicates", groups=groups, next_cursor=next_cursor)
+    return _page("console/duplicates.html", title="Duplicates", groups=groups, next_cursor=next_cursor, key=str(uuid.uuid4()))
 
 
 def _merge_request() -> tuple[str, list[str]]:
