@@ -191,7 +191,7 @@ def _not_found(message: str) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """Where to go after signing in: only a console path of this site (no open redirect)."""
-    if target and re.fullmatch(r"/console(?:[/?][^\\]*)?", target):
+    if target and re.fullmatch(r"/console(?:[/?][^\\\s\x00-\x1f\x7f]*)?", target):
         return target
     return url_for("console.search")
 
