@@ -8,7 +8,7 @@ HASH := $(shell cksum pyproject.toml | cut -d' ' -f1)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: run demo test bench soak reset clean
+.PHONY: run demo test bench soak reset clean browser
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ run: $(RUN_STAMP)
 demo: $(RUN_STAMP)
 	$(VENV)/bin/contacts demo
 
-## test: the whole suite on a real broker
-test: $(DEV_STAMP)
+# The console's browser tests drive Debian's chromium (Playwright never downloads a browser here):
+# installed once with apt-get when missing (CI runs as root; elsewhere through sudo).
+# CONSOLE_CHROMIUM names another Chromium and skips the install.
+browser:
+	@if [ -z "$$CONSOLE_CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the console's browser tests"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
+	fi
+
+## test: the whole suite on a real broker (and the console in headless chromium)
+test: $(DEV_STAMP) browser
 	$(PY) -m pytest
 
 ## bench: 10k and 1M contacts on a real broker -> bench/results.json, bench/RESULTS.md

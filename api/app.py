@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from api import security
+from api.console import console
 from api.openapi import OPENAPI
 from contacts_streams import commands, model
 from contacts_streams.commands import BadPosition, Idempotency
@@ -142,7 +143,8 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         guard.cors(request, response)
         if g.get("ignored"):
             response.headers[IGNORED_FIELDS_HEADER] = ignored_fields_header(g.ignored)
-        endpoint = request.path if request.url_rule is not None else "unmatched"
+        # The rule, not the path: console pages take ids in their paths (one series per rule).
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         key = (endpoint, request.method, response.status_code)
         counted = series.get(key)
         if counted is None:  # labels() costs a lock and a lookup: keep the children
@@ -334,6 +336,7 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     def openapi():
         return _json(OPENAPI, 200)
 
+    app.register_blueprint(console)
     return app
 
 
