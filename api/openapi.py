@@ -512,7 +512,7 @@ _SCHEMAS: dict[str, dict] = {
         "type": "object",
         "nullable": True,
         "properties": {
-            "id": _uuid("Only the groups of this contact (all of them, on one page)."),
+            "id": {**_uuid("Only the groups of this contact (all of them, on one page); null or absent: every group."), "nullable": True},
             "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from pagination_data."),
             "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
             "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
