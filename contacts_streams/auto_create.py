@@ -127,10 +127,14 @@ class ConversationRouter(ExactlyOnceLoop):
                 return
         if conversation_id not in events and self._store.contact_id_for_conversation(conversation_id):
             return
-        event = events.setdefault(conversation_id, {})
+        event = events.get(conversation_id, {})
         if SOURCE not in event:
+            at = _time_of(msg, message.get("sentAt"))
+            if self._before_erase(conversation_id, at):
+                return
             event[SOURCE] = source
-            event.setdefault(TIMES, {})[SOURCE] = _time_of(msg, message.get("sentAt"))
+            event.setdefault(TIMES, {})[SOURCE] = at
+            events[conversation_id] = event
 
     def _read_metadata(self, msg: Message, events: dict[str, dict]) -> None:
         metadata = self._metadata.decode(msg.value())
@@ -138,9 +142,19 @@ class ConversationRouter(ExactlyOnceLoop):
         if subject.startswith(SUBJECT_PREFIX) and key in (DISPLAY_NAME, AVATAR_URL) and value:
             conversation_id = _checked_text(subject[len(SUBJECT_PREFIX) :], "the subject's conversation id", model.MAX_KEY_LENGTH)
             if conversation_id:
+                at = _time_of(msg, metadata.get("timestamp"))
+                if self._before_erase(conversation_id, at):
+                    return
                 event = events.setdefault(conversation_id, {})
                 event[key] = _checked_text(value, key)
-                event.setdefault(TIMES, {})[key] = _time_of(msg, metadata.get("timestamp"))
+                event.setdefault(TIMES, {})[key] = at
+
+    def _before_erase(self, conversation_id: str, at: int) -> bool:
+        """A record from before its conversation's contact was erased: not even sent on (the
+        writer would drop it, but the commands topic would hold it for its retention). The
+        writer decides for records whose erase this replica has not applied yet."""
+        erased_at = self._store.join_state.get(conversation_id).get(ERASED_AT)
+        return isinstance(erased_at, int) and at <= erased_at
 
 
 def _time_of(msg: Message, fallback) -> int:

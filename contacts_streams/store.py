@@ -1073,7 +1073,8 @@ class _Batch:
                 # Nothing of it stays, not even where it went: the ids merged into it were
                 # erased with it and no longer lead anywhere.
                 self._forget_merged_away(contact_id)
-                self.put(ERASED, key, _U64.pack(max(0, record.timestamp)))
+                if self.get(ERASED, key) is None:  # the writer's roll writes it again: keep the first time
+                    self.put(ERASED, key, _U64.pack(max(0, record.timestamp)))
                 self.erased = self.erased or old_raw is not None
                 return
             merged_into = record.headers.get("merged_into")
