@@ -396,7 +396,7 @@ def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision
         if owner is not None:
             owners[conversation_id] = owner
             continue
-        contact_id = model.contact_id_for_conversation(conversation_id)
+        contact_id = auto_created_id(conversation_id, learned.get(conversation_id) or view.conversation_metadata(conversation_id))
         if contact_id in changed or view.get(contact_id) is not None:
             # The derived id exists without this conversation: a person removed it on purpose.
             continue
@@ -421,6 +421,17 @@ def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision
             changed[owner] = (filled, operation)
     changes = [Change(contact_id, contact, operation) for contact_id, (contact, operation) in changed.items()]
     return Decision(200, [c.contact_id for c in changes], changes, conversation_metadata=learned)
+
+
+def auto_created_id(conversation_id: str, join_state: dict) -> str:
+    """The id auto-create gives the contact of a conversation: Airy's UUIDv5 of the conversation
+    id; after an erase, that of the conversation id and the erase's time, so the erased id
+    never comes back (its tombstone and the roll of its segment stay what they were) and a
+    replay still creates nothing twice."""
+    erased_at = join_state.get(ERASED_AT)
+    if isinstance(erased_at, int):
+        return model.contact_id_for_conversation(f"{conversation_id}\x00erased\x00{erased_at}")
+    return model.contact_id_for_conversation(conversation_id)
 
 
 def _after_erase(event: dict, committed: dict) -> dict:

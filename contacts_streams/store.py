@@ -59,6 +59,7 @@ import logging
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -356,8 +357,6 @@ class Store:
 
     def wait_compacted(self, timeout: float) -> bool:
         """Wait until every compaction requested so far has run."""
-        import time
-
         deadline = time.monotonic() + timeout
         with self._compaction:
             while self._compaction_wanted or self._compaction_thread is not None:
@@ -392,8 +391,6 @@ class Store:
         personal family to its last level (bottommost forced: no level keeps a dropped value),
         then flush the WAL. Whole-family compactions log no keys (RocksDB's LOG names a manual
         compaction's key range)."""
-        import time
-
         started = time.monotonic()
         options = CompactOptions()
         options.set_bottommost_level_compaction(BottommostLevelCompaction.force())

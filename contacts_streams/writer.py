@@ -28,7 +28,7 @@ from contacts_streams import commands, identities, model, topics
 from contacts_streams.topics import record_bytes
 from contacts_streams.commands import BadCommand, Command, Remembered, Reply
 from contacts_streams.config import Config
-from contacts_streams.decisions import ERASED, Change, Decision, LayeredView, Overlay, decide, error
+from contacts_streams.decisions import ERASED, Change, Decision, LayeredView, Overlay, auto_created_id, decide, error
 from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Unprocessable
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
@@ -426,6 +426,7 @@ class Writer(ExactlyOnceLoop):
                 heapq.heappush(self._rolls, item)
             raise
         self.rolled += len(records)
+        self._metrics.erase_rolls.inc(len(records))
         log.info("writer: wrote %d records of erases again so their segments roll", len(records))
 
     def _decide_one(self, msg: Message, view: LayeredView, top: Overlay, now: int, records: list, pending_keys: dict, encoded_contacts: list) -> _Outcome:
@@ -484,7 +485,7 @@ class Writer(ExactlyOnceLoop):
                 kept_ids = {c.contact_id for c in kept}
                 learned = {}
                 for conversation_id, state in decision.conversation_metadata.items():
-                    owner = view.owner_of_conversation(conversation_id) or model.contact_id_for_conversation(conversation_id)
+                    owner = view.owner_of_conversation(conversation_id) or auto_created_id(conversation_id, view.conversation_metadata(conversation_id))
                     if owner in kept_ids or not any(owner in r for r in refused):
                         learned[conversation_id] = state
                         continue

@@ -221,10 +221,13 @@ def test_after_an_erase_only_records_newer_than_it_create_a_contact_or_teach_the
     # an old name with a new message: a new contact, with the default name
     mixed = {"source": "sms", "contact.display_name": "Grace", "at": {"source": NOW + 1, "contact.display_name": NOW - 10}}
     new = decide(view, command(commands.AUTO_CREATE, conversations={conversation: mixed}), NOW + 10)
-    assert [(c.contact_id, c.operation, c.contact["display_name"]) for c in new.changes] == [
-        (contact_id, "auto_created", model.default_display_name(conversation, "sms"))
-    ]
+    reborn = [(c.contact_id, c.operation, c.contact["display_name"]) for c in new.changes]
+    assert reborn == [(reborn[0][0], "auto_created", model.default_display_name(conversation, "sms"))]
+    assert reborn[0][0] != contact_id  # the erased id never comes back
     assert new.conversation_metadata == {conversation: {ERASED_AT: NOW, "source": "sms"}}
+    view.apply(new)
+    # and a replay of the new message creates nothing twice
+    assert decide(view, command(commands.AUTO_CREATE, conversations={conversation: mixed}), NOW + 20).changes == []
 
 
 # --- overlays ---------------------------------------------------------------------------------
