@@ -85,7 +85,7 @@ class Service:
                     ensure_topics(self.config, timeout=START_ATTEMPT_S, errors=StartupErrors())
                 except BrokerRefused as refused:
                     raise FatalError(str(refused)) from None
-                self.contacts.erase_bound = apply_erase_settings(self.config, timeout=START_ATTEMPT_S)
+                self.contacts.erase_bound = self.writer.erase_bound = apply_erase_settings(self.config, timeout=START_ATTEMPT_S)
                 self.publisher.start()
                 self._register_schema()
                 self.replies.start()

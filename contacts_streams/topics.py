@@ -137,6 +137,8 @@ class EraseBound:
     # topic -> why its bound is what it is (for the log and the README's operators).
     topics: dict[str, int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # topic -> its segment.ms as the broker has it (when the writer's rolls are due).
+    segment_ms: dict[str, int] = field(default_factory=dict)
 
 
 def _bound_of(settings: dict[str, str], cadence: dict[str, int], writer_rolls: bool) -> int | None:
@@ -224,7 +226,8 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
     for warning in warnings:
         log.warning("erase: %s", warning)
     overall = None if any(b is None for b in bounds.values()) else max(bounds.values(), default=0)
-    return EraseBound(overall, bounds, warnings)
+    segments = {topic: int(current[topic]["segment.ms"]) for topic in present if "segment.ms" in current.get(topic, {})}
+    return EraseBound(overall, bounds, warnings, segments)
 
 
 def _describe(admin: AdminClient, resources: list[ConfigResource], timeout: float, warnings: list[str]) -> dict[str, dict[str, str]]:

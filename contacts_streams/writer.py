@@ -179,6 +179,7 @@ class Writer(ExactlyOnceLoop):
         # never compacts an active segment): (due ms, topic, key).
         self._rolls: list[tuple[int, str, bytes]] = []
         self._segment_ms = topics.compacted_segment_ms(config)
+        self.erase_bound: topics.EraseBound | None = None  # the topics' actual settings (set at start)
         self.rolled = 0
 
     # --- readiness: the writer is not part of it; a replica that is not the writer still serves
@@ -385,7 +386,10 @@ class Writer(ExactlyOnceLoop):
     # --- rolling the segments an erase wrote to ------------------------------------------------
 
     def _schedule_roll(self, erased_at: int, topic: str, key: bytes) -> None:
-        heapq.heappush(self._rolls, (erased_at + self._segment_ms + ROLL_MARGIN_MS, topic, key))
+        # The topic's segment.ms as the broker has it: a topic whose settings could not be
+        # changed rolls later (and complete_by says so).
+        segment = self.erase_bound.segment_ms.get(topic, self._segment_ms) if self.erase_bound is not None else self._segment_ms
+        heapq.heappush(self._rolls, (erased_at + segment + ROLL_MARGIN_MS, topic, key))
 
     def _roll(self, consumer: Consumer) -> None:
         """Write the due records of past erases again, in a transaction of their own, each only
