@@ -265,6 +265,11 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
         contact_id = model.validate_id(body(), ignored())
         return written(contacts.write(commands.DELETE, {"id": contact_id}, write_context()), empty=True)
 
+    @app.post("/contacts.erase")
+    def erase():
+        contact_id = model.validate_id(body(), ignored())
+        return written(contacts.write(commands.ERASE, {"id": contact_id}, write_context()))
+
     @app.post("/contacts.merge")
     def merge():
         source_id, destination_id, dry_run = model.validate_merge_request(body(), ignored())

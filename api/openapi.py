@@ -362,6 +362,24 @@ _SCHEMAS: dict[str, dict] = {
         "required": ["destination", "restored"],
         "additionalProperties": False,
     },
+    "EraseResponse": {
+        "type": "object",
+        "properties": {
+            "erased": _uuid("The erased contact's id."),
+            "complete_by": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": (
+                    "When no copy of the erased data is left anywhere the service keeps data (its topics and every"
+                    " replica's store), from the broker's actual topic settings; null when a topic keeps data without"
+                    " a time limit (settings the service could not change)."
+                ),
+            },
+        },
+        "required": ["erased", "complete_by"],
+        "additionalProperties": False,
+    },
     "MergePreview": {
         "type": "object",
         "properties": {
@@ -775,6 +793,20 @@ _PATHS = {
         "Delete a contact",
         "IdRequest",
         (202, "Deleted; empty body.", None),
+        not_found=True,
+    ),
+    "/contacts.erase": _post(
+        "eraseContact",
+        "Erase a contact: the right to be forgotten",
+        "IdRequest",
+        (
+            202,
+            "Erased: the contact, the contacts merged into it, their history, identity and search entries and their"
+            " conversations' join state are gone from every store at once; an `erased` tombstone (nothing personal)"
+            " is on the contacts topic. The topics and stores let go of every old copy by complete_by. 404: unknown,"
+            " already erased, or merged away (with merged_into).",
+            "EraseResponse",
+        ),
         not_found=True,
     ),
     "/contacts.merge": _post(

@@ -201,6 +201,8 @@ class KraftBroker:
 
     Extra listeners (``listeners=[Listener(...)]``) serve clients beside PLAINTEXT, which stays
     the inter-broker and readiness listener; ``broker.bootstrap(name)`` is a listener's address.
+    ``settings`` adds or overrides broker properties (``{"log.retention.check.interval.ms":
+    "1000"}``); ``broker.log_dirs`` is where its topics' files are.
 
     With ``data_dir`` (``make run``'s ``.run/kafka``) the data outlives the process: a later
     KraftBroker on the same folder finds it again (the storage is formatted once, so the cluster id
@@ -209,7 +211,11 @@ class KraftBroker:
     """
 
     def __init__(
-        self, log_dir: Path | None = None, data_dir: Path | None = None, listeners: tuple[Listener, ...] | list[Listener] = ()
+        self,
+        log_dir: Path | None = None,
+        data_dir: Path | None = None,
+        listeners: tuple[Listener, ...] | list[Listener] = (),
+        settings: dict[str, str] | None = None,
     ):
         libs = kafka_jars()
         self._jvm = [_java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC"]
@@ -229,6 +235,9 @@ class KraftBroker:
         self.log_file = _ensure(log_dir or Path(tempfile.gettempdir())) / f"contacts-kafka-{self.port}.log"
         self._proc: subprocess.Popen | None = None
         props = self.data / "server.properties"
+        self.log_dirs = self.data / "logs"
+        defaults = {"log.cleaner.backoff.ms": "1000"}
+        extra_settings = [f"{k}={v}" for k, v in {**defaults, **(settings or {})}.items()]
         props.write_text(
             "\n".join(
                 [
@@ -252,7 +261,7 @@ class KraftBroker:
                     "group.initial.rebalance.delay.ms=0",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
-                    "log.cleaner.backoff.ms=1000",
+                    *extra_settings,
                     *listener_props,
                 ]
             )

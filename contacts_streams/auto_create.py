@@ -15,12 +15,12 @@ import logging
 import time
 from collections import OrderedDict
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message
 
 from contacts_streams import commands, model, topics
 from contacts_streams.commands import Command
 from contacts_streams.config import Config
-from contacts_streams.decisions import AVATAR_URL, DISPLAY_NAME, SOURCE
+from contacts_streams.decisions import AVATAR_URL, DISPLAY_NAME, ERASED_AT, SOURCE, TIMES
 from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Unprocessable
 from contacts_streams.metrics import Metrics
 from contacts_streams.serialization import DecodeError, message_codec, metadata_codec
@@ -64,10 +64,11 @@ class ConversationRouter(ExactlyOnceLoop):
         self._target = topics.commands_topic(config)
         self._messages = message_codec(config.schema_registry_url)
         self._metadata = metadata_codec(config.schema_registry_url)
-        # Conversations whose source this instance routed lately: their later messages need no
-        # trip while auto-create is still creating their contact. Past the window the store
-        # answers; a conversation whose contact was deleted is routed (and gets one) again.
-        self._routed: OrderedDict[str, float] = OrderedDict()
+        # Conversations whose source this instance routed lately (monotonic and wall-clock ms):
+        # their later messages need no trip while auto-create is still creating their contact.
+        # Past the window the store answers; a conversation whose contact was deleted is routed
+        # (and gets one) again, at once when its contact was erased since.
+        self._routed: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self.reroute_after_s = REROUTE_AFTER_S
 
     def producer_settings(self) -> dict:
@@ -104,7 +105,7 @@ class ConversationRouter(ExactlyOnceLoop):
             )
             records.append(Produced(self._target, command.id.encode(), command.encode(), []))
         self.commit(consumer, self.next_offsets(messages), records + letters)
-        now = time.monotonic()
+        now = (time.monotonic(), int(time.time() * 1000))
         for conversation_id, event in events.items():
             if SOURCE in event:
                 self._routed[conversation_id] = now
@@ -119,12 +120,21 @@ class ConversationRouter(ExactlyOnceLoop):
             return
         _checked_text(conversation_id, "conversationId", model.MAX_KEY_LENGTH)
         source = _checked_text(str(message["source"]), "source")
-        routed_at = self._routed.get(conversation_id)
-        if routed_at is not None and time.monotonic() - routed_at < self.reroute_after_s:
-            return
+        routed = self._routed.get(conversation_id)
+        if routed is not None and time.monotonic() - routed[0] < self.reroute_after_s:
+            erased_at = self._store.join_state.get(conversation_id).get(ERASED_AT)
+            if not isinstance(erased_at, int) or erased_at < routed[1]:
+                return
         if conversation_id not in events and self._store.contact_id_for_conversation(conversation_id):
             return
-        events.setdefault(conversation_id, {}).setdefault(SOURCE, source)
+        event = events.get(conversation_id, {})
+        if SOURCE not in event:
+            at = _time_of(msg, message.get("sentAt"))
+            if self._before_erase(conversation_id, at):
+                return
+            event[SOURCE] = source
+            event.setdefault(TIMES, {})[SOURCE] = at
+            events[conversation_id] = event
 
     def _read_metadata(self, msg: Message, events: dict[str, dict]) -> None:
         metadata = self._metadata.decode(msg.value())
@@ -132,4 +142,25 @@ class ConversationRouter(ExactlyOnceLoop):
         if subject.startswith(SUBJECT_PREFIX) and key in (DISPLAY_NAME, AVATAR_URL) and value:
             conversation_id = _checked_text(subject[len(SUBJECT_PREFIX) :], "the subject's conversation id", model.MAX_KEY_LENGTH)
             if conversation_id:
-                events.setdefault(conversation_id, {})[key] = _checked_text(value, key)
+                at = _time_of(msg, metadata.get("timestamp"))
+                if self._before_erase(conversation_id, at):
+                    return
+                event = events.setdefault(conversation_id, {})
+                event[key] = _checked_text(value, key)
+                event.setdefault(TIMES, {})[key] = at
+
+    def _before_erase(self, conversation_id: str, at: int) -> bool:
+        """A record from before its conversation's contact was erased: not even sent on (the
+        writer would drop it, but the commands topic would hold it for its retention). The
+        writer decides for records whose erase this replica has not applied yet."""
+        erased_at = self._store.join_state.get(conversation_id).get(ERASED_AT)
+        return isinstance(erased_at, int) and at <= erased_at
+
+
+def _time_of(msg: Message, fallback) -> int:
+    """When a record was written (ms): the writer compares it with a conversation's erase, so
+    a record from before the erase never brings back what was erased."""
+    kind, timestamp = msg.timestamp()
+    if kind != TIMESTAMP_NOT_AVAILABLE and timestamp >= 0:
+        return timestamp
+    return fallback if isinstance(fallback, int) else 0

@@ -18,10 +18,10 @@ from typing import Any
 
 # HTTP writes
 CREATE, IMPORT, UPDATE, DELETE, MERGE = "create", "import", "update", "delete", "merge"
-UNMERGE, DISMISS_DUPLICATES = "unmerge", "dismiss_duplicates"
+UNMERGE, DISMISS_DUPLICATES, ERASE = "unmerge", "dismiss_duplicates", "erase"
 # From the conversation routers: one command carries a whole batch of conversations.
 AUTO_CREATE = "auto_create"
-TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, UNMERGE, DISMISS_DUPLICATES, AUTO_CREATE)
+TYPES = (CREATE, IMPORT, UPDATE, DELETE, MERGE, UNMERGE, DISMISS_DUPLICATES, ERASE, AUTO_CREATE)
 
 # Who (actor) and how (origin) wrote: carried to the change events. Commands written before
 # these fields existed decode with the defaults.

@@ -71,7 +71,12 @@ SETTINGS: dict[str, Setting] = {
             "region (ISO 3166 code, like DE) of phone numbers written without a country code, for lookup, duplicates and "
             "search; empty: such numbers match by their digits only",
         ),
-        Setting("ERASE_WITHIN_MS", "604800000", "longest time personal data stays on the topics the service keeps by retention (the dead-letter topic, ...)"),
+        Setting(
+            "ERASE_WITHIN_MS",
+            "604800000",
+            "longest time personal data stays anywhere the service keeps it (its topics by compaction or retention, its store): "
+            "the bound of contacts.erase's complete_by",
+        ),
         Setting("LIVENESS_STALL_MS", "300000", "liveness fails when a stream stage has made no progress on waiting input for this long"),
         Setting("LOG_FORMAT", "text", "`text` or `json` (one object a line)"),
         Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -181,7 +186,7 @@ class Config:
             write_timeout_ms=integer("WRITE_TIMEOUT_MS", 100, 600_000),
             auto_create_enabled=boolean("AUTO_CREATE_ENABLED"),
             default_phone_region=phone_region(),
-            erase_within_ms=integer("ERASE_WITHIN_MS", 60_000, 10 * 365 * 24 * 3600 * 1000),
+            erase_within_ms=integer("ERASE_WITHIN_MS", 1000, 10 * 365 * 24 * 3600 * 1000),
             liveness_stall_ms=integer("LIVENESS_STALL_MS", 1000, 7 * 24 * 3600 * 1000),
             log_format=one_of("LOG_FORMAT", ("text", "json")),
             log_level=one_of("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), fold=str.upper),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Sequence
 
 from contacts_streams import commands
@@ -20,6 +21,11 @@ from contacts_streams.materializer import Materializer
 from contacts_streams.model import ValidationError
 from contacts_streams.publisher import CommandClient, TooLarge, Unavailable
 from contacts_streams.store import Page, Store
+from contacts_streams.topics import EraseBound
+
+# After the topics' bound, the time a replica's store takes to compact what an erase removed
+# (it starts as soon as the replica applies the erase).
+STORE_COMPACTION_MS = 5000
 
 __all__ = ["Conflict", "Contacts", "IdempotencyMismatch", "NotFound", "TooLarge", "Unavailable", "WriteContext", "Written"]
 
@@ -60,6 +66,8 @@ class Contacts:
         self._client = client
         self._materializer = materializer
         self._dismissed = dismissed  # feeds the store's dismissed groups
+        # How long the topics keep an erased value, as the broker's settings say (set at start).
+        self.erase_bound: EraseBound | None = None
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -139,7 +147,19 @@ class Contacts:
             return self._current(reply.ids[0])
         if type_ == commands.UNMERGE:
             return {"destination": self._current(reply.ids[0]), "restored": self._current(reply.ids[1])}
+        if type_ == commands.ERASE:
+            return {"erased": reply.ids[0], "complete_by": self.complete_by()}
         return None
+
+    def complete_by(self, now_ms: int | None = None) -> str | None:
+        """When no copy of what an erase removes is left anywhere the service keeps data (ISO
+        UTC), or None when a topic keeps data without a time limit (see topics.EraseBound)."""
+        bound = self.erase_bound.bound_ms if self.erase_bound is not None else None
+        if bound is None:
+            return None
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        when = datetime.fromtimestamp((now_ms + bound + STORE_COMPACTION_MS) / 1000, timezone.utc)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _current(self, contact_id: str) -> dict:
         contact = self._store.get(contact_id)
@@ -166,6 +186,9 @@ class Contacts:
 
     def merge(self, source_id: str, destination_id: str, context: WriteContext | None = None) -> dict:
         return self.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, context).body
+
+    def erase(self, contact_id: str, context: WriteContext | None = None) -> dict:
+        return self.write(commands.ERASE, {"id": contact_id}, context).body
 
     def unmerge(self, destination_id: str, source_id: str, context: WriteContext | None = None) -> dict:
         return self.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, context).body

@@ -9,8 +9,9 @@ a contact itself (validation, update, merge) live in ``model``.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from contacts_streams import commands, identities, model
 from contacts_streams.commands import Command
@@ -23,6 +24,12 @@ UNMERGED_FROM, RESTORED_FROM = "unmerged_from", "restored_from"
 LIVE_AGAIN = ("restored", "auto_created")
 DISPLAY_NAME, AVATAR_URL = "contact.display_name", "contact.avatar_url"
 SOURCE = "source"
+# An erase: the contacts topic's operation of its tombstones, and the join state's non-personal
+# marker of a conversation whose contact was erased (when, in the writer's ms): records about the
+# conversation from before it never teach the join state or create a contact again.
+ERASED, ERASED_AT = "erased", "erased_at"
+# The router's per-field record timestamps (ms) in an auto_create event, compared with ERASED_AT.
+TIMES = "at"
 
 
 class View(Protocol):
@@ -37,6 +44,9 @@ class View(Protocol):
     # The live contacts holding a normalized identity (kind, value), and the region that
     # normalizes phone numbers without a country code.
     def holders(self, kind: str, value: str) -> list[str]: ...
+
+    # The dismissed-groups keys (``store.dismissed_key``) of the groups naming any of these ids.
+    def dismissed_with(self, contact_ids: Iterable[str]) -> list[bytes]: ...
 
     phone_region: str | None
 
@@ -79,6 +89,10 @@ class Decision:
     dismissed: list[list[str]] = field(default_factory=list)
     # An upsert import: the indexes of the elements that updated a contact (the rest created one).
     updated: list[int] = field(default_factory=list)
+    # An erase: every id whose data went (the contact first, then the contacts merged into it),
+    # and the dismissed groups that named one of them (tombstoned on the dismissed topic).
+    erased: list[str] = field(default_factory=list)
+    undismissed: list[bytes] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -282,6 +296,40 @@ def _unmerge(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
     )
 
 
+def _erase(view: View, payload: dict, now_ms: int, _type: str) -> Decision:
+    """Forget a live contact (DESIGN.md, "Erase"): an ``erased`` tombstone (nothing personal in
+    it) for the contact and for every contact merged into it (their merged-away tombstones and
+    history live on inside it, so they go with it and their ids stop leading anywhere), a
+    non-personal marker as the join state of each of their conversations, and the dismissed
+    groups naming any of them. A merged-away id is a 404 naming its destination; an id erased
+    before is unknown (404)."""
+    contact_id = payload["id"]
+    contact = view.get(contact_id)
+    if contact is None:
+        raise _not_found(view, contact_id)
+    gone = [contact_id]
+    conversations = list(contact.get("conversations") or {})
+    for entry in contact.get("merge_history") or ():
+        source = entry.get("id")
+        # A source id that is live again (an auto-created id its conversation brought back) is
+        # someone else's now: it stays.
+        if isinstance(source, str) and source not in gone and view.get(source) is None:
+            gone.append(source)
+        conversations += list(entry.get("conversations") or {})
+    markers = {}
+    for conversation_id in conversations:
+        if view.owner_of_conversation(conversation_id) in (None, contact_id):
+            markers[conversation_id] = {ERASED_AT: now_ms}
+    return Decision(
+        202,
+        [contact_id],
+        [Change(erased, None, ERASED) for erased in gone],
+        conversation_metadata=markers,
+        erased=gone,
+        undismissed=view.dismissed_with(gone),
+    )
+
+
 def _dismiss_duplicates(view: View, payload: dict, _now_ms: int, _type: str) -> Decision:
     """A group of live contacts that is not to be offered as duplicates again."""
     ids = payload["ids"]
@@ -303,7 +351,7 @@ def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision
     conversation, Airy's default name unless the channel named it) and fill names and avatars
     from conversation metadata; one command carries a router's whole batch. What the batch
     teaches about each conversation is its new join state (``conversation_metadata``)."""
-    conversations: dict = payload["conversations"]
+    conversations: dict = {c: _after_erase(event, view.conversation_metadata(c)) for c, event in payload["conversations"].items()}
     learned: dict[str, dict] = {}
     filling: dict[str, dict] = {}
     for conversation_id, event in conversations.items():
@@ -327,7 +375,7 @@ def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision
         if owner is not None:
             owners[conversation_id] = owner
             continue
-        contact_id = model.contact_id_for_conversation(conversation_id)
+        contact_id = auto_created_id(conversation_id, learned.get(conversation_id) or view.conversation_metadata(conversation_id))
         if contact_id in changed or view.get(contact_id) is not None:
             # The derived id exists without this conversation: a person removed it on purpose.
             continue
@@ -352,6 +400,29 @@ def _auto_create(view: View, payload: dict, now_ms: int, _type: str) -> Decision
             changed[owner] = (filled, operation)
     changes = [Change(contact_id, contact, operation) for contact_id, (contact, operation) in changed.items()]
     return Decision(200, [c.contact_id for c in changes], changes, conversation_metadata=learned)
+
+
+def auto_created_id(conversation_id: str, join_state: dict) -> str:
+    """The id auto-create gives the contact of a conversation: Airy's UUIDv5 of the conversation
+    id; after an erase, that of the conversation id and the erase's time, so the erased id
+    never comes back (its tombstone and the roll of its segment stay what they were) and a
+    replay still creates nothing twice."""
+    erased_at = join_state.get(ERASED_AT)
+    if isinstance(erased_at, int):
+        return model.contact_id_for_conversation(f"{conversation_id}\x00erased\x00{erased_at}")
+    return model.contact_id_for_conversation(conversation_id)
+
+
+def _after_erase(event: dict, committed: dict) -> dict:
+    """What of a router's event may still count: all of it, unless the conversation's contact
+    was erased; then only the fields from records newer than the erase (a message sent after it
+    is new data and creates a new contact; one sent before, replayed or late, never brings back
+    what was erased). A field without its record's time counts as older."""
+    erased_at = committed.get(ERASED_AT)
+    times = event.get(TIMES) if isinstance(event.get(TIMES), dict) else {}
+    if not isinstance(erased_at, int):
+        return {k: v for k, v in event.items() if k != TIMES}
+    return {k: v for k, v in event.items() if k != TIMES and isinstance(times.get(k), int) and times[k] > erased_at}
 
 
 def fill(contact: dict, conversation_id: str, values: dict, now_ms: int) -> dict:
@@ -380,6 +451,7 @@ _HANDLERS = {
     commands.MERGE: _merge,
     commands.UNMERGE: _unmerge,
     commands.DISMISS_DUPLICATES: _dismiss_duplicates,
+    commands.ERASE: _erase,
     commands.AUTO_CREATE: _auto_create,
 }
 
@@ -397,15 +469,17 @@ class Overlay:
         self.owners: dict[str, str | None] = {}
         self.merged: dict[str, str | None] = {}
         self.metadata: dict[str, dict] = {}
+        self.dismissed: dict[bytes, bool] = {}  # dismissed-group key -> dismissed (False: tombstoned)
 
     def __bool__(self) -> bool:
-        return bool(self.contacts or self.owners or self.merged or self.metadata)
+        return bool(self.contacts or self.owners or self.merged or self.metadata or self.dismissed)
 
     def absorb(self, overlay: "Overlay") -> None:
         self.contacts.update(overlay.contacts)
         self.owners.update(overlay.owners)
         self.merged.update(overlay.merged)
         self.metadata.update(overlay.metadata)
+        self.dismissed.update(overlay.dismissed)
 
 
 class LayeredView:
@@ -484,6 +558,22 @@ class LayeredView:
                 return layer.metadata[conversation_id]
         return self._base.conversation_metadata(conversation_id)
 
+    def dismissed_with(self, contact_ids: Iterable[str]) -> list[bytes]:
+        wanted = {c.lower() for c in contact_ids}
+        state: dict[bytes, bool] = {key: True for key in self._base.dismissed_with(wanted)}
+        for layer in self._layers:
+            state.update((key, present) for key, present in layer.dismissed.items() if wanted & set(key.decode().split(",")))
+        return sorted(key for key, present in state.items() if present)
+
+    def record_dismissed(self, decision: Decision, layer: Overlay) -> None:
+        """Put the dismissed groups a decision wrote or tombstoned into `layer`."""
+        from contacts_streams.store import dismissed_key  # the store imports this module
+
+        for group in decision.dismissed:
+            layer.dismissed[dismissed_key(group)] = True
+        for key in decision.undismissed:
+            layer.dismissed[key] = False
+
     def record(self, decision: Decision, layer: Overlay) -> None:
         """Put a decision's changes into `layer` (the batch's own, the top one)."""
         for change in decision.changes:
@@ -499,6 +589,8 @@ class LayeredView:
                 layer.owners[conversation_id] = change.contact_id
             if change.headers.get(MERGED_INTO):
                 layer.merged[change.contact_id] = change.headers[MERGED_INTO]
+            elif change.operation == ERASED:
+                layer.merged[change.contact_id] = None  # an erased id leads nowhere
             elif change.operation in LIVE_AGAIN and self.merged_into(change.contact_id) is not None:
                 layer.merged[change.contact_id] = None  # live again (restored): merged into nothing
         layer.metadata.update(decision.conversation_metadata)

@@ -193,7 +193,8 @@ class ExactlyOnceLoop:
                 for record in more:
                     producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(None))
             partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
-            producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)
+            if partitions:  # a transaction of the writer's own (no commands consumed) has none
+                producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)
             producer.commit_transaction(self._timeout)
         except (KafkaException, BufferError, Restart) as err:
             self._metrics.produce_errors.labels(reason=self.name).inc()

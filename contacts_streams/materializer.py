@@ -231,7 +231,7 @@ class Materializer:
                     log.warning("contacts topic: %s", error)
                 continue
             headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (msg.headers() or [])}
-            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
+            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers, msg.timestamp()[1]))
         if records:
             applied = self._apply(records)
             if applied is None:

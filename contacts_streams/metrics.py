@@ -55,6 +55,9 @@ class Metrics:
             registry=r,
         )
         self.store_rebuilds = Counter("contacts_store_rebuilds", "Store rebuilds from the contacts topic", ["reason"], registry=r)
+        self.erase_rolls = Counter(
+            "contacts_erase_rolls", "Records of erases the writer wrote again so their segments roll (see README, Erase)", registry=r
+        )
         self.writer = Gauge("contacts_writer", "1 while this replica is the writer (holds the commands partition)", registry=r)
         self.commands = Counter("contacts_commands", "Commands the writer answered", ["type", "status"], registry=r)
         self.writer_failed_commands = Counter(

@@ -22,7 +22,7 @@ from contacts_streams.publisher import CommandClient, ReplyListener
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
 from contacts_streams.find import Finder
 from contacts_streams.store import Store
-from contacts_streams.topics import conversations_topic, dismissed_topic, ensure_topics
+from contacts_streams.topics import apply_erase_settings, conversations_topic, dismissed_topic, ensure_topics
 from contacts_streams.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Service:
                     ensure_topics(self.config, timeout=START_ATTEMPT_S, errors=StartupErrors())
                 except BrokerRefused as refused:
                     raise FatalError(str(refused)) from None
+                self.contacts.erase_bound = self.writer.erase_bound = apply_erase_settings(self.config, timeout=START_ATTEMPT_S)
                 self.publisher.start()
                 self._register_schema()
                 self.replies.start()

@@ -31,11 +31,18 @@ Column families (DESIGN.md, "store"):
 - ``derived``: contact id -> JSON ``[identities, search tokens]`` as indexed, so a later record
   of the contact removes exactly those entries (the header it came with is gone by then);
 - ``dismissed`` / ``dismissed_offsets``: groups people said are not duplicates (sorted contact
-  ids joined by ``,`` -> b""), from the ``<APPLICATION_ID>-dismissed`` topic (``DismissedGroups``).
+  ids joined by ``,`` -> b""), from the ``<APPLICATION_ID>-dismissed`` topic (``DismissedGroups``);
 - ``history`` / ``history_offsets``: each contact's recent change events, from the events topic
   (``EventHistory``): contact id + 0x00 + partition (4 bytes) + offset (8 bytes) -> the event's
   time in ms (8 bytes) + the event as compact JSON, so a contact's events are one key range in
-  topic order.
+  topic order;
+- ``erased``: contact id -> when its ``erased`` tombstone was written (ms, 8 bytes), nothing
+  personal: the writer appends the tombstone again once the topic's ``segment.ms`` has passed,
+  so the partition's segment rolls and compaction can drop what the id held.
+
+An ``erased`` tombstone (contacts.erase) removes what any tombstone removes and the merged-into
+hints of its id; then the store compacts every column family that can hold personal data
+(``compact_personal``), so no SST file, write-ahead log or MANIFEST keeps the erased bytes.
 
 ``meta`` holds the store's format (``FORMAT``): a store written by a version with other indexes is
 emptied of everything the contacts topic determines when opened, so the materializer rebuilds it
@@ -56,15 +63,17 @@ import logging
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch
+from rocksdict import BottommostLevelCompaction, CompactOptions, Options, Rdict, ReadOptions, WriteBatch
 
 from contacts_streams import identities as ids_module
 from contacts_streams import model
-from contacts_streams.decisions import LIVE_AGAIN
+from contacts_streams.decisions import ERASED as ERASED_OPERATION
+from contacts_streams.decisions import ERASED_AT, LIVE_AGAIN
 from contacts_streams.events import EventCodec
 from contacts_streams.serialization import ContactCodec, DecodeError
 
@@ -74,15 +83,20 @@ CONTACTS, CONVERSATIONS, MERGED, NAMES = "contacts", "conversations", "merged", 
 COUNTERS, OFFSETS, META, CONVERSATION_METADATA = "counters", "offsets", "meta", "conversation_metadata"
 JOIN_STATE, JOIN_OFFSETS = "join_state", "join_offsets"
 IDENTITIES, SHARED, SEARCH, DERIVED = "identities", "shared", "search", "derived"
-DISMISSED, DISMISSED_OFFSETS = "dismissed", "dismissed_offsets"
+DISMISSED, DISMISSED_OFFSETS, ERASED = "dismissed", "dismissed_offsets", "erased"
 HISTORY, HISTORY_OFFSETS = "history", "history_offsets"
 FAMILIES = (
     CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, CONVERSATION_METADATA, JOIN_STATE, JOIN_OFFSETS,
-    IDENTITIES, SHARED, SEARCH, DERIVED, DISMISSED, DISMISSED_OFFSETS, HISTORY, HISTORY_OFFSETS,
+    IDENTITIES, SHARED, SEARCH, DERIVED, DISMISSED, DISMISSED_OFFSETS, ERASED, HISTORY, HISTORY_OFFSETS,
 )  # fmt: skip
 # What a rebuild from the contacts topic recreates; the join state and the dismissed groups come
 # from their own topics.
-TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, IDENTITIES, SHARED, SEARCH, DERIVED)
+TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, IDENTITIES, SHARED, SEARCH, DERIVED, ERASED)
+# The families whose keys or values can hold personal data (names, e-mails, phones, whole
+# contacts, join state), compacted after an erase. Whole families, not the erased keys' ranges:
+# an update long ago deleted index keys (an old e-mail, an old name's words) that the erase no
+# longer knows, and their deletes and values may still sit in SST files.
+PERSONAL = (CONTACTS, NAMES, IDENTITIES, SHARED, SEARCH, DERIVED, CONVERSATIONS, MERGED, JOIN_STATE, CONVERSATION_METADATA, HISTORY)
 # 1: contacts, conversations, merged, names, counters. 2: identities, shared, search, derived.
 FORMAT = b"2"
 FORMAT_KEY = b"format"
@@ -155,6 +169,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
+    timestamp: int = 0  # ms
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,11 @@ class Page:
 
 
 WRITE_BUFFERS_BYTES = 64 * 1024 * 1024
+# The MANIFEST records each SST file's smallest and largest key (an index key holds an e-mail, a
+# name) and keeps every record until it rolls over (1 GB by default): roll it at every change of
+# the file set, so a compaction's new MANIFEST names only the files that are left. It is small
+# (a few hundred bytes a file) and changes only on flushes and compactions.
+MANIFEST_ROLL_BYTES = 1
 
 
 def _options() -> Options:
@@ -174,6 +194,7 @@ def _options() -> Options:
     options.create_missing_column_families(True)
     # One memtable budget for all column families, or each would take 64 MB of its own.
     options.set_db_write_buffer_size(WRITE_BUFFERS_BYTES)
+    options.set_max_manifest_file_size(MANIFEST_ROLL_BYTES)
     return options
 
 
@@ -190,6 +211,13 @@ class Store:
         self._write_lock = threading.Lock()
         # Contacts this process just encoded, by their bytes: applying them needs no decode.
         self._known: dict[bytes, dict] = {}
+        # compact_personal runs on a thread of its own (an erase's apply never waits for it);
+        # requests that come while it runs are served by one more run.
+        self._compaction = threading.Condition()
+        self._compaction_wanted = False
+        self._compaction_thread: threading.Thread | None = None
+        self.compactions = 0  # runs finished
+        self.compactions_requested = 0
         self._open()
         self._upgrade()
         self.join_state = JoinState(self)
@@ -242,6 +270,11 @@ class Store:
     def close(self) -> None:
         if self._db is None:
             return
+        with self._compaction:
+            self._compaction_wanted = False
+            thread = self._compaction_thread
+        if thread is not None:
+            thread.join()  # a compaction in progress ends first: never cut off halfway
         # Column-family handles keep the database alive: drop them all before close, or a
         # reopen in this process fails on RocksDB's lock.
         self._cf.clear()
@@ -313,7 +346,72 @@ class Store:
             for partition, offset in next_offsets.items():
                 batch.put(OFFSETS, _PARTITION.pack(partition), _U64.pack(offset))
             batch.write()
-            return applied
+        if batch.erased:
+            self.request_compaction()
+        return applied
+
+    # --- erase -------------------------------------------------------------------------------
+
+    def erased(self) -> list[tuple[str, int]]:
+        """(contact id, when its erased tombstone was written in ms) of every erased id that
+        has not come back (an auto-created id whose conversation got a new message)."""
+        return [(k.decode(), _U64.unpack(v)[0]) for k, v in self._cf[ERASED].items()]
+
+    def request_compaction(self) -> None:
+        """Compact the personal families soon, on a thread of its own (see compact_personal)."""
+        with self._compaction:
+            self._compaction_wanted = True
+            self.compactions_requested += 1
+            if self._compaction_thread is None:
+                self._compaction_thread = threading.Thread(target=self._compact_while_wanted, name="store-compaction", daemon=True)
+                self._compaction_thread.start()
+
+    def wait_compacted(self, timeout: float) -> bool:
+        """Wait until every compaction requested so far has run."""
+        deadline = time.monotonic() + timeout
+        with self._compaction:
+            while self._compaction_wanted or self._compaction_thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._compaction.wait(left)
+            return True
+
+    def _compact_while_wanted(self) -> None:
+        while True:
+            with self._compaction:
+                if not self._compaction_wanted or self._db is None:
+                    self._compaction_wanted = False
+                    self._compaction_thread = None
+                    self._compaction.notify_all()
+                    return
+                self._compaction_wanted = False
+            try:
+                self.compact_personal()
+            except Exception:  # a store that cannot compact is still a store: say so, go on
+                log.exception("compacting the store after an erase failed")
+            with self._compaction:
+                self.compactions += 1
+                self._compaction.notify_all()
+
+    def compact_personal(self) -> None:
+        """Make RocksDB let go of deleted bytes: a delete only writes a tombstone, and the old
+        key and value stay in SST files until a compaction drops both, and in the write-ahead
+        log until every family's memtable that holds them is flushed. So: flush every family
+        (the WAL files of the erased writes become obsolete and are deleted), compact each
+        personal family to its last level (bottommost forced: no level keeps a dropped value),
+        then flush the WAL. Whole-family compactions log no keys (RocksDB's LOG names a manual
+        compaction's key range)."""
+        started = time.monotonic()
+        options = CompactOptions()
+        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        options.set_exclusive_manual_compaction(False)
+        for family in FAMILIES:
+            self._cf[family].flush()
+        for family in PERSONAL:
+            self._cf[family].compact_range(None, None, options)
+        self._db.flush_wal(True)
+        log.info("store compacted after an erase in %.2fs", time.monotonic() - started)
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -663,6 +761,7 @@ class JoinState:
         with store._write_lock:
             batch = WriteBatch(raw_mode=True)
             batch.put(JOIN_TOPIC_KEY, topic.encode(), store._handle[META])
+            erased = False
             applied = 0
             next_offsets: dict[int, int] = {}
             for record in records:
@@ -672,10 +771,17 @@ class JoinState:
                         raise ValueError("record without a key")
                     if record.value is None:
                         batch.delete(record.key, store._handle[JOIN_STATE])
-                    elif not isinstance(json.loads(record.value), dict):
+                        applied += 1
+                        continue
+                    state = json.loads(record.value)
+                    if not isinstance(state, dict):
                         raise ValueError("the join state is not a JSON object")
-                    else:
-                        batch.put(record.key, record.value, store._handle[JOIN_STATE])
+                    if ERASED_AT in state and store._cf[JOIN_STATE].get(record.key) != record.value:
+                        # The conversation's contact was erased: what was known of it goes from
+                        # the disk too (a marker written again changes nothing).
+                        batch.delete(record.key, store._handle[CONVERSATION_METADATA])
+                        erased = True
+                    batch.put(record.key, record.value, store._handle[JOIN_STATE])
                     applied += 1
                 except ValueError as err:
                     log.error("skipping a join-state record at partition %s offset %s: %s", record.partition, record.offset, err)
@@ -684,7 +790,9 @@ class JoinState:
             for partition, offset in next_offsets.items():
                 batch.put(_PARTITION.pack(partition), _U64.pack(offset), store._handle[JOIN_OFFSETS])
             store._db.write(batch)
-            return applied
+        if erased:
+            store.request_compaction()
+        return applied
 
 
 class DismissedGroups:
@@ -704,6 +812,12 @@ class DismissedGroups:
 
     def offsets(self) -> dict[int, int]:
         return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[DISMISSED_OFFSETS].items()}
+
+    def groups_with(self, contact_ids: Iterable[str]) -> list[bytes]:
+        """The keys of the dismissed groups that name any of these ids (a scan: erases are rare,
+        and the family holds contact ids only)."""
+        wanted = {c.lower() for c in contact_ids}
+        return [key for key in self._store._cf[DISMISSED].keys() if wanted & set(key.decode().split(","))]
 
     def count(self) -> int:
         """1 when it holds any group, else 0 (a store with groups but no offsets is rebuilt)."""
@@ -820,6 +934,7 @@ class EventHistory:
             applied = 0
             next_offsets: dict[int, int] = {}
             touched: set[bytes] = set()
+            erased = False
             for record in records:
                 next_offsets[record.partition] = record.offset + 1
                 try:
@@ -837,6 +952,7 @@ class EventHistory:
                     continue
                 prefix = contact_id.encode() + SEPARATOR
                 if event["operation"] == "erased":
+                    erased = True
                     for key in self._keys_of(prefix):
                         pending[key] = None
                     for key in [k for k in pending if k.startswith(prefix)]:
@@ -861,7 +977,9 @@ class EventHistory:
             for partition, offset in next_offsets.items():
                 batch.put(_PARTITION.pack(partition), _U64.pack(offset), store._handle[HISTORY_OFFSETS])
             store._db.write(batch)
-            return applied
+        if erased:  # the erased events' old values stay in SST files until a compaction
+            store.request_compaction()
+        return applied
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -990,6 +1108,8 @@ class _Batch:
         self._identity_changes: dict[bytes, dict[bytes, bool]] = {}
         # contact id -> the merged-into hints its tombstones put in this batch
         self._tombstone_hints: dict[str, set[bytes]] = {}
+        # An erased tombstone removed something: the store compacts once the batch is written.
+        self.erased = False
 
     def get(self, family: str, key: bytes) -> bytes | None:
         if (family, key) in self._pending:
@@ -1111,6 +1231,14 @@ class _Batch:
             if old_raw is not None:
                 self.delete(CONTACTS, key)
                 self._add_count(-1)
+            if record.headers.get("operation") == ERASED_OPERATION:
+                # Nothing of it stays, not even where it went: the ids merged into it were
+                # erased with it and no longer lead anywhere.
+                self._forget_merged_away(contact_id)
+                if self.get(ERASED, key) is None:  # the writer's roll writes it again: keep the first time
+                    self.put(ERASED, key, _U64.pack(max(0, record.timestamp)))
+                self.erased = self.erased or old_raw is not None
+                return
             merged_into = record.headers.get("merged_into")
             if merged_into:
                 self.put(MERGED, _pair(contact_id, merged_into) + FROM_TOMBSTONE, b"")
@@ -1118,6 +1246,8 @@ class _Batch:
             return
 
         self.put(CONTACTS, key, record.value)
+        if self.get(ERASED, key) is not None:
+            self.delete(ERASED, key)  # live again: a new contact with the id (auto-create)
         if old_raw is None:
             self._add_count(1)
             if record.headers.get("operation") in LIVE_AGAIN:

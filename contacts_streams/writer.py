@@ -17,6 +17,7 @@ offsets; no bodies), idempotency entries and the commands' offsets commit togeth
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from contacts_streams import commands, events, identities, model, topics
 from contacts_streams.topics import record_bytes
 from contacts_streams.commands import BadCommand, Command, Remembered, Reply
 from contacts_streams.config import Config
-from contacts_streams.decisions import Change, Decision, LayeredView, Overlay, decide, error
+from contacts_streams.decisions import ERASED, Change, Decision, LayeredView, Overlay, auto_created_id, decide, error
 from contacts_streams.events import EventCodec
 from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Unprocessable
 from contacts_streams.materializer import Materializer
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 OPERATION = "operation"
 CATCH_UP_TIMEOUT_S = 120.0
+# After segment.ms, the record that makes an erase's segment roll waits this much more, so the
+# broker surely finds the segment older than segment.ms.
+ROLL_MARGIN_MS = 500
 
 
 def encode_join_state(state: dict) -> bytes:
@@ -101,11 +105,24 @@ class StoreView:
         join = self._store.join_state
         return {**join.legacy(conversation_id), **join.get(conversation_id)}
 
+    def dismissed_with(self, contact_ids) -> list[bytes]:
+        return self._store.dismissed.groups_with(contact_ids)
+
+
+def _names_any(entry: Remembered, ids: set[str]) -> bool:
+    """Whether an idempotency entry's answer names one of these contacts (ids, or an error
+    such as a 404 naming the id or where it was merged)."""
+    if ids & set(entry.ids):
+        return True
+    error_ = entry.error or {}
+    text = f"{error_.get('message', '')} {error_.get('merged_into', '')}"
+    return any(contact_id in text for contact_id in ids)
+
 
 class _Outcome:
     """One command's result within a batch; its offsets are known once the batch is flushed."""
 
-    __slots__ = ("command", "command_id", "decision", "records", "offsets", "dismissed", "same_as", "remember", "refused", "letter")
+    __slots__ = ("command", "command_id", "decision", "records", "offsets", "dismissed", "same_as", "remember", "refused", "letter", "forget")
 
     def __init__(self, command: Command | None, command_id: str | None, decision: Decision, records: range = range(0)):
         self.command = command
@@ -118,6 +135,7 @@ class _Outcome:
         self.remember = False
         self.refused: list[str] = []  # auto-create fills left out: over the record limit
         self.letter: BaseException | None = None  # why the command goes to the dead-letter topic
+        self.forget: list[bytes] = []  # an erase: the idempotency keys whose answers named what it erased
 
 
 class Writer(ExactlyOnceLoop):
@@ -164,6 +182,13 @@ class Writer(ExactlyOnceLoop):
         self._layers: list[tuple[dict[int, int], dict[int, int], Overlay]] = []
         self._remembered: dict[bytes, Remembered] = {}
         self.takeovers = 0
+        # Records an erase wrote to compacted topics, to be written again once segment.ms has
+        # passed (a partition with no appends never rolls its active segment, and the cleaner
+        # never compacts an active segment): (due ms, topic, key).
+        self._rolls: list[tuple[int, str, bytes]] = []
+        self._segment_ms = topics.compacted_segment_ms(config)
+        self.erase_bound: topics.EraseBound | None = None  # the topics' actual settings (set at start)
+        self.rolled = 0
 
     # --- readiness: the writer is not part of it; a replica that is not the writer still serves
 
@@ -241,6 +266,14 @@ class Writer(ExactlyOnceLoop):
                     raise Restart(f"the store did not catch up with {topic}", rejoin=True)
         self._remembered = self._read_idempotency()
         self._events_limit = topics.max_record_bytes(self._config, self._events_topic, self._timeout, self._producer_max_bytes())
+        self._rolls = []
+        # Erases of the last while may not have rolled their segments yet; the store knows their
+        # contact ids (the join-state, idempotency and dismissed records of an erase are known
+        # only to the writer that wrote them: their roll is lost with it, see README "Erase").
+        now = model.now_ms()
+        for contact_id, at in self._store.erased():
+            if at > now - 2 * self._segment_ms:
+                self._schedule_roll(at, self._contacts_topic, contact_id.encode())
         self.holding = True
         self.takeovers += 1
         self._metrics.writer.set(1)
@@ -316,6 +349,8 @@ class Writer(ExactlyOnceLoop):
         if self._takeover_needed:
             self._take_over()
         self._drop_materialized_layers()
+        if self.holding and self._producer is not None and self._rolls and self._rolls[0][0] <= model.now_ms():
+            self._roll(consumer)
         if not messages:
             return
         if not self.holding or self._producer is None:
@@ -355,7 +390,65 @@ class Writer(ExactlyOnceLoop):
             if outcome.remember:
                 key = outcome.command.idempotency.record_key
                 self._remembered[key] = self._remembered_of(outcome, now)
+            for key in outcome.forget:
+                self._remembered.pop(key, None)
+            if outcome.decision.erased and outcome.decision.ok and outcome.same_as is None and outcome.offsets is not None:
+                for index in outcome.records:
+                    record = records[index]
+                    self._schedule_roll(now, record.topic, record.key)
+                for conversation_id in outcome.decision.conversation_metadata:
+                    self._schedule_roll(now, self._join_topic, conversation_id.encode())
         self._count(outcomes, time.perf_counter() - started)
+
+    # --- rolling the segments an erase wrote to ------------------------------------------------
+
+    def _schedule_roll(self, erased_at: int, topic: str, key: bytes) -> None:
+        # The topic's segment.ms as the broker has it: a topic whose settings could not be
+        # changed rolls later (and complete_by says so).
+        segment = self.erase_bound.segment_ms.get(topic, self._segment_ms) if self.erase_bound is not None else self._segment_ms
+        heapq.heappush(self._rolls, (erased_at + segment + ROLL_MARGIN_MS, topic, key))
+
+    def _roll(self, consumer: Consumer) -> None:
+        """Write the due records of past erases again, in a transaction of their own, each only
+        while it still says what the erase said: the tombstone of a contact that is still gone
+        (a new contact with the id, auto-created since, is left alone), the join state as it is
+        now, the tombstone of an idempotency key or dismissed group not written again since.
+        The append rolls the partition's segment that holds the erased values (its age is past
+        segment.ms), so the cleaner can compact it."""
+        now = model.now_ms()
+        view = LayeredView(self._base, [layer for _, _, layer in self._layers])
+        due: list[tuple[int, str, bytes]] = []
+        while self._rolls and self._rolls[0][0] <= now:
+            due.append(heapq.heappop(self._rolls))
+        records, seen = [], set()
+        for _due, topic, key in due:
+            if (topic, key) in seen:
+                continue
+            seen.add((topic, key))
+            if topic == self._contacts_topic:
+                if view.get(key.decode()) is None:
+                    records.append(Produced(topic, key, None, [(OPERATION, ERASED.encode())]))
+            elif topic == self._join_topic:
+                state = view.conversation_metadata(key.decode())
+                if state:
+                    records.append(Produced(topic, key, encode_join_state(state), []))
+            elif topic == self._idempotency_topic:
+                if key not in self._remembered:
+                    records.append(Produced(topic, key, None, []))
+            elif topic == self._dismissed_topic:
+                if key not in view.dismissed_with(key.decode().split(",")):
+                    records.append(Produced(topic, key, None, []))
+        if not records:
+            return
+        try:
+            self.commit(consumer, {}, records)
+        except Restart:
+            for item in due:  # tried again with the next batch
+                heapq.heappush(self._rolls, item)
+            raise
+        self.rolled += len(records)
+        self._metrics.erase_rolls.inc(len(records))
+        log.info("writer: wrote %d records of erases again so their segments roll", len(records))
 
     def _decide_one(
         self, msg: Message, view: LayeredView, top: Overlay, now: int, records: list, pending_keys: dict, encoded_contacts: list, changes: list
@@ -436,7 +529,7 @@ class Writer(ExactlyOnceLoop):
                 kept_ids = {c.contact_id for c in kept}
                 learned = {}
                 for conversation_id, state in decision.conversation_metadata.items():
-                    owner = view.owner_of_conversation(conversation_id) or model.contact_id_for_conversation(conversation_id)
+                    owner = view.owner_of_conversation(conversation_id) or auto_created_id(conversation_id, view.conversation_metadata(conversation_id))
                     if owner in kept_ids or not any(owner in r for r in refused):
                         learned[conversation_id] = state
                         continue
@@ -462,16 +555,37 @@ class Writer(ExactlyOnceLoop):
             records.append(record)
             if record.value is not None:
                 encoded_contacts.append((record.value, contact))
+        forget: list[bytes] = []
         if decision.ok:
             marker = json.dumps({"v": 1, "at": now}).encode()
             for group in decision.dismissed:
                 records.append(Produced(self._dismissed_topic, dismissed_key(group), marker, []))
+            for key in decision.undismissed:
+                records.append(Produced(self._dismissed_topic, key, None, []))
+            view.record_dismissed(decision, top)
+            if decision.erased:
+                forget = self._forget_answers(decision.erased, pending_keys)
+                records += [Produced(self._idempotency_topic, key, None, []) for key in forget]
         outcome = _Outcome(command, command.id, decision, range(start, len(records)))
         outcome.refused = refused
+        outcome.forget = forget
         if idempotency is not None:
             outcome.remember = True
             pending_keys[idempotency.record_key] = outcome
         return outcome
+
+    def _forget_answers(self, erased: list[str], pending_keys: dict) -> list[bytes]:
+        """The idempotency keys whose remembered answer names an erased contact: tombstoned in
+        the erase's transaction (a retry of such a request after the erase is a new request).
+        The writer holds every entry of the last 24 h, so this finds them all; answers of this
+        batch are simply not remembered."""
+        ids = set(erased)
+        for key, earlier in list(pending_keys.items()):
+            d = earlier.decision
+            if ids & set(d.ids) or any(i in json.dumps(d.error or {}) for i in ids):
+                earlier.remember = False
+                del pending_keys[key]
+        return [key for key, entry in self._remembered.items() if _names_any(entry, ids)]
 
     def unprocessable(self, consumer: Consumer, msg: Message, err: BaseException) -> list[Produced]:
         """A command that fails alone (the client library or the broker refused one of its
@@ -497,8 +611,9 @@ class Writer(ExactlyOnceLoop):
                     offsets: dict[int, int] = {}
                     for index in outcome.records:
                         topic, partition, offset = placed[index]
-                        into = offsets if topic == self._contacts_topic else outcome.dismissed
-                        into[partition] = max(into.get(partition, -1), offset)
+                        into = offsets if topic == self._contacts_topic else outcome.dismissed if topic == self._dismissed_topic else None
+                        if into is not None:
+                            into[partition] = max(into.get(partition, -1), offset)
                     outcome.offsets = offsets
             command = outcome.command
             wants_reply = command is None or command.type != commands.AUTO_CREATE  # routers wait for nothing

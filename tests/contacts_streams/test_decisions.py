@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from contacts_streams import commands, identities, model
 from contacts_streams.commands import Command
-from contacts_streams.decisions import LayeredView, Overlay, decide
+from contacts_streams.decisions import ERASED_AT, LayeredView, Overlay, decide
+from contacts_streams.store import dismissed_key
 
 NOW = 1_700_000_000_000
 
@@ -24,6 +25,7 @@ class DictView:
         self.contacts: dict[str, dict] = {}
         self.merged: dict[str, str] = {}
         self.metadata: dict[str, dict] = {}
+        self.dismissed: set[bytes] = set()
 
     def get(self, contact_id):
         return self.contacts.get(contact_id)
@@ -49,6 +51,10 @@ class DictView:
     def conversation_metadata(self, conversation_id):
         return self.metadata.get(conversation_id, {})
 
+    def dismissed_with(self, contact_ids):
+        wanted = {c.lower() for c in contact_ids}
+        return sorted(k for k in self.dismissed if wanted & set(k.decode().split(",")))
+
     phone_region = "DE"
 
     def holders(self, kind, value):
@@ -60,10 +66,15 @@ class DictView:
                 self.contacts.pop(change.contact_id, None)
                 if change.headers.get("merged_into"):
                     self.merged[change.contact_id] = change.headers["merged_into"]
+                if change.operation == "erased":
+                    self.merged.pop(change.contact_id, None)
             else:
                 self.contacts[change.contact_id] = change.contact
                 self.merged.pop(change.contact_id, None)  # live again: merged into nothing
         self.metadata.update(decision.conversation_metadata)
+        if decision.ok:
+            self.dismissed.update(dismissed_key(group) for group in decision.dismissed)
+            self.dismissed.difference_update(decision.undismissed)
 
 
 def command(type_, **payload):
@@ -150,6 +161,75 @@ def test_auto_create_creates_once_fills_defaults_and_follows_merges():
     assert [(c.contact_id, c.contact["avatar_url"], c.contact["display_name"]) for c in third.changes] == [(b, "https://a", "Person")]
 
 
+# --- erase ------------------------------------------------------------------------------------
+
+
+def test_an_erase_tombstones_the_contact_and_the_contacts_merged_into_it_and_marks_their_conversations():
+    view = DictView()
+    c1, c2, c3 = (str(uuid.uuid4()) for _ in range(3))
+    keep = create(view, display_name="Bystander", conversations={c3: "sms"})
+    kept = decide(view, command(commands.AUTO_CREATE, conversations={c1: {"source": "sms", "contact.display_name": "Ada Lovelace"}}), NOW)
+    view.apply(kept)
+    auto = model.contact_id_for_conversation(c1)
+    ada = create(view, display_name="Ada", via={"email": "ada@example.org"}, conversations={c2: "facebook"})
+    older = create(view, display_name="Ada L.")
+    view.apply(decide(view, command(commands.MERGE, source_id=older, destination_id=auto), NOW))
+    view.apply(decide(view, command(commands.MERGE, source_id=auto, destination_id=ada), NOW))  # history: older, auto
+    view.apply(decide(view, command(commands.DISMISS_DUPLICATES, ids=[ada, keep]), NOW))
+
+    erased = decide(view, command(commands.ERASE, id=ada), NOW + 5)
+    assert erased.status == 202 and erased.ids == [ada]
+    assert [(c.contact_id, c.contact, c.operation, c.headers) for c in erased.changes] == [
+        (ada, None, "erased", {}), (older, None, "erased", {}), (auto, None, "erased", {})
+    ]
+    assert erased.erased == [ada, older, auto]
+    assert erased.conversation_metadata == {c1: {ERASED_AT: NOW + 5}, c2: {ERASED_AT: NOW + 5}}  # not c3: the bystander's
+    assert erased.undismissed == [dismissed_key([ada, keep])]
+    view.apply(erased)
+    # nothing leads to it any more: unknown, not merged away
+    for contact_id in (ada, auto, older):
+        again = decide(view, command(commands.ERASE, id=contact_id), NOW + 6)
+        assert again.status == 404 and "merged_into" not in again.error, again
+    assert view.get(keep) is not None and view.owner_of_conversation(c3) == keep
+
+
+def test_an_erase_of_a_merged_away_id_is_a_404_naming_the_destination():
+    view = DictView()
+    source, destination = create(view, display_name="S"), create(view, display_name="D")
+    view.apply(decide(view, command(commands.MERGE, source_id=source, destination_id=destination), NOW))
+    answer = decide(view, command(commands.ERASE, id=source), NOW)
+    assert answer.status == 404 and answer.error["merged_into"] == destination and not answer.changes
+    assert decide(view, command(commands.ERASE, id=str(uuid.uuid4())), NOW).status == 404
+
+
+def test_after_an_erase_only_records_newer_than_it_create_a_contact_or_teach_the_join_state():
+    view = DictView()
+    conversation = str(uuid.uuid4())
+    contact_id = model.contact_id_for_conversation(conversation)
+    first = {"source": "sms", "contact.display_name": "Grace", "at": {"source": NOW - 10, "contact.display_name": NOW - 10}}
+    view.apply(decide(view, command(commands.AUTO_CREATE, conversations={conversation: first}), NOW - 5))
+    assert view.get(contact_id)["display_name"] == "Grace" and view.metadata[conversation]["display_name"] == "Grace"
+    view.apply(decide(view, command(commands.ERASE, id=contact_id), NOW))
+    assert view.metadata[conversation] == {ERASED_AT: NOW}
+
+    # the same records again (a replay, a late router): nothing comes back
+    replay = decide(view, command(commands.AUTO_CREATE, conversations={conversation: first}), NOW + 10)
+    assert replay.changes == [] and replay.conversation_metadata == {}
+    # without times (an older router): treated as old
+    untimed = decide(view, command(commands.AUTO_CREATE, conversations={conversation: {"source": "sms", "contact.display_name": "Grace"}}), NOW + 10)
+    assert untimed.changes == [] and untimed.conversation_metadata == {}
+    # an old name with a new message: a new contact, with the default name
+    mixed = {"source": "sms", "contact.display_name": "Grace", "at": {"source": NOW + 1, "contact.display_name": NOW - 10}}
+    new = decide(view, command(commands.AUTO_CREATE, conversations={conversation: mixed}), NOW + 10)
+    reborn = [(c.contact_id, c.operation, c.contact["display_name"]) for c in new.changes]
+    assert reborn == [(reborn[0][0], "auto_created", model.default_display_name(conversation, "sms"))]
+    assert reborn[0][0] != contact_id  # the erased id never comes back
+    assert new.conversation_metadata == {conversation: {ERASED_AT: NOW, "source": "sms"}}
+    view.apply(new)
+    # and a replay of the new message creates nothing twice
+    assert decide(view, command(commands.AUTO_CREATE, conversations={conversation: mixed}), NOW + 20).changes == []
+
+
 # --- overlays ---------------------------------------------------------------------------------
 
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(5)]
@@ -166,6 +246,8 @@ commands_strategy = st.one_of(
     st.builds(lambda d, s: ("unmerge", d, s), st.sampled_from(IDS), st.sampled_from(IDS)),
     st.builds(lambda i, e: ("email", i, e), st.sampled_from(IDS), st.sampled_from(EMAILS)),
     st.builds(lambda e: ("upsert", e), st.lists(st.tuples(st.sampled_from(EMAILS), st.text(alphabet="xy", max_size=2)), min_size=1, max_size=3)),
+    st.builds(lambda i: ("erase", i), st.sampled_from(IDS)),
+    st.builds(lambda i: ("dismiss", i), st.lists(st.sampled_from(IDS), min_size=2, max_size=3, unique=True)),
 )
 
 
@@ -272,6 +354,10 @@ def to_command(spec, n):
         return command(commands.IMPORT, contacts=elements, upsert_by="email")
     if kind == "unmerge":
         return command(commands.UNMERGE, destination_id=spec[1], source_id=spec[2])
+    if kind == "erase":
+        return command(commands.ERASE, id=spec[1])
+    if kind == "dismiss":
+        return command(commands.DISMISS_DUPLICATES, ids=spec[1])
     return command(commands.AUTO_CREATE, conversations={spec[1]: {"source": "facebook"}})
 
 
@@ -298,8 +384,11 @@ def test_deciding_through_overlays_equals_deciding_against_a_materialized_store(
             expected = decide(truth, cmd, NOW)
             got = decide(view, cmd, NOW)
             assert (got.status, got.ids, got.changes, got.error) == (expected.status, expected.ids, expected.changes, expected.error), cmd
+            assert (got.conversation_metadata, got.undismissed, got.erased) == (expected.conversation_metadata, expected.undismissed, expected.erased), cmd
             truth.apply(expected)
             view.record(got, top)
+            if got.ok:
+                view.record_dismissed(got, top)
             decided.append(got)
         layers.append((top, decided))
         while len(layers) > lag:  # the materializer catches up with the oldest layer
