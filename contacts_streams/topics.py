@@ -305,15 +305,17 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
         # the groups naming the contact).
         NewTopic(dismissed_topic(config), num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact", **erase[dismissed_topic(config)]}),
     ]
-    if config.auto_create_enabled:
-        wanted.append(
-            NewTopic(
-                conversations_topic(config),
-                num_partitions=config.contacts_partitions,
-                replication_factor=-1,
-                config={"cleanup.policy": "compact", **erase[conversations_topic(config)]},
-            )
+    # Made with auto-create off too: an erase writes its conversations' markers there (so
+    # turning auto-create on later never re-creates an erased person from old messages), and a
+    # transaction producing to a missing topic would hang the writer.
+    wanted.append(
+        NewTopic(
+            conversations_topic(config),
+            num_partitions=config.contacts_partitions,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact", **erase[conversations_topic(config)]},
         )
+    )
     admin = AdminClient(config.kafka(**({"error_cb": errors} if errors is not None else {})))
     existing = _list_topics(admin, timeout, errors)
     missing = [topic for topic in wanted if topic.topic not in existing]

@@ -34,7 +34,8 @@ def test_the_history_timeline_shows_who_changed_what_and_links_merges_to_the_oth
     expect(events.first).to_have_attribute("data-operation", "merged")  # newest first
     expect(events.first.get_by_role("link", name=other["id"])).to_be_visible()
     expect(events.first).to_contain_text("by anonymous via http")
-    updated = events.filter(has=page.locator("code", has_text=re.compile(r"^title$")))
+    # One event lists all its changed fields (updated_at too): the title's change, not its creation.
+    updated = events.locator("ul.changes > li").filter(has=page.locator("code", has_text=re.compile(r"^title$"))).filter(has=page.locator("del"))
     expect(updated.locator("del")).to_have_text("Engineer")
     expect(updated.locator("ins")).to_have_text("Principal engineer")
     expect(events.last).to_have_attribute("data-operation", "created")
