@@ -563,12 +563,17 @@ class Bench:
                                          time_limit=time_limit, on_response=on_response)
 
             threads = [threading.Thread(target=send, args=(i, plan.time_limit)) for i in range(REPLICAS)]
+            # With --profile: the writer's process, and one that only serves HTTP and materializes.
+            holder = self._the_writer(svcs) if plan.profile else 0
+            samplers = [self.sample("ceiling-writer", svcs[holder]), self.sample("ceiling-other", svcs[(holder + 1) % REPLICAS])]
             started = time.monotonic()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.monotonic() - started
+            for sampler in samplers:
+                self.unsample(sampler)
             acknowledged = sum(r.ok(201) for r in results)
             rate = acknowledged / elapsed
             p99 = _ms(max(r.percentile(99) for r in results))

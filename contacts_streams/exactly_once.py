@@ -200,7 +200,8 @@ class ExactlyOnceLoop:
                 more = then(placed)
                 records = list(records) + more
                 for record in more:
-                    producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(None))
+                    report = delivered_at(None) if self.reported(record) else None
+                    producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=report)
             producer.commit_transaction(self._timeout)
         except (KafkaException, BufferError, Restart) as err:
             self._metrics.produce_errors.labels(reason=self.name).inc()
@@ -224,6 +225,13 @@ class ExactlyOnceLoop:
                 source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
                 self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
+
+    def reported(self, record: Produced) -> bool:
+        """Whether ``commit`` needs the delivery report of a record that ``then`` returned: where
+        it landed, or why the broker refused it. Each report takes the GIL once in the loop's
+        thread, a wait when HTTP threads hold it; a record produced without one that fails
+        still fails the transaction (librdkafka refuses to commit after a failed delivery)."""
+        return True
 
     def dead_letter(self, msg: Message, err: BaseException) -> Produced:
         """The dead letter of a record: key and value as received, the error in headers. Give it

@@ -231,6 +231,11 @@ class Writer(ExactlyOnceLoop):
             **self._publisher.producer_limits,
         }
 
+    def reported(self, record: Produced) -> bool:
+        # Nothing waits for where a reply or an idempotency entry landed, and neither is ever
+        # too large for its topic: a failed one aborts the batch like any other failure.
+        return record.topic not in (self._replies_topic, self._idempotency_topic)
+
     def on_assign(self, partitions: list[TopicPartition]) -> None:
         if any(tp.topic == topics.commands_topic(self._config) for tp in partitions):
             self._takeover_needed = True
