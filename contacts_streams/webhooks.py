@@ -445,6 +445,7 @@ class SubscriptionRunner:
         self.owned: dict[int, Tracker] = {}
         self.chains: dict[tuple[int, bytes | None], deque] = {}
         self.running: set[Item] = set()  # items whose POST is under way
+        self.revoking: set[int] = set()  # partitions being handed over: start nothing new there
         self.buffered = 0
         self.paused = False
         self.stopping = threading.Event()
@@ -599,6 +600,8 @@ class SubscriptionRunner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [tp.partition for tp in partitions]
+        with self.lock:
+            self.revoking.update(revoked)
         # Requests under way for these partitions may finish: their offsets are committed before
         # the new owner starts (it would deliver them again, out of order with what follows).
         self._wait_running(revoked, self.settings.shutdown_grace_ms / 1000)
@@ -617,6 +620,7 @@ class SubscriptionRunner:
                     self.buffered -= len(tracker.pending)
             for key in [k for k in self.chains if k[0] in partitions]:
                 del self.chains[key]
+            self.revoking.difference_update(partitions)
 
     def _wait_running(self, partitions: list[int] | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -658,7 +662,7 @@ class SubscriptionRunner:
 
     def _process(self, item: Item) -> None:
         with self.lock:
-            if not self._owns(item) or self.stopping.is_set():
+            if not self._owns(item) or self.stopping.is_set() or item.partition in self.revoking:
                 return
             self.running.add(item)
         try:

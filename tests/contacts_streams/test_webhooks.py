@@ -180,6 +180,24 @@ def test_after_the_last_try_the_event_is_a_dead_letter_and_the_next_ones_flow(ka
         receiver.stop()
 
 
+def test_a_second_replica_takes_partitions_over_without_losing_or_reordering(setup, run_webhooks):
+    config, events = setup
+    # A slow receiver (about 100 events/s from one replica): the second joins well before the end.
+    receiver = Receiver(SECRET, lambda event, n: (time.sleep(0.02), "ok")[1]).start()
+    try:
+        events.produce(contacts(40), per_contact=30)  # 1200 events over 4 partitions
+        sub = Subscription("shared", receiver.url, SECRET, None, 5000, FAST)
+        first = run_webhooks(config, sub, concurrency=2)
+        wait_for(lambda: receiver.count() >= 100, 60, "a part delivered by the first replica")
+        second = run_webhooks(config, sub, concurrency=2)
+        wait_for(lambda: receiver.count() == 1200, 120, "everything delivered by the two")
+        assert_in_order(receiver, events)
+        assert counter(second, "delivered", "shared") > 0, "the second replica got no partition"
+        assert counter(first, "delivered", "shared") + counter(second, "delivered", "shared") >= 1200
+    finally:
+        receiver.stop()
+
+
 # --- the process -----------------------------------------------------------------------------
 
 
