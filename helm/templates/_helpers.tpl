@@ -47,3 +47,17 @@ app.kubernetes.io/version: {{ include "contacts.imageTag" . | trunc 63 | quote }
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
 {{- end -}}
+
+{{/* Labels of the webhooks Deployment's objects: its own `app`, so neither the StatefulSet's
+selector nor the api-contacts Service ever picks its pods. */}}
+{{- define "contacts.webhooksLabels" -}}
+app: {{ include "contacts.name" . }}-webhooks
+core.airy.co/managed: "true"
+core.airy.co/mandatory: "false"
+core.airy.co/component: {{ printf "%s-webhooks" .Values.component | quote }}
+app.kubernetes.io/name: {{ include "contacts.name" . }}-webhooks
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ include "contacts.imageTag" . | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+{{- end -}}
