@@ -21,6 +21,17 @@ class ConfigError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
 
+
+def bounded_int(name: str, raw: str, low: int, high: int) -> int:
+    """The whole number a setting holds, within [low, high]; a ConfigError naming it otherwise."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -122,14 +133,7 @@ class Config:
             return env.get(name, SETTINGS[name].default).strip()
 
         def integer(name: str, low: int, high: int) -> int:
-            raw = get(name)
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-            return value
+            return bounded_int(name, get(name), low, high)
 
         def boolean(name: str) -> bool:
             raw = get(name).lower()

@@ -44,7 +44,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from contacts_streams import kafka_security, logs
-from contacts_streams.config import Config, ConfigError
+from contacts_streams.config import Config, ConfigError, bounded_int
 from contacts_streams.events import EventCodec, events_topic
 from contacts_streams.serialization import DecodeError, RegistryError
 from contacts_streams.topics import dead_letter_topic
@@ -163,14 +163,7 @@ class WebhooksConfig:
         env = os.environ if environ is None else environ
 
         def integer(name: str, default: int, low: int, high: int) -> int:
-            raw = env.get(name, "").strip() or str(default)
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-            return value
+            return bounded_int(name, env.get(name, "").strip() or str(default), low, high)
 
         retry = RetryPolicy(
             base_ms=integer("WEBHOOKS_RETRY_BASE_MS", RetryPolicy.base_ms, 1, 3_600_000),
