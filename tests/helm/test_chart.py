@@ -300,7 +300,7 @@ def test_overrides_reach_the_objects(helm):
         "--set", "resources.requests.cpu=750m",
         "--set", "config.autoCreateEnabled=false",
         "--set", "config.contactsTopic=tenant.contacts",
-        "--set", "config.eventsTopic=tenant.contact-events",
+        "--set", "config.contactEventsTopic=tenant.contact-events",
         "--set", "persistence.size=50Gi",
         "--set", "persistence.storageClass=fast-ssd",
         "--set", "extraEnv[0].name=HTTP_THREADS",
