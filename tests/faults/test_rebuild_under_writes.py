@@ -14,7 +14,7 @@ from faultkit import CLIENTS, SCALE, Recorder, figures, topic_records
 
 from contacts_streams.serialization import ContactCodec
 
-CONTACTS = 30_000 * SCALE
+CONTACTS = 20_000 * SCALE
 BATCH = 1000
 TRACKED = 300 * SCALE
 MORE_AFTER_READY = 2  # acknowledged updates per tracked contact after readiness, then stop
