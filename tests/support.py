@@ -58,7 +58,9 @@ def test_config(kafka: str, unique: str, state_dir: str, **overrides) -> Config:
         instance_id="test",
         state_dir=state_dir,
         auto_create_enabled=False,
-        write_timeout_ms=10_000,
+        # Generous: `make test` runs two workers on two cores, and a 1000-contact import takes
+        # about 5 s in-process even on a quiet machine (see the note on the import path).
+        write_timeout_ms=20_000,
     )
     settings.update(overrides)
     return Config(**settings)
