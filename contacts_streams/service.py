@@ -237,21 +237,27 @@ class Service:
         log.info("closed")
 
 
-def _contact_codec(config: Config) -> ContactCodec:
-    subject = f"{config.contacts_topic}-value"
+def _registry_client(config: Config):
+    """The registry client the codecs share, or None without a registry. A write waits for the
+    registry at most about half its time (two tries), so a registry that hangs still gets the
+    write its 503 within WRITE_TIMEOUT_MS."""
     if not config.schema_registry_url:
-        return ContactCodec(subject=subject)
-    # A write waits for the registry at most about half its time (two tries), so a registry
-    # that hangs still gets the write its 503 within WRITE_TIMEOUT_MS.
+        return None
     write_timeout_s = config.write_timeout_ms / 1000
-    client = shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
+    return shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
+
+
+def _contact_codec(config: Config) -> ContactCodec:
+    client = _registry_client(config)
+    subject = f"{config.contacts_topic}-value"
+    if client is None:
+        return ContactCodec(subject=subject)
     return ContactCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)
 
 
 def _event_codec(config: Config) -> EventCodec:
+    client = _registry_client(config)
     subject = f"{config.events_topic}-value"
-    if not config.schema_registry_url:
+    if client is None:
         return EventCodec(subject=subject)
-    write_timeout_s = config.write_timeout_ms / 1000
-    client = shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
     return EventCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)
