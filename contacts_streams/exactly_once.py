@@ -149,6 +149,16 @@ class ExactlyOnceLoop:
     def on_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
         pass
 
+    def _flush(self, producer: Producer, failures: list) -> int:
+        """Flush, but stop waiting at the first failed delivery: a record the broker refused
+        leaves the transaction abortable (librdkafka wants an epoch bump), and what is still
+        queued may then wait out the whole timeout while the writes behind it time out too."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            left = producer.flush(min(0.05, max(0.0, deadline - time.monotonic())))
+            if left == 0 or failures or time.monotonic() >= deadline:
+                return left
+
     def commit(
         self,
         consumer: Consumer,
@@ -193,7 +203,7 @@ class ExactlyOnceLoop:
             for index, record in enumerate(records):
                 producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(index))
             if then is not None:
-                if records and producer.flush(self._timeout) > 0:
+                if records and self._flush(producer, failures) > 0 and not failures:
                     raise Restart("the broker did not take the batch in time")
                 if failures:
                     raise Restart(f"records not delivered: {failures[:3]}")
