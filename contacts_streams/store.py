@@ -708,13 +708,51 @@ class Store:
         return Group(tuple(ids), contacts, reasons)
 
 
-class JoinState:
+class _TopicPart:
+    """A part of the store materialized from a topic of its own (the join state, the dismissed
+    groups, the event history): its data family, its offsets family and the key in ``meta`` of
+    the topic it was built from. What its ``Materializer`` asks (topic, offsets, count, reset)
+    is the same for each; ``apply`` is each part's own."""
+
+    _DATA: str
+    _OFFSETS: str
+    _TOPIC_KEY: bytes
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def topic(self) -> str | None:
+        raw = self._store._cf[META].get(self._TOPIC_KEY)
+        return raw.decode() if raw is not None else None
+
+    def offsets(self) -> dict[int, int]:
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[self._OFFSETS].items()}
+
+    def count(self) -> int:
+        """1 when it holds any entry, else 0 (a part with entries but no offsets is rebuilt)."""
+        it = self._store._cf[self._DATA].iter(ReadOptions())
+        it.seek_to_first()
+        found = it.valid()
+        del it
+        return int(found)
+
+    def reset(self) -> None:
+        store = self._store
+        with store._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            for family in (self._DATA, self._OFFSETS):
+                for key in list(store._cf[family].keys()):
+                    batch.delete(key, store._handle[family])
+            batch.delete(self._TOPIC_KEY, store._handle[META])
+            store._db.write(batch)
+
+
+class JoinState(_TopicPart):
     """Auto-create's join state in the store: what its materializer writes from the join-state
     topic (the same methods the contacts part offers the contacts topic's materializer) and
     what auto-create reads."""
 
-    def __init__(self, store: Store):
-        self._store = store
+    _DATA, _OFFSETS, _TOPIC_KEY = JOIN_STATE, JOIN_OFFSETS, JOIN_TOPIC_KEY
 
     def get(self, conversation_id: str) -> dict:
         """The conversation's join state as the topic holds it: source, display_name, avatar_url."""
@@ -729,31 +767,6 @@ class JoinState:
         return {_LEGACY_KEYS[k]: v for k, v in json.loads(raw).items() if k in _LEGACY_KEYS and isinstance(v, str)}
 
     # --- what its materializer asks ------------------------------------------------------------
-
-    def topic(self) -> str | None:
-        raw = self._store._cf[META].get(JOIN_TOPIC_KEY)
-        return raw.decode() if raw is not None else None
-
-    def offsets(self) -> dict[int, int]:
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[JOIN_OFFSETS].items()}
-
-    def count(self) -> int:
-        """1 when it holds any join state, else 0 (a store with entries but no offsets is rebuilt)."""
-        it = self._store._cf[JOIN_STATE].iter(ReadOptions())
-        it.seek_to_first()
-        found = it.valid()
-        del it
-        return int(found)
-
-    def reset(self) -> None:
-        store = self._store
-        with store._write_lock:
-            batch = WriteBatch(raw_mode=True)
-            for family in (JOIN_STATE, JOIN_OFFSETS):
-                for key in list(store._cf[family].keys()):
-                    batch.delete(key, store._handle[family])
-            batch.delete(JOIN_TOPIC_KEY, store._handle[META])
-            store._db.write(batch)
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         """Apply records of the join-state topic and their offsets in one write batch."""
@@ -795,47 +808,21 @@ class JoinState:
         return applied
 
 
-class DismissedGroups:
+class DismissedGroups(_TopicPart):
     """Groups people said are not duplicates, materialized from the ``<APPLICATION_ID>-dismissed``
     topic (key: ``dismissed_key`` of the group; a value dismisses it, a tombstone offers it
     again) with the same methods as ``JoinState``, so a ``Materializer`` can feed it."""
 
-    def __init__(self, store: Store):
-        self._store = store
+    _DATA, _OFFSETS, _TOPIC_KEY = DISMISSED, DISMISSED_OFFSETS, DISMISSED_TOPIC_KEY
 
     def __contains__(self, contact_ids: Iterable[str]) -> bool:
         return self._store._cf[DISMISSED].get(dismissed_key(contact_ids)) is not None
-
-    def topic(self) -> str | None:
-        raw = self._store._cf[META].get(DISMISSED_TOPIC_KEY)
-        return raw.decode() if raw is not None else None
-
-    def offsets(self) -> dict[int, int]:
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[DISMISSED_OFFSETS].items()}
 
     def groups_with(self, contact_ids: Iterable[str]) -> list[bytes]:
         """The keys of the dismissed groups that name any of these ids (a scan: erases are rare,
         and the family holds contact ids only)."""
         wanted = {c.lower() for c in contact_ids}
         return [key for key in self._store._cf[DISMISSED].keys() if wanted & set(key.decode().split(","))]
-
-    def count(self) -> int:
-        """1 when it holds any group, else 0 (a store with groups but no offsets is rebuilt)."""
-        it = self._store._cf[DISMISSED].iter(ReadOptions())
-        it.seek_to_first()
-        found = it.valid()
-        del it
-        return int(found)
-
-    def reset(self) -> None:
-        store = self._store
-        with store._write_lock:
-            batch = WriteBatch(raw_mode=True)
-            for family in (DISMISSED, DISMISSED_OFFSETS):
-                for key in store._cf[family].keys():
-                    batch.delete(key, store._handle[family])
-            batch.delete(DISMISSED_TOPIC_KEY, store._handle[META])
-            store._db.write(batch)
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         store = self._store
@@ -871,7 +858,7 @@ class HistoryPage:
     next_cursor: str | None
 
 
-class EventHistory:
+class EventHistory(_TopicPart):
     """Each contact's recent change events, materialized from the events topic (the same methods
     as ``JoinState``, so a ``Materializer`` feeds it), for ``contacts.history``.
 
@@ -879,37 +866,11 @@ class EventHistory:
     dropped when the contact's next event comes and never served. An ``erased`` event replaces
     everything before it (it carries nothing personal; what came before does)."""
 
+    _DATA, _OFFSETS, _TOPIC_KEY = HISTORY, HISTORY_OFFSETS, HISTORY_TOPIC_KEY
+
     retention_ms: int | None = None
 
-    def __init__(self, store: Store):
-        self._store = store
-
     # --- what its materializer asks ------------------------------------------------------------
-
-    def topic(self) -> str | None:
-        raw = self._store._cf[META].get(HISTORY_TOPIC_KEY)
-        return raw.decode() if raw is not None else None
-
-    def offsets(self) -> dict[int, int]:
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[HISTORY_OFFSETS].items()}
-
-    def count(self) -> int:
-        """1 when it holds any event, else 0 (a store with events but no offsets is rebuilt)."""
-        it = self._store._cf[HISTORY].iter(ReadOptions())
-        it.seek_to_first()
-        found = it.valid()
-        del it
-        return int(found)
-
-    def reset(self) -> None:
-        store = self._store
-        with store._write_lock:
-            batch = WriteBatch(raw_mode=True)
-            for family in (HISTORY, HISTORY_OFFSETS):
-                for key in list(store._cf[family].keys()):
-                    batch.delete(key, store._handle[family])
-            batch.delete(HISTORY_TOPIC_KEY, store._handle[META])
-            store._db.write(batch)
 
     def _horizon(self) -> int:
         return model.now_ms() - self.retention_ms if self.retention_ms else -1
