@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Sequence
 
 
 @dataclass
@@ -27,12 +28,30 @@ class Figure:
     target: str | None = None
     passed: bool | None = None
     note: str = ""
+    samples: dict | None = None  # the latency distribution behind the figure (see distribution()), for the charts
     ratio: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.value = float(self.value)
         self.baseline = float(self.baseline)
         self.ratio = self.value / self.baseline if self.baseline else float("nan")
+
+
+# Where the latency distribution of a figure is kept: every percentile, and the tail finer (a
+# full run times up to 40k requests a figure; 110 points draw the same curve in a few kB).
+QUANTILES = tuple(sorted({0.0, 0.001, 0.005, *(i / 100 for i in range(1, 100)), 0.995, 0.999, 0.9995, 0.9999, 1.0}))
+
+
+def distribution(latencies: Sequence[float], name: str, clients: int = 1, baseline: bool = False) -> dict | None:
+    """A compact latency distribution (latencies in seconds): the nearest-rank quantiles in ms,
+    as `client.percentile` computes them, so the curve passes through the table's p50 and p99.
+    `baseline`: a reference curve (drawn grey), not the service."""
+    if not latencies:
+        return None
+    ordered = sorted(latencies)
+    n = len(ordered)
+    ms = [round(ordered[min(n - 1, max(0, math.ceil(round(q * n, 9)) - 1))] * 1000.0, 4) for q in QUANTILES]
+    return {"name": name, "clients": clients, "count": n, "baseline": baseline, "q": list(QUANTILES), "ms": ms}
 
 
 def machine() -> dict:
@@ -126,10 +145,19 @@ SECTIONS = [
 
 def write(out_dir: Path, results: dict) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "results.json", out_dir / "RESULTS.md"
+    json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
-    md_path.write_text(markdown(results))
-    return json_path, md_path
+    return json_path, render(out_dir, results)
+
+
+def render(out_dir: Path, results: dict) -> Path:
+    """RESULTS.md and the charts beside it, from the results alone (no run)."""
+    from bench import charts  # matplotlib is imported only to draw
+
+    drawn = charts.render(out_dir, results)
+    md_path = out_dir / "RESULTS.md"
+    md_path.write_text(markdown(results, drawn))
+    return md_path
 
 
 def results_document(figures: list[Figure], *, machine_info: dict, version_info: dict, params: dict, notes: list[str], profiles: dict) -> dict:
@@ -146,7 +174,8 @@ def results_document(figures: list[Figure], *, machine_info: dict, version_info:
     }
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, charts: Sequence[tuple[str, str]] = ()) -> str:
+    """The tables; `charts` are (file name relative to RESULTS.md, title) to show first."""
     m, v, p = results["machine"], results["versions"], results["parameters"]
     figures = results["figures"]
     lines = [
@@ -168,6 +197,8 @@ def markdown(results: dict) -> str:
     lines += [f"**Targets: {len(passed)} pass, {len(missed)} miss.**" + (
         " Missed: " + "; ".join(f"{f['label']} @ {_size(f['size'])} ({_num(f['value'])} {f['unit']}, target {f['target']})" for f in missed)
         if missed else ""), ""]
+    if charts:
+        lines += ["## Charts", ""] + [f"![{title}]({name})\n" for name, title in charts]
     for section, title in SECTIONS:
         rows = [f for f in figures if f["section"] == section]
         if not rows:
@@ -190,3 +221,10 @@ def markdown(results: dict) -> str:
         for phase, summary in results["profiles"].items():
             lines += [f"### {phase}", "", "```", summary.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # `python -m bench.report [bench/results.json]`: RESULTS.md and the charts again from the
+    # results of a run, e.g. after a change to a chart, without running the benchmark.
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results.json")
+    print(render(source.parent, json.loads(source.read_text())))

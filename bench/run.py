@@ -98,11 +98,15 @@ class Bench:
         self.ceiling: dict[str, dict[str, float]] = {}
         self.produce: dict[str, float] = {}
         self.single_replica_create_rate: float | None = None
+        self.curves: dict[str, list[dict]] = {}  # series of points for the charts, e.g. the page cost along the list
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    def add(self, key, section, label, size, value, unit, baseline_label, baseline, baseline_unit, target=None, passed=None, note=""):
-        figure = report.Figure(key, section, label, size, value, unit, baseline_label, baseline, baseline_unit, target, passed, note)
+    def add(self, key, section, label, size, value, unit, baseline_label, baseline, baseline_unit, target=None, passed=None, note="",
+            samples=None):
+        """`samples`: report.distribution() of the latencies behind the figure (drawn as a CDF)."""
+        figure = report.Figure(key, section, label, size, value, unit, baseline_label, baseline, baseline_unit, target, passed, note,
+                               samples)
         self.figures.append(figure)
         result = "" if passed is None else (" PASS" if passed else " MISS")
         log.info("%-44s %8s  %12.3f %-16s (baseline %.3f %s, ratio %.2f)%s",
@@ -228,7 +232,9 @@ class Bench:
                 self.add(f"write.floor.c{concurrency}.p{q}", "writes", f"Kafka floor of read-your-writes p{q}, {clients}", None,
                          _ms(client.percentile(floor, q)), "ms", f"bare produce+flush p{q}, {clients}",
                          self.produce[f"c{concurrency}.p{q}"], "ms",
-                         note="produce, then a read_committed consumer has it: no HTTP, no store" if q == 50 else "")
+                         note="produce, then a read_committed consumer has it: no HTTP, no store" if q == 50 else "",
+                         samples=report.distribution(floor, "Kafka floor (produce, then consumed)", concurrency, baseline=True)
+                         if q == 50 else None)
 
     # --- one size ----------------------------------------------------------------------------------
 
@@ -382,7 +388,8 @@ class Bench:
         self.add("import.rate", "import", f"/contacts.import, batches of {batch}, one client", n, rate, "contacts/s",
                  f"raw transactional produce ({cap} records)", raw_rate, "contacts/s",
                  target="> 20,000 contacts/s and > 30% of raw", passed=rate > 20_000 and rate / raw_rate > 0.30,
-                 note=f"p50 {_ms(result.percentile(50)):.0f} ms a batch")
+                 note=f"p50 {_ms(result.percentile(50)):.0f} ms a batch",
+                 samples=report.distribution(result.latencies, f"/contacts.import, a batch of {batch}"))
         return ids
 
     def info(self, n: int, port: int, ids: list[bytes], server: str, svc: procs.Proc) -> None:
@@ -400,7 +407,8 @@ class Bench:
                  f"{label} HTTP ceiling", ceiling["rps"], "req/s",
                  target="> 2,000 req/s and > 70% of the ceiling", passed=result.rate > 2000 and result.rate / ceiling["rps"] > 0.7)
         self.add(f"info.{server}.p99", "info", f"/contacts.info p99, {label}", n, _ms(result.percentile(99)), "ms",
-                 f"{label} ceiling p99", ceiling["p99"], "ms", note=f"p50 {_ms(result.percentile(50)):.2f} ms")
+                 f"{label} ceiling p99", ceiling["p99"], "ms", note=f"p50 {_ms(result.percentile(50)):.2f} ms",
+                 samples=report.distribution(result.latencies, f"/contacts.info, {label}", plan.concurrency))
 
     def listing(self, n: int, port: int) -> None:
         plan = self.plan
@@ -427,19 +435,31 @@ class Bench:
             request = post("/contacts.list", {"page_size": 20, **({"cursor": cur} if cur else {})})
             result = self.timed(port, [request] * plan.list_pages, concurrency=1, expect=(200,))
             timed[name] = (pos, result)
+        # The chart's curve: the three timed pages and one every tenth of the list, with fewer
+        # requests each (the cursors are already at hand from the walk).
+        points = {pos: result for pos, result in timed.values()}
+        for tenth in range(1, 10):
+            pos, cur = min(full, key=lambda pc: abs(pc[0] - total * tenth // 10))
+            if pos not in points:
+                request = post("/contacts.list", {"page_size": 20, "cursor": cur})
+                points[pos] = self.timed(port, [request] * max(5, plan.list_pages // 5), concurrency=1, expect=(200,))
+        self.curves.setdefault("list.pages", []).extend(
+            {"size": n, "position": pos, "total": total, "requests": r.count, "p50": _ms(r.percentile(50)), "p99": _ms(r.percentile(99))}
+            for pos, r in sorted(points.items()))
         start = timed["start"][1]
         ceiling = self.ceiling["gunicorn"]
         for name, (pos, result) in timed.items():
             p50, p99 = _ms(result.percentile(50)), _ms(result.percentile(99))
             where = f"at contact {pos:,} of {total:,}"
+            samples = report.distribution(result.latencies, f"page of 20 at the {name}")
             if name == "start":
                 self.add("list.start.p50", "list", "page of 20 at the start, p50", n, p50, "ms",
-                         "HTTP round trip, constant body, one client", ceiling["single_p50"], "ms", note=where)
+                         "HTTP round trip, constant body, one client", ceiling["single_p50"], "ms", note=where, samples=samples)
             else:
                 flat = p50 <= 1.5 * _ms(start.percentile(50))
                 self.add(f"list.{name}.p50", "list", f"page of 20 in the {name}, p50", n, p50, "ms",
                          "page at the start, p50", _ms(start.percentile(50)), "ms", target="<= 1.5x the start page (flat)",
-                         passed=flat, note=where)
+                         passed=flat, note=where, samples=samples)
             self.add(f"list.{name}.p99", "list", f"page of 20 {'at the' if name != 'middle' else 'in the'} {name}, p99", n, p99, "ms",
                      "page at the start, p99" if name != "start" else "HTTP round trip p99, one client",
                      _ms(start.percentile(99)) if name != "start" else ceiling["single_p99"], "ms")
@@ -471,7 +491,8 @@ class Bench:
                 self.add(f"write.{operation}.c{concurrency}.p{q}{suffix}", "writes", f"/contacts.{operation} p{q}, {clients}{under}", n,
                          value, "ms", f"bare produce+flush p{q}, {clients}", self.produce[f"c{concurrency}.p{q}"], "ms",
                          target=f"< {limit:.0f} ms", passed=value < limit,
-                         note=f"{result.rate:.0f} req/s" if q == 50 else "")
+                         note=f"{result.rate:.0f} req/s" if q == 50 else "",
+                         samples=report.distribution(result.latencies, f"/contacts.{operation}{under}", concurrency) if q == 50 else None)
             if reference and operation == "create" and concurrency == plan.concurrency:
                 self.single_replica_create_rate = result.ok(201) / result.elapsed
 
@@ -663,7 +684,8 @@ class Bench:
             notes.append("This run was profiled with py-spy (sampling from outside, non-blocking): figures are slightly pessimistic.")
         figures = [f for f in self.figures]
         return report.results_document(figures, machine_info=report.machine(), version_info=report.versions(self.kafka_version),
-                                       params=params, notes=notes, profiles=self.profiles) | {"http_ceilings": ceilings}
+                                       params=params, notes=notes, profiles=self.profiles) | {"http_ceilings": ceilings,
+                                                                                              "curves": self.curves}
 
     def cleanup(self) -> None:
         # The service's own topics (e.g. auto-create's repartition topic) carry the application id.

@@ -2,7 +2,7 @@
 
 It runs every section but the three-replica one once (200 contacts, gunicorn only: the other servers are optional
 installs) into a temporary folder, never into bench/results.json, and checks that every figure
-came out with a unit, a number and a baseline.
+came out with a unit, a number and a baseline, and every chart as a valid PNG.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.__main__ import parse  # noqa: E402
+from bench.charts import CHARTS  # noqa: E402
 from bench.run import SECTIONS  # noqa: E402
 from bench.run import main as run_bench  # noqa: E402
 
@@ -74,3 +76,17 @@ def test_a_tiny_run_writes_every_figure_with_a_unit_and_a_number(kafka, tmp_path
     assert "| figure | contacts | value | baseline | ratio | target | result |" in markdown
     for f in results["figures"]:
         assert f["label"] in markdown
+
+    # Every chart, as a PNG an image reader opens, embedded in RESULTS.md; the latency figures
+    # keep the distribution the CDF is drawn from, and the list its page cost along the way.
+    for name in CHARTS:
+        with Image.open(tmp_path / name) as image:
+            image.verify()
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 300, (name, image.size)
+        assert f"({name})" in markdown, name
+    for key in ("info.gunicorn.p99", "list.start.p50", "write.create.c16.p50", "import.rate"):
+        samples = figures[key]["samples"]
+        assert samples and samples["count"] > 0 and samples["ms"] == sorted(samples["ms"]), key
+    along = [p["position"] for p in results["curves"]["list.pages"]]
+    assert len(along) >= 4 and along == sorted(along) and along[0] == 0
