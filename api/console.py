@@ -22,9 +22,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.test import Client
+from werkzeug.test import Client, TestResponse
 
 from api.wire import RETRY_AFTER_S
 from contacts_streams import model
@@ -104,7 +104,7 @@ def _auth_enabled() -> bool:
     return current_app.extensions["contacts_guard"].enabled
 
 
-def _post(path: str, payload: Any, headers: dict[str, str]) -> Response:
+def _post(path: str, payload: Any, headers: dict[str, str]) -> TestResponse:
     """POST to this app in-process; a fresh app context keeps the API's `g` (caller, body,
     timers) apart from this page's."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -286,15 +286,17 @@ def results():
 # --- one contact -----------------------------------------------------------------------------
 
 
-def _contact_or_page(contact_id: str) -> tuple[dict | None, Response | None]:
+def _contact(contact_id: str) -> dict:
+    """The contact, else the page shown instead: a merged-away id goes to its destination, an
+    unknown one is a 404 page. Raised with `abort`, so a route needs no check of its own."""
     answer = api("/contacts.info", {"id": contact_id})
     if answer.status == 200:
-        return answer.body, None
+        return answer.body
     if answer.status == 404 and isinstance(answer.body, dict) and answer.body.get("merged_into"):
-        return None, redirect(url_for("console.contact", contact_id=answer.body["merged_into"], merged_from=contact_id))
+        abort(redirect(url_for("console.contact", contact_id=answer.body["merged_into"], merged_from=contact_id)))
     if answer.status in (400, 404):
-        return None, _not_found(f"No contact {contact_id}: {answer.message}")
-    return None, _page("console/error.html", answer.status, title="Error", message=answer.message)
+        abort(_not_found(f"No contact {contact_id}: {answer.message}"))
+    abort(_page("console/error.html", answer.status, title="Error", message=answer.message))
 
 
 def _history(contact_id: str, cursor: str | None) -> dict:
@@ -344,9 +346,7 @@ def _entries(contact: dict) -> list[dict]:
 
 @console.get("/contacts/<contact_id>")
 def contact(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     return _contact_page(found, 200)
 
 
@@ -371,9 +371,7 @@ def _contact_page(found: dict, status: int, error: Answer | None = None, form: d
 
 @console.post("/contacts/<contact_id>/edit")
 def edit(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     changes: dict = {}
     for name in EDITABLE:
         if name in request.form:
@@ -403,17 +401,13 @@ def unmerge(contact_id: str):
     answer = api("/contacts.unmerge", {"destination_id": contact_id, "source_id": source_id}, request.form.get("key"))
     if answer.status == 200:
         return redirect(url_for("console.contact", contact_id=contact_id, done="unmerged", other=answer.body["restored"]["id"]))
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     return _contact_page(found, answer.page_status, error=answer)
 
 
 @console.get("/contacts/<contact_id>/delete")
 def delete_confirm(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     return _page("console/delete.html", contact=found, title=f"Delete {found.get('display_name') or found['id']}", key=str(uuid.uuid4()))
 
 
@@ -452,18 +446,14 @@ def _duration(delta: timedelta) -> str:
 
 @console.get("/contacts/<contact_id>/erase")
 def erase_confirm(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     return _erase_page(found, 200, f"Erase {found.get('display_name') or found['id']}")
 
 
 @console.post("/contacts/<contact_id>/erase")
 def erase(contact_id: str):
     if request.form.get("confirm") != "yes":
-        found, page = _contact_or_page(contact_id)
-        if page is not None:
-            return page
+        found = _contact(contact_id)
         return _erase_page(found, 400, "Erase", error="Tick the box to confirm: an erase cannot be undone.")
     if not has_endpoint("/contacts.erase"):
         return _page("console/error.html", 404, title="Erase not available", message="This service has no /contacts.erase endpoint yet.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import flask
 import jwt
@@ -71,7 +72,7 @@ def allow_origins(app: Flask, origins: Iterable[str]) -> None:
     app.before_request(_preflight)
     if not origins:
         return
-    common = dict(
+    common: dict[str, Any] = dict(
         methods=CORS_METHODS,
         allow_headers=CORS_HEADERS,
         expose_headers=CORS_EXPOSE,
