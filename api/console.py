@@ -22,10 +22,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.test import Client
+from werkzeug.test import Client, TestResponse
 
+from api.wire import RETRY_AFTER_S
 from contacts_streams import model
 
 TOKEN_COOKIE = "contacts_console_token"
@@ -73,6 +74,12 @@ class Answer:
     body: Any
 
     @property
+    def page_status(self) -> int:
+        """The page's status for this answer: the API's own, but a 5xx is the API failing the
+        console (a bad gateway), not the console failing."""
+        return self.status if self.status < 500 else 502
+
+    @property
     def message(self) -> str:
         if isinstance(self.body, dict) and self.body.get("message"):
             return str(self.body["message"])
@@ -94,24 +101,28 @@ class Unavailable(Exception):
 
 
 def _auth_enabled() -> bool:
-    config = current_app.extensions["contacts_service"].config
-    return bool(config.system_token or config.jwt_secret)
+    return current_app.extensions["contacts_guard"].enabled
+
+
+def _post(path: str, payload: Any, headers: dict[str, str]) -> TestResponse:
+    """POST to this app in-process; a fresh app context keeps the API's `g` (caller, body,
+    timers) apart from this page's."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    with app.app_context():
+        return Client(app, use_cookies=False).post(path, json=payload, headers=headers)
 
 
 def api(path: str, payload: Any, idempotency_key: str | None = None) -> Answer:
     """POST `payload` to the API endpoint `path` of this app, as the person at the console.
 
-    A fresh app context keeps the API's `g` (caller, body, timers) apart from this page's. A 403
-    means the token is not (or no longer) good; a 503 is passed up as the page's own 503."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    A 403 means the token is not (or no longer) good; a 503 is passed up as the page's own 503."""
     headers = {}
     token = request.cookies.get(TOKEN_COOKIE)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    with app.app_context():
-        response = Client(app, use_cookies=False).post(path, json=payload, headers=headers)
+    response = _post(path, payload, headers)
     try:
         body = json.loads(response.get_data()) if response.get_data() else None
     except ValueError:
@@ -168,7 +179,7 @@ def login_needed(err: LoginNeeded):
 @console.errorhandler(Unavailable)
 def unavailable(err: Unavailable):
     response = _page("console/error.html", 503, title="Not available yet", message=err.answer.message)
-    response.headers["Retry-After"] = "2"
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 
@@ -180,6 +191,10 @@ def _page(template: str, status: int = 200, **context) -> Response:
     context.setdefault("auth_enabled", _auth_enabled())
     context.setdefault("notice", NOTICES.get(request.args.get("done", "")))
     return Response(render_template(template, **context), status=status, mimetype="text/html")
+
+
+def _failed(answer: Answer, title: str, message: str | None = None) -> Response:
+    return _page("console/error.html", answer.page_status, title=title, message=message or answer.message)
 
 
 def _not_found(message: str) -> Response:
@@ -219,10 +234,7 @@ def login_submit():
     if not token:
         return _page("console/login.html", 400, error="Enter a token.", next=target)
     # The API decides whether the token is good: the same check every console call meets.
-    with current_app.app_context():
-        answer = Client(current_app._get_current_object(), use_cookies=False).post(  # type: ignore[attr-defined]
-            "/contacts.list", json={"page_size": 1}, headers={"Authorization": f"Bearer {token}"}
-        )
+    answer = _post("/contacts.list", {"page_size": 1}, {"Authorization": f"Bearer {token}"})
     if answer.status_code == 403:
         return _page("console/login.html", 403, error=LOGIN_REASONS["expired" if b"expired" in answer.get_data() else "invalid"], next=target)
     response = redirect(target)
@@ -274,15 +286,17 @@ def results():
 # --- one contact -----------------------------------------------------------------------------
 
 
-def _contact_or_page(contact_id: str) -> tuple[dict | None, Response | None]:
+def _contact(contact_id: str) -> dict:
+    """The contact, else the page shown instead: a merged-away id goes to its destination, an
+    unknown one is a 404 page. Raised with `abort`, so a route needs no check of its own."""
     answer = api("/contacts.info", {"id": contact_id})
     if answer.status == 200:
-        return answer.body, None
+        return answer.body
     if answer.status == 404 and isinstance(answer.body, dict) and answer.body.get("merged_into"):
-        return None, redirect(url_for("console.contact", contact_id=answer.body["merged_into"], merged_from=contact_id))
+        abort(redirect(url_for("console.contact", contact_id=answer.body["merged_into"], merged_from=contact_id)))
     if answer.status in (400, 404):
-        return None, _not_found(f"No contact {contact_id}: {answer.message}")
-    return None, _page("console/error.html", answer.status, title="Error", message=answer.message)
+        abort(_not_found(f"No contact {contact_id}: {answer.message}"))
+    abort(_page("console/error.html", answer.status, title="Error", message=answer.message))
 
 
 def _history(contact_id: str, cursor: str | None) -> dict:
@@ -332,9 +346,7 @@ def _entries(contact: dict) -> list[dict]:
 
 @console.get("/contacts/<contact_id>")
 def contact(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     return _contact_page(found, 200)
 
 
@@ -359,9 +371,7 @@ def _contact_page(found: dict, status: int, error: Answer | None = None, form: d
 
 @console.post("/contacts/<contact_id>/edit")
 def edit(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     changes: dict = {}
     for name in EDITABLE:
         if name in request.form:
@@ -382,7 +392,7 @@ def edit(contact_id: str):
     answer = api("/contacts.update", {"id": found["id"], **changes})
     if answer.status == 202:
         return redirect(url_for("console.contact", contact_id=found["id"], done="updated"))
-    return _contact_page(found, answer.status if answer.status < 500 else 502, error=answer, form=request.form.to_dict())
+    return _contact_page(found, answer.page_status, error=answer, form=request.form.to_dict())
 
 
 @console.post("/contacts/<contact_id>/unmerge")
@@ -391,17 +401,13 @@ def unmerge(contact_id: str):
     answer = api("/contacts.unmerge", {"destination_id": contact_id, "source_id": source_id}, request.form.get("key"))
     if answer.status == 200:
         return redirect(url_for("console.contact", contact_id=contact_id, done="unmerged", other=answer.body["restored"]["id"]))
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
-    return _contact_page(found, answer.status if answer.status < 500 else 502, error=answer)
+    found = _contact(contact_id)
+    return _contact_page(found, answer.page_status, error=answer)
 
 
 @console.get("/contacts/<contact_id>/delete")
 def delete_confirm(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact(contact_id)
     return _page("console/delete.html", contact=found, title=f"Delete {found.get('display_name') or found['id']}", key=str(uuid.uuid4()))
 
 
@@ -410,12 +416,23 @@ def delete(contact_id: str):
     answer = api("/contacts.delete", {"id": contact_id}, request.form.get("key"))
     if answer.status == 202:
         return redirect(url_for("console.search", done="deleted"))
-    return _page("console/error.html", answer.status if answer.status < 500 else 502, title="Not deleted", message=answer.message)
+    return _failed(answer, "Not deleted")
 
 
-def _erase_bound() -> tuple[timedelta, datetime]:
+def _erase_page(found: dict, status: int, title: str, error: str | None = None) -> Response:
+    """The erase form, saying by when the erase is complete everywhere."""
     within = timedelta(milliseconds=current_app.extensions["contacts_service"].config.erase_within_ms)
-    return within, datetime.now(timezone.utc) + within
+    return _page(
+        "console/erase.html",
+        status,
+        contact=found,
+        title=title,
+        within=_duration(within),
+        by=(datetime.now(timezone.utc) + within).strftime("%Y-%m-%d %H:%M UTC"),
+        available=has_endpoint("/contacts.erase"),
+        error=error,
+        key=str(uuid.uuid4()),
+    )
 
 
 def _duration(delta: timedelta) -> str:
@@ -429,46 +446,21 @@ def _duration(delta: timedelta) -> str:
 
 @console.get("/contacts/<contact_id>/erase")
 def erase_confirm(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
-    within, by = _erase_bound()
-    return _page(
-        "console/erase.html",
-        contact=found,
-        title=f"Erase {found.get('display_name') or found['id']}",
-        within=_duration(within),
-        by=by.strftime("%Y-%m-%d %H:%M UTC"),
-        available=has_endpoint("/contacts.erase"),
-        error=None,
-        key=str(uuid.uuid4()),
-    )
+    found = _contact(contact_id)
+    return _erase_page(found, 200, f"Erase {found.get('display_name') or found['id']}")
 
 
 @console.post("/contacts/<contact_id>/erase")
 def erase(contact_id: str):
     if request.form.get("confirm") != "yes":
-        found, page = _contact_or_page(contact_id)
-        if page is not None:
-            return page
-        within, by = _erase_bound()
-        return _page(
-            "console/erase.html",
-            400,
-            contact=found,
-            title="Erase",
-            within=_duration(within),
-            by=by.strftime("%Y-%m-%d %H:%M UTC"),
-            available=has_endpoint("/contacts.erase"),
-            error="Tick the box to confirm: an erase cannot be undone.",
-            key=str(uuid.uuid4()),
-        )
+        found = _contact(contact_id)
+        return _erase_page(found, 400, "Erase", error="Tick the box to confirm: an erase cannot be undone.")
     if not has_endpoint("/contacts.erase"):
         return _page("console/error.html", 404, title="Erase not available", message="This service has no /contacts.erase endpoint yet.")
     answer = api("/contacts.erase", {"id": contact_id}, request.form.get("key"))
     if answer.status in (200, 202):
         return redirect(url_for("console.erased", id=answer.body.get("erased", contact_id), complete_by=answer.body.get("complete_by", "")))
-    return _page("console/error.html", answer.status if answer.status < 500 else 502, title="Not erased", message=answer.message)
+    return _failed(answer, "Not erased")
 
 
 @console.get("/erased")
@@ -521,7 +513,7 @@ def duplicates():
         payload["cursor"] = request.args["cursor"]
     answer = api("/contacts.duplicates", payload)
     if answer.status != 200:
-        return _page("console/error.html", answer.status if answer.status < 500 else 502, title="Duplicates", message=answer.message)
+        return _failed(answer, "Duplicates")
     groups = [
         {
             "number": number,
@@ -555,7 +547,7 @@ def merge_preview():
     for source_id in sources:
         answer = api("/contacts.merge", {"source_id": source_id, "destination_id": destination, "dry_run": True})
         if answer.status != 200:
-            return _page("console/error.html", answer.status if answer.status < 500 else 502, title="Merge preview", message=answer.message)
+            return _failed(answer, "Merge preview")
         previews.append({"source_id": source_id, "conflicts": answer.body.get("conflicts", []), "destination": answer.body["destination"]})
     kept = api("/contacts.info", {"id": destination})
     names = {}
@@ -586,7 +578,7 @@ def merge():
         answer = api("/contacts.merge", {"source_id": source_id, "destination_id": destination}, f"{key}-{index}" if key else None)
         if answer.status != 200:
             done = f" {len(merged)} of {len(sources)} were merged before it." if merged else ""
-            return _page("console/error.html", answer.status if answer.status < 500 else 502, title="Merge stopped", message=f"{answer.message}.{done}")
+            return _failed(answer, "Merge stopped", f"{answer.message}.{done}")
         merged.append(source_id)
     return redirect(url_for("console.contact", contact_id=destination, done="merged"))
 
@@ -597,4 +589,4 @@ def dismiss():
     answer = api("/contacts.dismiss_duplicates", {"ids": ids}, request.form.get("key"))
     if answer.status == 202:
         return redirect(url_for("console.duplicates", done="dismissed"))
-    return _page("console/error.html", answer.status if answer.status < 500 else 502, title="Not dismissed", message=answer.message)
+    return _failed(answer, "Not dismissed")

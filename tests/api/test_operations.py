@@ -159,13 +159,15 @@ def test_cors_exposes_the_api_headers_and_allows_what_the_inbox_sends(service):
     origin = {"Origin": "https://inbox.example.org"}
     # The platform inbox's client (lib/typescript/httpclient/src/client.ts) sends Content-Type and
     # X-Requested-With; the API's own request headers are Idempotency-Key and X-Contacts-Min-Position.
+    # A preflight is answered with the headers it asks for that the API takes (flask-cors).
+    sent = "authorization,content-type,idempotency-key,x-contacts-min-position,x-requested-with"
     preflight = client.options(
         "/contacts.update",
-        headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,x-requested-with"},
+        headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": f"{sent},x-other"},
     )
     assert preflight.status_code == 204
-    allowed = listed_headers(preflight.headers["Access-Control-Allow-Headers"])
-    assert {"authorization", "content-type", "idempotency-key", "x-contacts-min-position", "x-requested-with"} <= allowed
+    assert listed_headers(preflight.headers["Access-Control-Allow-Headers"]) == set(sent.split(","))
+    assert preflight.headers["Access-Control-Max-Age"] == "3600"
     answer = client.post("/contacts.create", json={"display_name": "Ada", "displayName": "Ada"}, headers=origin)
     assert answer.headers["X-Contacts-Ignored-Fields"] == "displayName"
     exposed = listed_headers(answer.headers["Access-Control-Expose-Headers"])
@@ -175,6 +177,23 @@ def test_cors_exposes_the_api_headers_and_allows_what_the_inbox_sends(service):
 def test_without_allowed_origins_no_cors_headers(service):
     answer = with_origins(service).post("/contacts.list", json={}, headers={"Origin": "https://inbox.example.org"})
     assert not [h for h in answer.headers.keys() if h.lower().startswith("access-control-")]
+
+
+def test_cors_matches_a_listed_origin_whole_and_varies_every_answer(service):
+    # flask-cors would read "https://*.example.org" as a regex matched at the start, letting
+    # "https://aexample.org" in; an entry here is one origin, compared whole.
+    client = with_origins(service, "https://*.example.org", "https://inbox.example.org")
+    for stranger in ("https://aexample.org", "https://*.example.org.evil.net", "https://inbox.example.org.evil.net"):
+        answer = client.post("/contacts.list", json={}, headers={"Origin": stranger})
+        assert "Access-Control-Allow-Origin" not in answer.headers, stranger
+        # A stranger's answer differs from a listed origin's: caches must keep one per origin.
+        assert "origin" in listed_headers(answer.headers.get("Vary", ""))
+    assert not [h for h in client.post("/contacts.list", json={}).headers.keys() if h.lower().startswith("access-control-")]
+    # Error answers carry the CORS headers too, so a browser script can read the message.
+    refused = client.post("/contacts.info", json={"id": 7}, headers={"Origin": "https://inbox.example.org"})
+    assert refused.status_code == 400
+    assert refused.headers["Access-Control-Allow-Origin"] == "https://inbox.example.org"
+    assert "x-contacts-position" in listed_headers(refused.headers["Access-Control-Expose-Headers"])
 
 
 def test_cors_answers_preflights_for_allowed_origins_only(guarded):
