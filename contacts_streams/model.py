@@ -449,6 +449,10 @@ def _validate_contact_payload(payload: Any, prefix: str, ignored: list[str] | No
     return fields
 
 
+#: A create body: CONTACT, not empty and setting at least one field.
+CREATE = Custom(lambda payload, path, ignored=None: _validate_contact_payload(payload, path, ignored), CONTACT.schema)
+
+
 def _check_contacts(payload: Any, prefix: str, ignored: list[str] | None = None) -> list[dict]:
     if not isinstance(payload, list):
         raise ValidationError(prefix, f"{where(prefix)} must be a JSON array of contacts, not {type_name(payload)}")
@@ -643,7 +647,7 @@ HISTORY = _request(
 
 #: The request bodies by their names in the OpenAPI document.
 REQUESTS: dict[str, Shape] = {
-    "ContactFields": CONTACT,
+    "ContactFields": CREATE,
     "ImportContacts": CONTACTS,
     "ImportRequest": IMPORT,
     "ListRequest": LIST,
