@@ -1,16 +1,19 @@
 """The OpenAPI 3 document served at /openapi.json.
 
-It is built from `contacts_streams.model`'s field lists and limits, so that a limit changed there
-changes here; `tests/api/test_openapi.py` keeps it true (every route Flask registers is in it and
-the other way round, real responses validate against it, and a fuzz run over every endpoint
-finds no answer it does not describe).
+The request schemas are not written here: each is ``schema()`` of the shape in
+``model.REQUESTS`` that also validates that request (``contacts_streams.shapes``), so a field, a
+limit or a message cannot change in one and not the other. The served contact's fields come from
+the same shapes without the request limits (a merge or auto-creation may grow a contact past
+them); the other responses, the error bodies and the paths are declared here, once.
+`tests/api/test_openapi.py` keeps it true (every route Flask registers is in it and the other
+way round, real responses validate against it, and a fuzz run over every endpoint finds no
+answer it does not describe).
 
-Request schemas say what `model.validate_*` accepts as far as OpenAPI 3.0 can say it; what it
+Request schemas say what the validation accepts as far as OpenAPI 3.0 can say it; what it
 cannot (UUID keys of `conversations`, key lengths, the byte size of `metadata`, a merge of a
 contact with itself, a payload whose maps are all empty) is in the descriptions, and the service
 answers 400 naming the field. No request schema forbids additional properties: unknown fields
-are ignored (DESIGN.md) and named in the X-Contacts-Ignored-Fields response header. Response schemas describe what the service serves, without the
-request limits: a merge or auto-creation may grow a contact past them.
+are ignored (DESIGN.md) and named in the X-Contacts-Ignored-Fields response header.
 """
 
 from __future__ import annotations
@@ -19,19 +22,11 @@ import copy
 from typing import Any
 
 from contacts_streams import model
+from contacts_streams.shapes import Uuid, ref as _ref
 
 VERSION = "0.1.0"
 
 _JSON = "application/json"
-_UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_INT64_MIN = model._INT64_MIN  # metadata integers: int64
-_INT64_MAX = model._INT64_MAX
-_NO_NUL = "No string may contain U+0000 or an unpaired surrogate."
-_IGNORED = (
-    "Unknown fields (here and inside `address`) are ignored and named in the X-Contacts-Ignored-Fields"
-    " response header; the fields the service sets ({served}) are accepted and ignored, so a fetched"
-    " contact can be sent back as it is."
-)
 IGNORED_FIELDS_HEADER = {
     "description": (
         "The request fields the service ignored because it does not know them, as comma-separated paths"
@@ -41,152 +36,16 @@ IGNORED_FIELDS_HEADER = {
     ),
     "schema": {"type": "string", "maxLength": 1024},
 }
-_FIELD_DOCS = {
-    "display_name": "The contact's name; `contacts.list` orders by it (case-insensitively).",
-    "avatar_url": "URL of the contact's picture.",
-    "title": "Job title.",
-    "timezone": "Offset from GMT, a number or a string, served back as sent (`\"\"` included).",
-    "gender": "`female`, `male` or any other value.",
-    "locale": "For example `en_US`.",
-    "organization_name": "The contact's organization.",
-    "via": "How to reach the contact: a flat map of strings (`phone`, `email`, any key). Arrays are refused.",
-    "address": "Postal address.",
-    "conversations": "Conversation id (a UUID) -> its source (`facebook`, `twilio.sms`, ...).",
-    "metadata": "Any JSON object; arrays are refused at any depth.",
-}
 
 
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _text(max_length: int | None = model.MAX_STRING_LENGTH, **extra) -> dict:
-    schema: dict[str, Any] = {"type": "string"}
-    if max_length is not None:
-        schema["maxLength"] = max_length
-    schema.update(extra)
-    return schema
-
-
-def _uuid(description: str | None = None) -> dict:
-    schema = {"type": "string", "format": "uuid", "pattern": _UUID_PATTERN, "minLength": 36, "maxLength": 36}
-    if description:
-        schema["description"] = description
-    return schema
-
-
-# --- contact fields -----------------------------------------------------------------------------
-
-
-def _timezone(limits: bool) -> dict:
-    number: dict[str, Any] = {"type": "number"}
-    if limits:
-        number.update(minimum=-model.MAX_TIMEZONE_OFFSET, maximum=model.MAX_TIMEZONE_OFFSET)
-    return {"anyOf": [_text(model.MAX_STRING_LENGTH if limits else None), number], "description": _FIELD_DOCS["timezone"]}
-
-
-def _metadata(limits: bool, depth: int = 1) -> dict:
-    """A metadata object at nesting ``depth`` (metadata itself is 1), spelled out level by level
-    down to MAX_METADATA_DEPTH, so that the depth limit is part of the schema."""
-    values: list[dict] = [
-        _text(model.MAX_METADATA_STRING_LENGTH if limits else None),
-        {"type": "integer", "format": "int64", "minimum": _INT64_MIN, "maximum": _INT64_MAX},
-        {"type": "number", "format": "double"},
-        # OpenAPI 3.0 has no null type and `nullable` counts only beside `type`: JSON null rides here.
-        {"type": "boolean", "nullable": True},
-    ]
-    if depth < model.MAX_METADATA_DEPTH:
-        nested = _metadata(limits, depth + 1)
-        values.append(nested)
-    schema: dict[str, Any] = {"type": "object", "additionalProperties": {"anyOf": values}}
-    if depth == 1:
-        schema["description"] = _FIELD_DOCS["metadata"] + (
-            f" Objects nest at most {model.MAX_METADATA_DEPTH} levels deep (metadata itself is the first);"
-            f" keys are non-empty, at most {model.MAX_KEY_LENGTH} characters; integers fit in 64 bits;"
-            f" numbers are finite; the whole is at most {model.MAX_METADATA_BYTES} bytes as compact UTF-8"
-            " JSON (also after an update)."
-            if limits
-            else ""
-        )
-    return schema
-
-
-def _field_schemas(*, limits: bool, update: bool = False) -> dict[str, dict]:
-    """The contact fields (model.CONTACT_FIELDS). ``limits``: as a request (model's limits);
-    ``update``: a request of contacts.update, where "" removes a field or a map key."""
-    fields: dict[str, dict] = {}
-    for name in model.CONTACT_FIELDS:
-        if name == "timezone":
-            schema = _timezone(limits)
-        elif name == "via":
-            schema = {
-                "type": "object",
-                "additionalProperties": _text(model.MAX_STRING_LENGTH if limits else None),
-                "description": _FIELD_DOCS["via"],
-            }
-            if limits:
-                schema["maxProperties"] = model.MAX_VIA_KEYS
-                schema["description"] += (
-                    f" At most {model.MAX_VIA_KEYS} keys (also after an update), each non-empty and at most"
-                    f" {model.MAX_KEY_LENGTH} characters."
-                )
-        elif name == "address":
-            schema = {
-                "type": "object",
-                "properties": {f: _text(model.MAX_STRING_LENGTH if limits else None) for f in model.ADDRESS_FIELDS},
-                "description": _FIELD_DOCS["address"] + (" Other keys are ignored." if limits else ""),
-            }
-            if not limits:  # served: only the address fields
-                schema["additionalProperties"] = False
-        elif name == "conversations":
-            source = _text(model.MAX_STRING_LENGTH if limits else None)
-            if limits and not update:
-                source["minLength"] = 1
-            schema = {"type": "object", "additionalProperties": source, "description": _FIELD_DOCS["conversations"]}
-            if limits:
-                schema["maxProperties"] = model.MAX_CONVERSATIONS
-                schema["description"] += (
-                    f" Keys must be UUIDs, each given once (in any case; served in lowercase), at most"
-                    f" {model.MAX_CONVERSATIONS} in one request; a conversation that belongs to another"
-                    " contact is a 409."
-                )
-        elif name == "metadata":
-            schema = _metadata(limits)
-        else:
-            schema = _text(model.MAX_STRING_LENGTH if limits else None, description=_FIELD_DOCS[name])
-        if update and name in model.MAP_FIELDS:
-            # A map updates key by key ("" removes a key); the map set to "" is removed whole.
-            schema = {
-                "anyOf": [schema, {"type": "string", "enum": [""]}],
-                "description": schema.get("description", "")
-                + ' Updated key by key: a key set to "" is removed; the field set to "" is removed whole.',
-            }
-        fields[name] = schema
-    return fields
-
-
-def _served_fields_request(update: bool) -> dict[str, dict]:
-    """The served fields in a request: any value, ignored (the id of an update is its own)."""
-    names = [name for name in model.SERVED_FIELDS if not (update and name == "id")]
-    return {name: {"description": "Set by the service: accepted and ignored."} for name in names}
-
-
-def _contact_fields_request() -> dict:
-    return {
-        "type": "object",
-        "description": (
-            "Contact fields, all optional; at least one must be given (a payload whose only fields"
-            f" are empty maps is refused too). {_IGNORED.format(served=', '.join(model.SERVED_FIELDS))} {_NO_NUL}"
-        ),
-        "properties": {**_field_schemas(limits=True), **_served_fields_request(update=False)},
-        "anyOf": [{"required": [name]} for name in model.CONTACT_FIELDS],
-    }
+def _uuid(description: str = "") -> dict:
+    return Uuid(description).schema()
 
 
 def _contact_response(history: str) -> dict:
     """A served contact. ``history``: "none" (a merge_history entry), "optional" or "required"."""
     properties: dict[str, Any] = {"id": _uuid("Set by the service.")}
-    properties.update(_field_schemas(limits=False))
+    properties.update({name: model.CONTACT.fields[name].schema(served=True) for name in model.CONTACT_FIELDS})
     properties["created_at"] = {
         "type": "string",
         "format": "date-time",
@@ -223,139 +82,10 @@ def _contact_response(history: str) -> dict:
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
-# --- requests and errors ------------------------------------------------------------------------
+# --- requests (from model.REQUESTS), responses and errors --------------------------------------
 
 _SCHEMAS: dict[str, dict] = {
-    "ContactFields": _contact_fields_request(),
-    "ImportContacts": {
-        "type": "array",
-        "items": _ref("ContactFields"),
-        "maxItems": model.MAX_IMPORT,
-        "description": (
-            f"Up to {model.MAX_IMPORT} create payloads, all written or none (`[]` writes nothing); an error"
-            " names the element (`[3].display_name`), and so do ignored fields (`[3].nickname`)."
-        ),
-    },
-    "ImportRequest": {
-        "anyOf": [
-            _ref("ImportContacts"),
-            {
-                "type": "object",
-                "properties": {
-                    "contacts": _ref("ImportContacts"),
-                    "upsert_by": {
-                        "type": "string",
-                        "enum": [*model.UPSERT_KINDS, None],
-                        "nullable": True,
-                        "description": (
-                            "An element whose via.<upsert_by> (normalized) exactly one live contact has updates that"
-                            " contact key by key, as contacts.update would; the others are created. Elements apply in"
-                            " order, so two with one identity make one contact. Several contacts with that identity:"
-                            " 409 naming the element."
-                        ),
-                    },
-                },
-                "required": ["contacts"],
-            },
-        ],
-        "description": "The create payloads, or an object with them and upsert_by; errors name the element as `[3].via.email` in both forms.",
-    },
-    "ListRequest": {
-        "type": "object",
-        "nullable": True,
-        "properties": {
-            "cursor": _text(
-                model.MAX_CURSOR_LENGTH,
-                nullable=True,
-                description="An opaque cursor from pagination_data; null or \"\" for the first page; any other string is a 400.",
-            ),
-            "page_size": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": model.MAX_PAGE_SIZE,
-                "default": model.DEFAULT_PAGE_SIZE,
-                "nullable": True,
-            },
-            "pageSize": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": model.MAX_PAGE_SIZE,
-                "nullable": True,
-                "description": (
-                    "The platform inbox's spelling of page_size, read the same way; when both are given,"
-                    " page_size wins and pageSize is named in X-Contacts-Ignored-Fields."
-                ),
-            },
-        },
-        "description": (
-            "An empty body, null or {} lists the first page of DEFAULT_PAGE_SIZE contacts."
-            " Unknown fields are ignored and named in X-Contacts-Ignored-Fields."
-        ),
-    },
-    "InfoRequest": {
-        "oneOf": [
-            {"type": "object", "properties": {"id": _uuid(), "conversation_id": {"not": {}}}, "required": ["id"]},
-            {
-                "type": "object",
-                "properties": {"conversation_id": _uuid(), "id": {"not": {}}},
-                "required": ["conversation_id"],
-            },
-        ],
-        "description": "A contact id or a conversation id, not both. Other fields are ignored.",
-    },
-    "UpdateRequest": {
-        "type": "object",
-        "properties": {"id": _uuid(), **_field_schemas(limits=True, update=True), **_served_fields_request(update=True)},
-        "required": ["id"],
-        "description": (
-            f'The contact\'s id and the fields to change; a field set to "" is removed.'
-            f" {_IGNORED.format(served=', '.join(model.SERVED_FIELDS[1:]))} {_NO_NUL}"
-        ),
-    },
-    "IdRequest": {
-        "type": "object",
-        "properties": {"id": _uuid()},
-        "required": ["id"],
-        "description": "Other fields are ignored.",
-    },
-    "MergeRequest": {
-        "type": "object",
-        "properties": {
-            "source_id": _uuid(),
-            "destination_id": _uuid(),
-            "dry_run": {
-                "type": "boolean",
-                "default": False,
-                "description": "true: nothing is written; the answer is what the destination would become and the conflicts.",
-            },
-        },
-        "required": ["source_id", "destination_id"],
-        "description": "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
-    },
-    "UnmergeRequest": {
-        "type": "object",
-        "properties": {"destination_id": _uuid(), "source_id": _uuid()},
-        "required": ["destination_id", "source_id"],
-        "description": (
-            "Undoes the latest merge of source_id into destination_id; the two must differ (else 400 naming"
-            " source_id). Other fields are ignored."
-        ),
-    },
-    "DismissRequest": {
-        "type": "object",
-        "properties": {
-            "ids": {
-                "type": "array",
-                "items": _uuid(),
-                "minItems": model.MIN_DISMISSED,
-                "maxItems": model.MAX_DISMISSED,
-                "uniqueItems": True,
-                "description": "The contacts of one group from contacts.duplicates, in any order.",
-            }
-        },
-        "required": ["ids"],
-        "description": "Other fields are ignored. Ids that differ only in case are the same contact (400).",
-    },
+    **{name: shape.schema() for name, shape in model.REQUESTS.items()},
     "UnmergeResponse": {
         "type": "object",
         "properties": {"destination": _ref("ContactWithHistory"), "restored": _ref("ContactWithHistory")},
@@ -398,48 +128,11 @@ _SCHEMAS: dict[str, dict] = {
         "required": ["destination", "conflicts"],
         "additionalProperties": False,
     },
-    "LookupRequest": {
-        "type": "object",
-        "properties": {
-            "via": {
-                "type": "object",
-                "minProperties": 1,
-                "maxProperties": model.MAX_VIA_KEYS,
-                "additionalProperties": _text(),
-                "description": (
-                    "Keys and values as in a contact's via; every one must match. Matching is normalized: email trimmed and"
-                    " case-folded, phone as E.164 (DEFAULT_PHONE_REGION for numbers without a country code), other"
-                    " keys and values trimmed and case-folded."
-                ),
-            }
-        },
-        "required": ["via"],
-        "description": "Other fields are ignored.",
-    },
     "LookupResponse": {
         "type": "object",
         "properties": {"data": {"type": "array", "items": _ref("Contact")}},
         "required": ["data"],
         "additionalProperties": False,
-    },
-    "SearchRequest": {
-        "type": "object",
-        "properties": {
-            "query": _text(
-                model.MAX_QUERY_LENGTH,
-                pattern=r"\S",
-                description=(
-                    "Words of the display name and organization by prefix, an email whole or its local part, or a phone's"
-                    " last digits (4 at least; a query of only digits and + - ( ) . / spaces is a phone query); case and"
-                    " accents do not matter; several words must all match."
-                ),
-            ),
-            "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from this query's pagination_data."),
-            "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
-            "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
-        },
-        "required": ["query"],
-        "description": "Other fields are ignored.",
     },
     "SearchResponse": {
         "type": "object",
@@ -466,17 +159,6 @@ _SCHEMAS: dict[str, dict] = {
         "required": ["data", "pagination_data"],
         "additionalProperties": False,
         "description": "Exact word matches first, then prefix matches, each by display name. A page may be short (even empty) with a next_cursor when few of the entries it read matched every word.",
-    },
-    "HistoryRequest": {
-        "type": "object",
-        "properties": {
-            "id": _uuid("A live, merged-away or deleted contact's id."),
-            "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from pagination_data."),
-            "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
-            "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
-        },
-        "required": ["id"],
-        "description": "Other fields are ignored.",
     },
     "ContactEvent": {
         "type": "object",
@@ -525,17 +207,6 @@ _SCHEMAS: dict[str, dict] = {
         },
         "required": ["data", "pagination_data"],
         "additionalProperties": False,
-    },
-    "DuplicatesRequest": {
-        "type": "object",
-        "nullable": True,
-        "properties": {
-            "id": {**_uuid("Only the groups of this contact (all of them, on one page); null or absent: every group."), "nullable": True},
-            "cursor": _text(model.MAX_CURSOR_LENGTH, nullable=True, description="An opaque cursor from pagination_data."),
-            "page_size": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "default": model.DEFAULT_PAGE_SIZE, "nullable": True},
-            "pageSize": {"type": "integer", "minimum": 1, "maximum": model.MAX_PAGE_SIZE, "nullable": True},
-        },
-        "description": "An empty body or {} gives the first page of all groups. Other fields are ignored.",
     },
     "DuplicatesResponse": {
         "type": "object",

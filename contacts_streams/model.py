@@ -38,7 +38,9 @@ named as ignored (it is still checked: a known field with a wrong value is a 400
 Validation (``validate_*``) raises only :class:`ValidationError`, whatever the input: its
 ``field`` is the path of the offending value (``via.email``, ``address.postcode``,
 ``[3].display_name`` inside an import, ``""`` for the request body as a whole) and its message
-names that path. The API layer turns it into ``400 {"message": ...}``.
+names that path. The API layer turns it into ``400 {"message": ...}``. Each request body is
+declared once as a shape (``REQUESTS``, built from ``contacts_streams.shapes``): ``validate_*``
+check with it and api/openapi.py documents it, so the two cannot disagree.
 
 Limits (each refused with a ValidationError naming the field; lengths count characters):
 
@@ -96,11 +98,34 @@ import functools
 import hashlib
 import json
 import math
-import re
 import time
 import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from contacts_streams.shapes import (
+    Anything,
+    Boolean,
+    Choice,
+    Custom,
+    Integer,
+    Object,
+    Removable,
+    Shape,
+    StringMap,
+    Text,
+    Uuid,
+    ValidationError,
+    check_key,
+    check_text,
+    is_uuid,
+    key_path,
+    normalize_uuid,
+    ref,
+    require_object,
+    type_name,
+    where,
+)
 
 __all__ = [
     "ADDRESS_FIELDS",
@@ -125,6 +150,7 @@ __all__ = [
     "contact_id_for_conversation",
     "default_display_name",
     "iso_to_millis",
+    "is_uuid",
     "merge_contacts",
     "millis_to_iso",
     "new_contact",
@@ -196,21 +222,6 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
 
-class ValidationError(ValueError):
-    """Bad input. ``field`` is the path of the offending value, ``message`` a sentence naming it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return f"ValidationError({self.field!r}, {self.message!r})"
-
-
 class TooLarge(ValueError):
     """A write that would make a contact too large to store (413): ``field`` may be None."""
 
@@ -223,112 +234,31 @@ class TooLarge(ValueError):
         return self.message
 
 
-# --- paths and primitive checks -----------------------------------------------------------------
+# --- the request shapes -------------------------------------------------------------------------
+# Declared once: `validate_*` below check with them and api/openapi.py documents them.
+
+_NO_NUL = "No string may contain U+0000 or an unpaired surrogate."
+_IGNORED = (
+    "Unknown fields (here and inside `address`) are ignored and named in the X-Contacts-Ignored-Fields"
+    " response header; the fields the service sets ({served}) are accepted and ignored, so a fetched"
+    " contact can be sent back as it is."
+)
+_UPDATED_BY_KEY = ' Updated key by key: a key set to "" is removed; the field set to "" is removed whole.'
+_SELF_MERGE = "destination_id must differ from source_id: a contact cannot be merged into itself"
+UPSERT_KINDS = ("email", "phone")
+MIN_DISMISSED, MAX_DISMISSED = 2, 100
+MAX_QUERY_LENGTH = 256
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+def _text(doc: str = "") -> Text:
+    return Text(MAX_STRING_LENGTH, doc)
 
 
-def _key_path(prefix: str, key: Any) -> str:
-    text = key if isinstance(key, str) else repr(key)
-    if len(text) > 64:
-        text = text[:64] + "..."
-    if not text.isascii():
-        # The path goes back to the client in the error: an unpaired surrogate must not make
-        # the error itself unencodable.
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _join(prefix, text)
-
-
-def _where(prefix: str) -> str:
-    return prefix if prefix else "the request body"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
+def _check_timezone(value: Any, path: str, ignored: list[str] | None = None) -> str | int | float:
     if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _check_text(value: Any, path: str, max_length: int = MAX_STRING_LENGTH) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(path, f"{path} must be a string, not {_type_name(value)}")
-    if len(value) > max_length:
-        raise ValidationError(path, f"{path} must be at most {max_length} characters long")
-    _check_characters(value, path, path)
-    return value
-
-
-def _check_characters(text: str, path: str, subject: str) -> None:
-    """U+0000 is the list index's separator and a lone surrogate cannot be stored as UTF-8."""
-    if "\x00" in text:
-        raise ValidationError(path, f"{subject} must not contain the character U+0000")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(path, f"{subject} must be valid Unicode (it has an unpaired surrogate)") from None
-
-
-def _check_key(key: Any, path: str, max_length: int = MAX_KEY_LENGTH) -> str:
-    """A map key: a non-empty string; ``path`` is the map's path."""
-    if not isinstance(key, str):
-        raise ValidationError(path, f"{path} keys must be strings")
-    if key == "":
-        raise ValidationError(path, f"{path} keys must not be empty")
-    if len(key) > max_length:
-        raise ValidationError(path, f"{path} keys must be at most {max_length} characters long")
-    _check_characters(key, path, f"{path} keys")
-    return key
-
-
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-
-
-def normalize_uuid(value: Any, path: str = "id") -> str:
-    """A UUID string (any version, hyphenated 8-4-4-4-12, any case) in lowercase canonical form."""
-    if not isinstance(value, str):
-        raise ValidationError(path, f"{path} must be a UUID string, not {_type_name(value)}")
-    if len(value) != 36 or not _UUID_RE.match(value):
-        raise ValidationError(path, f"{path} must be a UUID (like 6b80b10c-ae6e-4995-844d-c56c4da11623)")
-    return value.lower()
-
-
-def _require_object(payload: Any, prefix: str) -> dict:
-    if not isinstance(payload, dict):
-        raise ValidationError(prefix, f"{_where(prefix)} must be a JSON object, not {_type_name(payload)}")
-    return payload
-
-
-def _note_unknown(payload: dict, known: tuple[str, ...], prefix: str, ignored: list[str] | None) -> None:
-    """Unknown keys are ignored (DESIGN.md); their paths go to ``ignored`` for the client to see.
-    Served fields are known: a fetched contact sent back is not a mistake worth naming."""
-    if ignored is None:
-        return
-    for key in payload:
-        if key not in known and key not in SERVED_FIELDS:
-            ignored.append(_key_path(prefix, key))
-
-
-# --- field values -------------------------------------------------------------------------------
-
-
-def _check_timezone(value: Any, path: str) -> str | int | float:
-    if isinstance(value, str):
-        return _check_text(value, path)
+        return check_text(value, path, MAX_STRING_LENGTH)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(path, f"{path} must be a string or a number, not {_type_name(value)}")
+        raise ValidationError(path, f"{path} must be a string or a number, not {type_name(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError(path, f"{path} must be a finite number")
     if abs(value) > MAX_TIMEZONE_OFFSET:
@@ -336,68 +266,65 @@ def _check_timezone(value: Any, path: str) -> str | int | float:
     return value
 
 
-def _check_scalar(name: str, value: Any, path: str):
-    if name == "timezone":
-        return _check_timezone(value, path)
-    return _check_text(value, path)
+def _timezone_schema(served: bool) -> dict:
+    number: dict[str, Any] = {"type": "number"}
+    if not served:
+        number.update(minimum=-MAX_TIMEZONE_OFFSET, maximum=MAX_TIMEZONE_OFFSET)
+    return {
+        "anyOf": [_text().schema(served), number],
+        "description": "Offset from GMT, a number or a string, served back as sent (`\"\"` included).",
+    }
 
 
-def _check_via(value: Any, path: str, removals: bool) -> dict:
-    if not isinstance(value, dict):
-        raise ValidationError(path, f"{path} must be an object of strings, not {_type_name(value)}")
-    if len(value) > MAX_VIA_KEYS:
-        raise ValidationError(path, f"{path} must have at most {MAX_VIA_KEYS} keys")
-    out = {}
-    for key, item in value.items():
-        _check_key(key, path)
-        out[key] = _check_text(item, _key_path(path, key))
-    return out
+def _conversations(removals: bool) -> Custom:
+    """Conversation id (a UUID, given once in any case, kept in lowercase) -> its source, which
+    only an update may set to "" (removing that conversation)."""
 
+    def check(value: Any, path: str, ignored: list[str] | None = None) -> dict:
+        if not isinstance(value, dict):
+            raise ValidationError(path, f"{path} must be an object of conversation id -> source, not {type_name(value)}")
+        if len(value) > MAX_CONVERSATIONS:
+            raise ValidationError(path, f"{path} must have at most {MAX_CONVERSATIONS} conversations")
+        out = {}
+        for key, source in value.items():
+            item_path = key_path(path, key)
+            if not is_uuid(key):
+                raise ValidationError(item_path, f"{item_path}: conversation ids must be UUIDs")
+            conversation_id = key.lower()
+            if conversation_id in out:
+                raise ValidationError(item_path, f"{item_path}: conversation {conversation_id} is given twice")
+            check_text(source, item_path, MAX_STRING_LENGTH)
+            if source == "" and not removals:
+                raise ValidationError(item_path, f"{item_path} must name the conversation's source (e.g. facebook)")
+            out[conversation_id] = source
+        return out
 
-def _check_address(value: Any, path: str, removals: bool, ignored: list[str] | None = None) -> dict:
-    if not isinstance(value, dict):
-        raise ValidationError(path, f"{path} must be an object, not {_type_name(value)}")
-    out = {}
-    for key, item in value.items():
-        if key not in ADDRESS_FIELDS:
-            if ignored is not None:
-                ignored.append(_key_path(path, key))
-            continue
-        out[key] = _check_text(item, _key_path(path, key))
-    return out
+    def schema(served: bool) -> dict:
+        source = _text().schema(served)
+        if not served and not removals:
+            source["minLength"] = 1
+        doc = "Conversation id (a UUID) -> its source (`facebook`, `twilio.sms`, ...)."
+        out: dict[str, Any] = {"type": "object", "additionalProperties": source, "description": doc}
+        if not served:
+            out["maxProperties"] = MAX_CONVERSATIONS
+            out["description"] += (
+                f" Keys must be UUIDs, each given once (in any case; served in lowercase), at most"
+                f" {MAX_CONVERSATIONS} in one request; a conversation that belongs to another contact is a 409."
+            )
+        return out
 
-
-def _check_conversations(value: Any, path: str, removals: bool) -> dict:
-    if not isinstance(value, dict):
-        raise ValidationError(
-            path, f"{path} must be an object of conversation id -> source, not {_type_name(value)}"
-        )
-    if len(value) > MAX_CONVERSATIONS:
-        raise ValidationError(path, f"{path} must have at most {MAX_CONVERSATIONS} conversations")
-    out = {}
-    for key, source in value.items():
-        item_path = _key_path(path, key)
-        if not isinstance(key, str) or len(key) != 36 or not _UUID_RE.match(key):
-            raise ValidationError(item_path, f"{item_path}: conversation ids must be UUIDs")
-        conversation_id = key.lower()
-        if conversation_id in out:
-            raise ValidationError(item_path, f"{item_path}: conversation {conversation_id} is given twice")
-        _check_text(source, item_path)
-        if source == "" and not removals:
-            raise ValidationError(item_path, f"{item_path} must name the conversation's source (e.g. facebook)")
-        out[conversation_id] = source
-    return out
+    return Custom(check, schema)
 
 
 def _check_json_object(obj: dict, path: str, depth: int) -> None:
     """Checks a JSON object of metadata in place (nothing is copied); depth 1 is metadata itself."""
     for key, item in obj.items():
-        _check_key(key, path)
-        item_path = _key_path(path, key)
+        check_key(key, path, MAX_KEY_LENGTH)
+        item_path = key_path(path, key)
         if item is None or item is True or item is False:
             continue
         if isinstance(item, str):
-            _check_text(item, item_path, MAX_METADATA_STRING_LENGTH)
+            check_text(item, item_path, MAX_METADATA_STRING_LENGTH)
         elif isinstance(item, int):
             if not _INT64_MIN <= item <= _INT64_MAX:
                 raise ValidationError(item_path, f"{item_path} must be an integer that fits in 64 bits")
@@ -411,82 +338,339 @@ def _check_json_object(obj: dict, path: str, depth: int) -> None:
         elif isinstance(item, (list, tuple)):
             raise ValidationError(item_path, f"{item_path} is an array; arrays are not allowed in metadata")
         else:
-            raise ValidationError(item_path, f"{item_path} must be a JSON value, not {_type_name(item)}")
+            raise ValidationError(item_path, f"{item_path} must be a JSON value, not {type_name(item)}")
 
 
 def _metadata_size(value: dict) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
-def _check_metadata(value: Any, path: str, removals: bool) -> dict:
+def _check_metadata(value: Any, path: str, ignored: list[str] | None = None) -> dict:
     if not isinstance(value, dict):
-        raise ValidationError(path, f"{path} must be an object, not {_type_name(value)}")
+        raise ValidationError(path, f"{path} must be an object, not {type_name(value)}")
     _check_json_object(value, path, 1)
     if _metadata_size(value) > MAX_METADATA_BYTES:
         raise ValidationError(path, f"{path} must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return _copy_json(value)
 
 
-_MAP_CHECKS = {
-    "via": _check_via,
-    "address": _check_address,
-    "conversations": _check_conversations,
-    "metadata": _check_metadata,
+def _metadata_schema(served: bool, depth: int = 1) -> dict:
+    """A metadata object at nesting ``depth`` (metadata itself is 1), spelled out level by level
+    down to MAX_METADATA_DEPTH, so that the depth limit is part of the schema."""
+    values: list[dict] = [
+        Text(MAX_METADATA_STRING_LENGTH).schema(served),
+        {"type": "integer", "format": "int64", "minimum": _INT64_MIN, "maximum": _INT64_MAX},
+        {"type": "number", "format": "double"},
+        # OpenAPI 3.0 has no null type and `nullable` counts only beside `type`: JSON null rides here.
+        {"type": "boolean", "nullable": True},
+    ]
+    if depth < MAX_METADATA_DEPTH:
+        values.append(_metadata_schema(served, depth + 1))
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": {"anyOf": values}}
+    if depth == 1:
+        schema["description"] = "Any JSON object; arrays are refused at any depth." + (
+            ""
+            if served
+            else f" Objects nest at most {MAX_METADATA_DEPTH} levels deep (metadata itself is the first);"
+            f" keys are non-empty, at most {MAX_KEY_LENGTH} characters; integers fit in 64 bits;"
+            f" numbers are finite; the whole is at most {MAX_METADATA_BYTES} bytes as compact UTF-8"
+            " JSON (also after an update)."
+        )
+    return schema
+
+
+def _contact_fields(*, update: bool) -> dict[str, Shape]:
+    """The contact fields (CONTACT_FIELDS) of a create (""  is a value) or an update ("" removes)."""
+    fields: dict[str, Shape] = {
+        "display_name": _text("The contact's name; `contacts.list` orders by it (case-insensitively)."),
+        "avatar_url": _text("URL of the contact's picture."),
+        "title": _text("Job title."),
+        "timezone": Custom(_check_timezone, _timezone_schema),
+        "gender": _text("`female`, `male` or any other value."),
+        "locale": _text("For example `en_US`."),
+        "organization_name": _text("The contact's organization."),
+        "via": StringMap(
+            _text(),
+            MAX_VIA_KEYS,
+            MAX_KEY_LENGTH,
+            "How to reach the contact: a flat map of strings (`phone`, `email`, any key). Arrays are refused.",
+            request_doc=f" At most {MAX_VIA_KEYS} keys (also after an update), each non-empty and at most {MAX_KEY_LENGTH} characters.",
+        ),
+        "address": Object(
+            {name: _text() for name in ADDRESS_FIELDS},
+            "Postal address.",
+            request_doc=" Other keys are ignored.",
+            strict_served=True,
+            noun="an object",
+        ),
+        "conversations": _conversations(removals=update),
+        "metadata": Custom(_check_metadata, _metadata_schema),
+    }
+    if update:
+        fields.update({name: Removable(fields[name], _UPDATED_BY_KEY) for name in MAP_FIELDS})
+    return fields
+
+
+def _served_fields(names: tuple[str, ...]) -> dict[str, Shape]:
+    return {name: Anything("Set by the service: accepted and ignored.") for name in names}
+
+
+def _request(fields: dict[str, Shape], doc: str = "Other fields are ignored.", **options: Any) -> Object:
+    """A request body: the served fields are known (not named as ignored) in every one."""
+    return Object(fields, doc, quiet=SERVED_FIELDS, **options)
+
+
+#: The served form of a contact's fields (api/openapi.py's Contact) comes from these too.
+CONTACT = _request(
+    {**_contact_fields(update=False), **_served_fields(SERVED_FIELDS)},
+    (
+        "Contact fields, all optional; at least one must be given (a payload whose only fields"
+        f" are empty maps is refused too). {_IGNORED.format(served=', '.join(SERVED_FIELDS))} {_NO_NUL}"
+    ),
+    drop_empty=True,
+    extra_schema={"anyOf": [{"required": [name]} for name in CONTACT_FIELDS]},
+)
+
+
+def _validate_contact_payload(payload: Any, prefix: str, ignored: list[str] | None) -> dict:
+    require_object(payload, prefix)
+    if not payload:
+        raise ValidationError(prefix, f"{where(prefix)} must not be empty: give at least one contact field")
+    unknown: list[str] = []  # named only when the contact's fields are fine
+    fields = CONTACT.check(payload, prefix, unknown)
+    if ignored is not None:
+        ignored.extend(unknown)
+    if not fields:
+        why = "its maps are all empty" if any(name in payload for name in CONTACT_FIELDS) else "it has no contact field"
+        message = f"{where(prefix)} sets no field ({why})"
+        if unknown:
+            message += f"; ignored unknown fields: {', '.join(unknown[:10])}"
+        raise ValidationError(prefix, message)
+    return fields
+
+
+#: A create body: CONTACT, not empty and setting at least one field.
+CREATE = Custom(lambda payload, path, ignored=None: _validate_contact_payload(payload, path, ignored), CONTACT.schema)
+
+
+def _check_contacts(payload: Any, prefix: str, ignored: list[str] | None = None) -> list[dict]:
+    if not isinstance(payload, list):
+        raise ValidationError(prefix, f"{where(prefix)} must be a JSON array of contacts, not {type_name(payload)}")
+    if len(payload) > MAX_IMPORT:
+        raise ValidationError("", f"an import may hold at most {MAX_IMPORT} contacts, not {len(payload)}")
+    # "[3]" in both forms of an import: the element, wherever the array is.
+    return [_validate_contact_payload(item, f"[{index}]", ignored) for index, item in enumerate(payload)]
+
+
+CONTACTS = Custom(
+    _check_contacts,
+    lambda served: {
+        "type": "array",
+        "items": ref("ContactFields"),
+        "maxItems": MAX_IMPORT,
+        "description": (
+            f"Up to {MAX_IMPORT} create payloads, all written or none (`[]` writes nothing); an error"
+            " names the element (`[3].display_name`), and so do ignored fields (`[3].nickname`)."
+        ),
+    },
+)
+UPSERT_BY = Choice(
+    UPSERT_KINDS,
+    "An element whose via.<upsert_by> (normalized) exactly one live contact has updates that"
+    " contact key by key, as contacts.update would; the others are created. Elements apply in"
+    " order, so two with one identity make one contact. Several contacts with that identity:"
+    " 409 naming the element.",
+)
+_IMPORT_OBJECT = _request({"contacts": Custom(_check_contacts, lambda served: ref("ImportContacts")), "upsert_by": UPSERT_BY}, required=("contacts",))
+
+
+def _check_import(payload: Any, path: str = "", ignored: list[str] | None = None) -> tuple[list[dict], str | None]:
+    if isinstance(payload, list):
+        return _check_contacts(payload, "", ignored), None
+    if not isinstance(payload, dict) or "contacts" not in payload:
+        raise ValidationError(
+            "", f'the request body must be a JSON array of contacts or {{"contacts": [...], "upsert_by"?}}, not {type_name(payload)}'
+        )
+    _IMPORT_OBJECT.note_unknown(payload, "", ignored)
+    if not isinstance(payload["contacts"], list):  # before upsert_by: the body's main part first
+        _check_contacts(payload["contacts"], "contacts")
+    upsert_by = UPSERT_BY.check(payload.get("upsert_by"), "upsert_by")
+    return _check_contacts(payload["contacts"], "", ignored), upsert_by
+
+
+IMPORT = Custom(
+    _check_import,
+    lambda served: {
+        "anyOf": [ref("ImportContacts"), {k: v for k, v in _IMPORT_OBJECT.schema().items() if k != "description"}],
+        "description": "The create payloads, or an object with them and upsert_by; errors name the element as `[3].via.email` in both forms.",
+    },
+)
+
+
+class _Cursor(Text):
+    """An opaque cursor (the store checks it); null and "" count as no cursor."""
+
+    def __init__(self, doc: str):
+        super().__init__(MAX_CURSOR_LENGTH, doc, nullable=True)
+
+    def check(self, value, path, ignored=None):
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValidationError(path, f"{path} must be a string or null, not {type_name(value)}")
+        if len(value) > MAX_CURSOR_LENGTH:
+            raise ValidationError(path, f"{path} is not a cursor this service gave out")
+        return value or None  # its characters are the store's to judge: it decodes the cursor
+
+
+def _paging(cursor_doc: str, camel_doc: str = "") -> dict[str, Shape]:
+    return {
+        "cursor": _Cursor(cursor_doc),
+        "page_size": Integer(1, MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE, nullable=True),
+        "pageSize": Integer(1, MAX_PAGE_SIZE, camel_doc, nullable=True),
+    }
+
+
+def _page(checked: dict, payload: dict, ignored: list[str] | None) -> tuple[str | None, int]:
+    """(cursor, page_size): ``page_size`` wins over the inbox's ``pageSize``, which is then named."""
+    page_size, camel = checked.get("page_size"), checked.get("pageSize")
+    if page_size is not None and "pageSize" in payload and ignored is not None:
+        ignored.append("pageSize")
+    size = page_size if page_size is not None else camel
+    return checked.get("cursor"), DEFAULT_PAGE_SIZE if size is None else size
+
+
+UPDATE = _request(
+    {"id": Uuid(), **_contact_fields(update=True), **_served_fields(SERVED_FIELDS[1:])},
+    (
+        'The contact\'s id and the fields to change; a field set to "" is removed.'
+        f" {_IGNORED.format(served=', '.join(SERVED_FIELDS[1:]))} {_NO_NUL}"
+    ),
+    required=("id",),
+    first=("id",),
+)
+LIST = _request(
+    _paging(
+        'An opaque cursor from pagination_data; null or "" for the first page; any other string is a 400.',
+        "The platform inbox's spelling of page_size, read the same way; when both are given,"
+        " page_size wins and pageSize is named in X-Contacts-Ignored-Fields.",
+    ),
+    "An empty body, null or {} lists the first page of DEFAULT_PAGE_SIZE contacts."
+    " Unknown fields are ignored and named in X-Contacts-Ignored-Fields.",
+    nullable=True,
+)
+INFO = _request({"id": Uuid(), "conversation_id": Uuid()}, "A contact id or a conversation id, not both. Other fields are ignored.", one_of=("id", "conversation_id"))
+ID = _request({"id": Uuid()}, required=("id",))
+MERGE = _request(
+    {
+        "source_id": Uuid(),
+        "destination_id": Uuid(),
+        "dry_run": Boolean("true: nothing is written; the answer is what the destination would become and the conflicts.", default=False),
+    },
+    "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
+    required=("source_id", "destination_id"),
+)
+UNMERGE = _request(
+    {"destination_id": Uuid(), "source_id": Uuid()},
+    "Undoes the latest merge of source_id into destination_id; the two must differ (else 400 naming source_id). Other fields are ignored.",
+    required=("destination_id", "source_id"),
+)
+
+
+def _check_ids(given: Any, path: str, ignored: list[str] | None = None) -> list[str]:
+    if not isinstance(given, list):
+        raise ValidationError(path, f"{path} must be an array of contact ids, not {type_name(given)}")
+    if not MIN_DISMISSED <= len(given) <= MAX_DISMISSED:
+        raise ValidationError(path, f"{path} must hold {MIN_DISMISSED} to {MAX_DISMISSED} contact ids, not {len(given)}")
+    ids = [normalize_uuid(value, f"{path}[{index}]") for index, value in enumerate(given)]
+    if len(set(ids)) != len(ids):
+        raise ValidationError(path, f"{path} must name each contact once")
+    return sorted(ids)
+
+
+DISMISS = _request(
+    {
+        "ids": Custom(
+            _check_ids,
+            lambda served: {
+                "type": "array",
+                "items": Uuid().schema(),
+                "minItems": MIN_DISMISSED,
+                "maxItems": MAX_DISMISSED,
+                "uniqueItems": True,
+                "description": "The contacts of one group from contacts.duplicates, in any order.",
+            },
+        )
+    },
+    "Other fields are ignored. Ids that differ only in case are the same contact (400).",
+    required=("ids",),
+)
+LOOKUP = _request(
+    {
+        "via": StringMap(
+            _text(),
+            MAX_VIA_KEYS,
+            MAX_KEY_LENGTH,
+            "Keys and values as in a contact's via; every one must match. Matching is normalized: email trimmed and"
+            " case-folded, phone as E.164 (DEFAULT_PHONE_REGION for numbers without a country code), other"
+            " keys and values trimmed and case-folded.",
+            min_keys=1,
+        )
+    },
+    required=("via",),
+)
+SEARCH = _request(
+    {
+        "query": Text(
+            MAX_QUERY_LENGTH,
+            "Words of the display name and organization by prefix, an email whole or its local part, or a phone's"
+            " last digits (4 at least; a query of only digits and + - ( ) . / spaces is a phone query); case and"
+            " accents do not matter; several words must all match.",
+            not_blank=True,
+        ),
+        **_paging("An opaque cursor from this query's pagination_data."),
+    },
+    required=("query",),
+)
+DUPLICATES = _request(
+    {
+        "id": Uuid("Only the groups of this contact (all of them, on one page); null or absent: every group.", nullable=True),
+        **_paging("An opaque cursor from pagination_data."),
+    },
+    "An empty body or {} gives the first page of all groups. Other fields are ignored.",
+    nullable=True,
+)
+HISTORY = _request(
+    {"id": Uuid("A live, merged-away or deleted contact's id."), **_paging("An opaque cursor from pagination_data.")},
+    required=("id",),
+)
+
+#: The request bodies by their names in the OpenAPI document.
+REQUESTS: dict[str, Shape] = {
+    "ContactFields": CREATE,
+    "ImportContacts": CONTACTS,
+    "ImportRequest": IMPORT,
+    "ListRequest": LIST,
+    "InfoRequest": INFO,
+    "UpdateRequest": UPDATE,
+    "IdRequest": ID,
+    "MergeRequest": MERGE,
+    "UnmergeRequest": UNMERGE,
+    "DismissRequest": DISMISS,
+    "LookupRequest": LOOKUP,
+    "SearchRequest": SEARCH,
+    "HistoryRequest": HISTORY,
+    "DuplicatesRequest": DUPLICATES,
 }
+
+
+# --- payload validators -------------------------------------------------------------------------
 
 
 def _copy_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _copy_json(item) for key, item in value.items()}
     return value
-
-
-def _check_fields(payload: dict, prefix: str, *, removals: bool, ignored: list[str] | None = None) -> dict:
-    """The contact fields of an (already key-checked) payload, checked, in canonical order.
-
-    With ``removals`` (an update), "" is kept as a removal marker for any field and any key of
-    the four maps; without, "" is an ordinary value and empty maps are dropped.
-    """
-    out: dict[str, Any] = {}
-    for name in CONTACT_FIELDS:
-        if name not in payload:
-            continue
-        value = payload[name]
-        path = _join(prefix, name)
-        if name in _MAP_CHECKS:
-            if removals and value == "":
-                out[name] = ""
-                continue
-            if name == "address":
-                checked = _check_address(value, path, removals, ignored)
-            else:
-                checked = _MAP_CHECKS[name](value, path, removals)
-            if checked or removals:
-                out[name] = checked
-        else:
-            out[name] = _check_scalar(name, value, path)
-    return out
-
-
-# --- payload validators -------------------------------------------------------------------------
-
-
-def _validate_contact_payload(payload: Any, prefix: str, ignored: list[str] | None) -> dict:
-    _require_object(payload, prefix)
-    if not payload:
-        raise ValidationError(prefix, f"{_where(prefix)} must not be empty: give at least one contact field")
-    unknown: list[str] = []
-    _note_unknown(payload, CONTACT_FIELDS, prefix, unknown)
-    fields = _check_fields(payload, prefix, removals=False, ignored=unknown)
-    if ignored is not None:
-        ignored.extend(unknown)
-    if not fields:
-        why = "its maps are all empty" if any(name in payload for name in CONTACT_FIELDS) else "it has no contact field"
-        message = f"{_where(prefix)} sets no field ({why})"
-        if unknown:
-            message += f"; ignored unknown fields: {', '.join(unknown[:10])}"
-        raise ValidationError(prefix, message)
-    return fields
 
 
 def validate_create(payload: Any, ignored: list[str] | None = None) -> dict:
@@ -497,75 +681,31 @@ def validate_create(payload: Any, ignored: list[str] | None = None) -> dict:
 def validate_import(payload: Any, ignored: list[str] | None = None) -> list[dict]:
     """The contacts of a ``contacts.import`` payload (a JSON array of create payloads; ``[]`` is
     fine and imports nothing)."""
-    if not isinstance(payload, list):
-        raise ValidationError("", f"the request body must be a JSON array of contacts, not {_type_name(payload)}")
-    if len(payload) > MAX_IMPORT:
-        raise ValidationError("", f"an import may hold at most {MAX_IMPORT} contacts, not {len(payload)}")
-    return [_validate_contact_payload(item, f"[{index}]", ignored) for index, item in enumerate(payload)]
-
-
-UPSERT_KINDS = ("email", "phone")
+    return _check_contacts(payload, "", ignored)
 
 
 def validate_import_request(payload: Any, ignored: list[str] | None = None) -> tuple[list[dict], str | None]:
     """(contacts, upsert_by) of a ``contacts.import`` payload: a JSON array of create payloads,
     or ``{"contacts": [...], "upsert_by"?: "email" | "phone" | null}``. Elements' errors name
     them as ``[3].via.email`` in both forms."""
-    if isinstance(payload, list):
-        return validate_import(payload, ignored), None
-    if not isinstance(payload, dict) or "contacts" not in payload:
-        raise ValidationError(
-            "", f'the request body must be a JSON array of contacts or {{"contacts": [...], "upsert_by"?}}, not {_type_name(payload)}'
-        )
-    _note_unknown(payload, ("contacts", "upsert_by"), "", ignored)
-    if not isinstance(payload["contacts"], list):
-        raise ValidationError("contacts", f"contacts must be a JSON array of contacts, not {_type_name(payload['contacts'])}")
-    upsert_by = payload.get("upsert_by")
-    if upsert_by is not None and upsert_by not in UPSERT_KINDS:
-        raise ValidationError("upsert_by", f"upsert_by must be one of {', '.join(UPSERT_KINDS)} (or null)")
-    return validate_import(payload["contacts"], ignored), upsert_by
+    return _check_import(payload, "", ignored)
 
 
 def validate_update(payload: Any, ignored: list[str] | None = None) -> tuple[str, dict]:
     """(id, changes) of a ``contacts.update`` payload; changes keep "" as removal markers."""
-    _require_object(payload, "")
-    if "id" not in payload:
-        raise ValidationError("id", "id is required")
-    contact_id = normalize_uuid(payload["id"], "id")
-    _note_unknown(payload, ("id",) + CONTACT_FIELDS, "", ignored)
-    return contact_id, _check_fields(payload, "", removals=True, ignored=ignored)
-
-
-def _ids(payload: Any, names: tuple[str, ...], ignored: list[str] | None, known: tuple[str, ...] = ()) -> list[str]:
-    _require_object(payload, "")
-    _note_unknown(payload, names + known, "", ignored)
-    out = []
-    for name in names:
-        if name not in payload:
-            raise ValidationError(name, f"{name} is required")
-        out.append(normalize_uuid(payload[name], name))
-    return out
+    changes = UPDATE.check(payload, "", ignored)
+    return changes.pop("id"), changes
 
 
 def validate_id(payload: Any, ignored: list[str] | None = None) -> str:
     """The id of a ``{"id"}`` payload (``contacts.delete``)."""
-    return _ids(payload, ("id",), ignored)[0]
+    return ID.check(payload, "", ignored)["id"]
 
 
 def validate_info(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
     """``("id", id)`` or ``("conversation_id", id)`` for ``contacts.info``: exactly one of them."""
-    _require_object(payload, "")
-    _note_unknown(payload, ("id", "conversation_id"), "", ignored)
-    if "id" in payload and "conversation_id" in payload:
-        raise ValidationError("conversation_id", "give either id or conversation_id, not both")
-    if "conversation_id" in payload:
-        return "conversation_id", normalize_uuid(payload["conversation_id"], "conversation_id")
-    if "id" in payload:
-        return "id", normalize_uuid(payload["id"], "id")
-    raise ValidationError("id", "id or conversation_id is required")
-
-
-_SELF_MERGE = "destination_id must differ from source_id: a contact cannot be merged into itself"
+    ((kind, value),) = INFO.check(payload, "", ignored).items()
+    return kind, value
 
 
 def validate_merge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
@@ -582,114 +722,51 @@ def validate_merge(payload: Any, ignored: list[str] | None = None) -> tuple[str,
 def validate_merge_request(payload: Any, ignored: list[str] | None = None) -> tuple[str, str, bool]:
     """(source_id, destination_id, dry_run) of a ``contacts.merge`` payload. ``dry_run`` (a
     boolean, default false) asks for ``merge_preview`` instead of a merge."""
-    source_id, destination_id = _ids(payload, ("source_id", "destination_id"), ignored, known=("dry_run",))
-    dry_run = payload.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise ValidationError("dry_run", f"dry_run must be a boolean, not {_type_name(dry_run)}")
-    if source_id == destination_id:
+    checked = MERGE.check(payload, "", ignored)
+    if checked["source_id"] == checked["destination_id"]:
         raise ValidationError("destination_id", _SELF_MERGE)
-    return source_id, destination_id, dry_run
+    return checked["source_id"], checked["destination_id"], checked.get("dry_run", False)
 
 
 def validate_unmerge(payload: Any, ignored: list[str] | None = None) -> tuple[str, str]:
     """(destination_id, source_id) of a ``contacts.unmerge`` payload."""
-    destination_id, source_id = _ids(payload, ("destination_id", "source_id"), ignored)
-    if source_id == destination_id:
+    checked = UNMERGE.check(payload, "", ignored)
+    if checked["source_id"] == checked["destination_id"]:
         raise ValidationError("source_id", "source_id must differ from destination_id: a contact is never merged into itself")
-    return destination_id, source_id
-
-
-MIN_DISMISSED, MAX_DISMISSED = 2, 100
+    return checked["destination_id"], checked["source_id"]
 
 
 def validate_dismiss(payload: Any, ignored: list[str] | None = None) -> list[str]:
     """The sorted, distinct ids of a ``contacts.dismiss_duplicates`` payload: a group of 2 to
     MAX_DISMISSED contacts (the ids of a group from ``contacts.duplicates``)."""
-    _require_object(payload, "")
-    _note_unknown(payload, ("ids",), "", ignored)
-    if "ids" not in payload:
-        raise ValidationError("ids", "ids is required")
-    given = payload["ids"]
-    if not isinstance(given, list):
-        raise ValidationError("ids", f"ids must be an array of contact ids, not {_type_name(given)}")
-    if not MIN_DISMISSED <= len(given) <= MAX_DISMISSED:
-        raise ValidationError("ids", f"ids must hold {MIN_DISMISSED} to {MAX_DISMISSED} contact ids, not {len(given)}")
-    ids = [normalize_uuid(value, f"ids[{index}]") for index, value in enumerate(given)]
-    if len(set(ids)) != len(ids):
-        raise ValidationError("ids", "ids must name each contact once")
-    return sorted(ids)
-
-
-MAX_QUERY_LENGTH = 256
-
-
-def _paging(payload: dict) -> tuple[str | None, int]:
-    return validate_list({k: payload[k] for k in ("cursor", "page_size", "pageSize") if k in payload})
+    return DISMISS.check(payload, "", ignored)["ids"]
 
 
 def validate_lookup(payload: Any, ignored: list[str] | None = None) -> dict[str, str]:
     """The ``via`` of a ``contacts.lookup`` payload: at least one key, string values. Keys are
     the client's own (free-form), as in a contact's ``via``."""
-    _require_object(payload, "")
-    _note_unknown(payload, ("via",), "", ignored)
-    if "via" not in payload:
-        raise ValidationError("via", "via is required")
-    via = _check_via(payload["via"], "via", removals=False)
-    if not via:
-        raise ValidationError("via", "via must have at least one key")
-    return via
+    return LOOKUP.check(payload, "", ignored)["via"]
 
 
 def validate_search(payload: Any, ignored: list[str] | None = None) -> tuple[str, str | None, int]:
     """(query, cursor, page_size) of a ``contacts.search`` payload; the query is a non-blank
     string of at most MAX_QUERY_LENGTH characters."""
-    _require_object(payload, "")
-    _note_unknown(payload, ("query", "cursor", "page_size", "pageSize"), "", ignored)
-    if "query" not in payload:
-        raise ValidationError("query", "query is required")
-    query = _check_text(payload["query"], "query", MAX_QUERY_LENGTH)
-    if not query.strip():
-        raise ValidationError("query", "query must not be blank")
-    cursor, page_size = _paging(payload)
-    if "pageSize" in payload and "page_size" in payload and ignored is not None:
-        ignored.append("pageSize")
-    return query, cursor, page_size
+    checked = SEARCH.check(payload, "", ignored)
+    return (checked["query"], *_page(checked, payload, ignored))
 
 
 def validate_duplicates(payload: Any = None, ignored: list[str] | None = None) -> tuple[str | None, str | None, int]:
     """(id or None, cursor, page_size) of a ``contacts.duplicates`` payload; {} is fine."""
     if payload is None:
         return None, None, DEFAULT_PAGE_SIZE
-    _require_object(payload, "")
-    _note_unknown(payload, ("id", "cursor", "page_size", "pageSize"), "", ignored)
-    contact_id = normalize_uuid(payload["id"], "id") if payload.get("id") is not None else None
-    cursor, page_size = _paging(payload)
-    if "pageSize" in payload and "page_size" in payload and ignored is not None:
-        ignored.append("pageSize")
-    return contact_id, cursor, page_size
+    checked = DUPLICATES.check(payload, "", ignored)
+    return (checked.get("id"), *_page(checked, payload, ignored))
 
 
 def validate_history(payload: Any, ignored: list[str] | None = None) -> tuple[str, str | None, int]:
     """(id, cursor, page_size) of a ``contacts.history`` payload."""
-    _require_object(payload, "")
-    _note_unknown(payload, ("id", "cursor", "page_size", "pageSize"), "", ignored)
-    if "id" not in payload:
-        raise ValidationError("id", "id is required")
-    contact_id = normalize_uuid(payload["id"], "id")
-    cursor, page_size = _paging(payload)
-    if "pageSize" in payload and "page_size" in payload and ignored is not None:
-        ignored.append("pageSize")
-    return contact_id, cursor, page_size
-
-
-def _page_size(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(name, f"{name} must be an integer, not {_type_name(value)}")
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise ValidationError(name, f"{name} must be between 1 and {MAX_PAGE_SIZE}")
-    return value
+    checked = HISTORY.check(payload, "", ignored)
+    return (checked["id"], *_page(checked, payload, ignored))
 
 
 def validate_list(payload: Any = None, ignored: list[str] | None = None) -> tuple[str | None, int]:
@@ -700,21 +777,7 @@ def validate_list(payload: Any = None, ignored: list[str] | None = None) -> tupl
     """
     if payload is None:
         return None, DEFAULT_PAGE_SIZE
-    _require_object(payload, "")
-    _note_unknown(payload, ("cursor", "page_size", "pageSize"), "", ignored)
-    cursor = payload.get("cursor")
-    if cursor is not None:
-        if not isinstance(cursor, str):
-            raise ValidationError("cursor", f"cursor must be a string or null, not {_type_name(cursor)}")
-        if len(cursor) > MAX_CURSOR_LENGTH:
-            raise ValidationError("cursor", "cursor is not a cursor this service gave out")
-        cursor = cursor or None
-    page_size = _page_size(payload.get("page_size"), "page_size")
-    camel = _page_size(payload.get("pageSize"), "pageSize")
-    if page_size is not None and "pageSize" in payload and ignored is not None:
-        ignored.append("pageSize")
-    size = page_size if page_size is not None else camel
-    return cursor, DEFAULT_PAGE_SIZE if size is None else size
+    return _page(LIST.check(payload, "", ignored), payload, ignored)
 
 
 # --- rules --------------------------------------------------------------------------------------

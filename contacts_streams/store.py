@@ -1040,7 +1040,7 @@ def _decode_cursor(cursor: str) -> tuple[bytes, bytes]:
 
 
 def _is_id(contact_id: bytes) -> bool:
-    return len(contact_id) == _ID_LENGTH and contact_id.count(b"-") == 4
+    return model.is_uuid(contact_id)
 
 
 def _is_cursor_key(key: bytes) -> bool:
