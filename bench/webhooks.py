@@ -27,10 +27,11 @@ sys.path.insert(0, str(REPO / "tests"))  # the receiver and the event producer t
 TARGET = 2000
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a running process (Linux /proc)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a running process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="WEBHOOKS_CONCURRENCY [32]")
     parser.add_argument("--brokers", help="a running broker [default: start one]")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
-    parser.add_argument("--profile", type=Path, help="sample the webhooks process with py-spy into this file (collapsed stacks)")
+    parser.add_argument("--profile", type=Path, help="sample the webhooks process's thread holding the GIL (where its Python CPU goes) with py-spy into this file (collapsed stacks)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "contacts_streams.webhooks"], env=env, stdin=subprocess.DEVNULL)
         spy = None
         if args.profile:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--gil",
                                     "-r", "200", "-o", str(args.profile), "--pid", str(proc.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         marks: dict[float, float] = {}
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.01)
         elapsed = time.monotonic() - started
         receiver_cpu = time.process_time() - receiver_cpu
-        webhooks_cpu = cpu_seconds(proc.pid)
+        webhooks_user, webhooks_sys = cpu_seconds(proc.pid)
+        webhooks_cpu = webhooks_user + webhooks_sys
         if spy is not None:
             spy.send_signal(2)  # py-spy writes what it sampled on SIGINT
             spy.wait(30)
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             "events_per_s_steady": round(steady) if steady else None,
             # CPU seconds: what the figures are worth on a machine other processes share.
             "webhooks_cpu_s": round(webhooks_cpu, 2),
+            # System time is mostly thread switches and socket calls.
+            "webhooks_sys_cpu_s": round(webhooks_sys, 2),
             "events_per_webhooks_cpu_s": round(total / webhooks_cpu) if webhooks_cpu else None,
             "receiver_cpu_s": round(receiver_cpu, 2),
             "load_average_1m": os.getloadavg()[0],
