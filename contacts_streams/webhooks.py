@@ -3,8 +3,9 @@ configured URLs, signed, retried with backoff, in order per contact, at least on
 
 One consumer group per subscription (`<APPLICATION_ID>-webhooks-<name>`) reads the contact-events
 topic `read_committed`. Events of one contact share a partition and a key; they are delivered one
-after the other (a chain per contact), while different contacts are delivered in parallel by a
-thread pool. An event is done when the receiver answered 2xx, when its operation is not one the
+after the other (a chain per contact), while different contacts are delivered in parallel: up to
+`WEBHOOKS_CONCURRENCY` requests at once, all driven by one delivery thread through libcurl's multi
+interface. An event is done when the receiver answered 2xx, when its operation is not one the
 subscription wants, or once its dead letter is acknowledged by the broker; the offset committed
 per partition is the first event that is not done yet, so a crash at any moment re-delivers (at
 least once, receivers dedupe on the event id) and never skips.
