@@ -3,8 +3,9 @@ configured URLs, signed, retried with backoff, in order per contact, at least on
 
 One consumer group per subscription (`<APPLICATION_ID>-webhooks-<name>`) reads the contact-events
 topic `read_committed`. Events of one contact share a partition and a key; they are delivered one
-after the other (a chain per contact), while different contacts are delivered in parallel by a
-thread pool. An event is done when the receiver answered 2xx, when its operation is not one the
+after the other (a chain per contact), while different contacts are delivered in parallel: up to
+`WEBHOOKS_CONCURRENCY` requests at once, all driven by one delivery thread through libcurl's multi
+interface. An event is done when the receiver answered 2xx, when its operation is not one the
 subscription wants, or once its dead letter is acknowledged by the broker; the offset committed
 per partition is the first event that is not done yet, so a crash at any moment re-delivers (at
 least once, receivers dedupe on the event id) and never skips.
@@ -14,9 +15,7 @@ least once, receivers dedupe on the event id) and never skips.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import http.client
 import heapq
 import hmac
 import itertools
@@ -25,6 +24,7 @@ import logging
 import os
 import random
 import re
+import select
 import signal
 import socket
 import ssl
@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+import pycurl
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -88,9 +90,26 @@ def verify(secret: str, body: bytes, header: str, tolerance_s: float = 300, now:
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
+def signer(secret: str) -> Callable[[bytes, int], str]:
+    """`signature` with the key's HMAC set-up done once (copied per event, not redone)."""
+    keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+    def sign(body: bytes, timestamp: int) -> str:
+        mac = keyed.copy()
+        mac.update(b"%d." % timestamp)
+        mac.update(body)
+        return f"t={timestamp},v1={mac.hexdigest()}"
+
+    return sign
+
+
+# json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def body_of(event: Mapping[str, Any]) -> bytes:
     """The POST body: the event as compact JSON, UTF-8 (signed byte for byte as sent)."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(event).encode()
 
 
 # --- retry policy ----------------------------------------------------------------------------
@@ -407,6 +426,7 @@ class Item:
     event: dict | None = None
     attempts: int = 0
     first_try: float = 0.0
+    body: bytes = b""
     last_error: str = ""
     error_class: str = ""
 
@@ -426,14 +446,16 @@ class SubscriptionRunner:
         self.topic = events_topic(config)
         self.dead_letters = dead_letter_topic(config)
         self.group = f"{config.application_id}-webhooks-{sub.name}"
-        # Events ready to go (the head of their contact's chain), for `concurrency` workers. A
-        # SimpleQueue and plain threads: a ThreadPoolExecutor's futures and locks cost more CPU
-        # per event than the signature and the Avro decoding together.
-        self.ready: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
-        self.workers = [
-            threading.Thread(target=self._work, name=f"webhook-{sub.name}-{i}", daemon=True) for i in range(settings.concurrency)
-        ]
-        self.http = Connections(sub.url, sub.timeout_ms / 1000)
+        # Events ready to go (the head of their contact's chain). One delivery thread drives every
+        # request of the subscription through libcurl's multi interface: with a thread per request
+        # half the process's CPU went to the kernel (GIL hand-offs, thread wake-ups) and most of
+        # the rest to http.client's request building and header parsing.
+        self.ready: queue.SimpleQueue[list[Item]] = queue.SimpleQueue()  # from other threads
+        self.queued: deque[Item] = deque()  # the delivery thread's own, waiting for a free slot
+        self.http = Requests(sub.url, sub.timeout_ms, settings.concurrency, self._answered)
+        self.sender = threading.Thread(target=self._deliver, name=f"webhook-{sub.name}", daemon=True)
+        self.closed = False
+        self.sign = signer(sub.secret)
         self.lock = threading.Lock()
         self.owned: dict[int, Tracker] = {}
         self.chains: dict[tuple[int, bytes | None], deque] = {}
@@ -447,21 +469,18 @@ class SubscriptionRunner:
         self.thread = threading.Thread(target=self._run, name=f"webhooks-{sub.name}", daemon=True)
         self.labels = {"subscription": sub.name}
         self._rng = random.Random()
+        # prometheus_client's labels() costs more than the increment: look the children up once.
+        m, name = metrics, sub.name
+        self.m_delivered, self.m_retried, self.m_skipped = m.delivered.labels(name), m.retried.labels(name), m.skipped.labels(name)
+        self.m_dead_lettered, self.m_latency = m.dead_lettered.labels(name), m.latency.labels(name)
+        self.m_in_flight, self.m_lag = m.in_flight.labels(name), m.lag.labels(name)
 
     # --- consumer thread -------------------------------------------------------------------
 
     def start(self) -> "SubscriptionRunner":
-        for worker in self.workers:
-            worker.start()
+        self.sender.start()
         self.thread.start()
         return self
-
-    def _work(self) -> None:
-        while True:
-            item = self.ready.get()
-            if item is None:
-                return
-            self._process(item)
 
     def _consumer(self) -> Consumer:
         settings = {
@@ -487,13 +506,18 @@ class SubscriptionRunner:
             last_commit = last_lag = time.monotonic()
             interval = self.settings.commit_interval_ms / 1000
             while not self.stopping.is_set():
+                fresh: list[Item] = []
                 for msg in consumer.consume(1000, 0.1):
                     err = msg.error()
                     if err is not None:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("webhook %s: %s", self.sub.name, err)
                         continue
-                    self._dispatch(msg)
+                    item = self._dispatch(msg)
+                    if item is not None:
+                        fresh.append(item)
+                if fresh:  # one hand-over (and one wake-up of the delivery thread) per batch
+                    self._submit_all(fresh)
                 self.producer.poll(0)
                 self._backpressure(consumer)
                 now = time.monotonic()
@@ -507,12 +531,13 @@ class SubscriptionRunner:
             self.failed = err
             log.exception("webhook %s stopped", self.sub.name)
 
-    def _dispatch(self, msg) -> None:
+    def _dispatch(self, msg) -> Item | None:
+        """Tracks the record; the item to start when it heads its contact's chain."""
         partition = msg.partition()
         with self.lock:
             tracker = self.owned.get(partition)
             if tracker is None:  # a record of a partition revoked meanwhile: its new owner reads it
-                return
+                return None
             tracker.add(msg.offset())
             self.buffered += 1
             key = (partition, msg.key())
@@ -523,13 +548,13 @@ class SubscriptionRunner:
             item = Item(partition, msg.offset(), msg.key(), msg.value(), msg.headers() or [], tracker, chain)
             if not fresh:
                 chain.append(item)
-                return
-        self._submit(item)
+                return None
+        return item
 
     def _backpressure(self, consumer: Consumer) -> None:
         with self.lock:
             buffered = self.buffered
-        self.metrics.in_flight.labels(**self.labels).set(buffered)
+        self.m_in_flight.set(buffered)
         if not self.paused and buffered >= self.settings.max_in_flight:
             consumer.pause(consumer.assignment())
             self.paused = True
@@ -570,7 +595,7 @@ class SubscriptionRunner:
         with self.lock:
             trackers = dict(self.owned)
         if not trackers:
-            self.metrics.lag.labels(**self.labels).set(0)
+            self.m_lag.set(0)
             return
         positions = {tp.partition: tp.offset for tp in consumer.position([TopicPartition(self.topic, p) for p in trackers])}
         lag = 0
@@ -580,7 +605,7 @@ class SubscriptionRunner:
                 point = tracker.commit_point(positions.get(partition, -1))
             if high >= 0 and point >= 0:
                 lag += max(0, high - point)
-        self.metrics.lag.labels(**self.labels).set(lag)
+        self.m_lag.set(lag)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self.lock:
@@ -640,8 +665,9 @@ class SubscriptionRunner:
                 consumer.close()
             except (KafkaException, RuntimeError) as err:
                 log.warning("webhook %s: close: %s", self.sub.name, err)
-        for _worker in self.workers:
-            self.ready.put(None)
+        self.closed = True  # what is still under way after the grace is abandoned
+        self.http.wake()
+        self.sender.join(30)
 
     # --- worker threads ----------------------------------------------------------------------
 
@@ -651,7 +677,38 @@ class SubscriptionRunner:
     def _submit(self, item: Item) -> None:
         if self.stopping.is_set():
             return
-        self.ready.put(item)
+        if threading.get_ident() == self.sender.ident:
+            self.queued.append(item)
+        else:
+            self._submit_all([item])
+
+    def _submit_all(self, items: list[Item]) -> None:
+        """From a thread other than the delivery thread: queue and wake it."""
+        if self.stopping.is_set():
+            return
+        self.ready.put(items)
+        self.http.wake()
+
+    # --- the delivery thread -----------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        http, queued, ready = self.http, self.queued, self.ready
+        try:
+            while not self.closed:
+                while True:
+                    try:
+                        queued.extend(ready.get_nowait())
+                    except queue.Empty:
+                        break
+                while queued and not http.full():
+                    self._process(queued.popleft())
+                # Waits for an answer, a wake-up (new events, a retry due) or libcurl's timer.
+                http.run(0 if queued and not http.full() else 0.5)
+        except BaseException as err:  # noqa: BLE001 - liveness reports it
+            self.failed = err
+            log.exception("webhook %s: delivery stopped", self.sub.name)
+        finally:
+            http.close()
 
     def _process(self, item: Item) -> None:
         with self.lock:
@@ -659,72 +716,75 @@ class SubscriptionRunner:
                 return
             self.running.add(item)
         try:
-            self._try(item)
+            if self._try(item):
+                return  # under way: _answered finishes it
         except Exception as err:  # never lose an event to a bug here: try it again later
             log.exception("webhook %s: delivering %d@%d failed unexpectedly", self.sub.name, item.partition, item.offset)
             self._retry_later(item, f"{type(err).__name__}: {err}", type(err).__name__, count=False)
-        finally:
-            with self.lock:
-                self.running.discard(item)
+        with self.lock:
+            self.running.discard(item)
 
-    def _try(self, item: Item) -> None:
+    def _try(self, item: Item) -> bool:
+        """Starts the POST of an item (True), or finishes it at once (False)."""
         if item.event is None:
             try:
                 item.event = self.codec.decode(item.value)
             except RegistryError as err:  # the registry is away: not the event's fault
                 self._retry_later(item, f"schema registry: {err}", "RegistryError", count=False)
-                return
+                return False
             except (DecodeError, ValueError, TypeError) as err:
                 item.last_error, item.error_class = f"undecodable event: {err}", type(err).__name__
                 self._dead_letter(item)
-                return
+                return False
+            # Every try of the event sends the same bytes (only the signature's time changes).
+            item.body = body_of(item.event)
         if not self.sub.wants(item.event["operation"]):
-            self.metrics.skipped.labels(**self.labels).inc()
+            self.m_skipped.inc()
             self._done(item)
-            return
+            return False
         if item.attempts == 0:
             item.first_try = time.monotonic()
         item.attempts += 1
+        headers = [
+            "Content-Type: application/json",
+            f"{SIGNATURE_HEADER}: {self.sign(item.body, int(time.time()))}",
+            f"{EVENT_ID_HEADER}: {item.event['event_id']}",
+        ]
+        self.http.post(item.body, headers, item)
+        return True
+
+    def _answered(self, item: Item, status: int, text: bytes, error: str | None, seconds: float) -> None:
+        """On the delivery thread, when a POST is over (any outcome)."""
         try:
-            self._post(item.event)
-        except Attempt as failure:
-            text = str(failure)
+            self.m_latency.observe(seconds)
+            if error is None and 200 <= status < 300:
+                self.m_delivered.inc()
+                self._done(item)
+                return
+            if error is None:
+                text = text.decode("utf-8", "replace").strip()
+                error = f"HTTP {status}" + (f": {text}" if text else "")
             retry_in = self.sub.retry.next_delay(item.attempts, time.monotonic() - item.first_try, self._rng)
             if retry_in is None:
-                item.last_error, item.error_class = text, "WebhookFailed"
+                item.last_error, item.error_class = error, "WebhookFailed"
                 self._dead_letter(item)
             else:
                 log.info("webhook %s: event %s try %d failed (%s), again in %.1fs",
-                         self.sub.name, item.event["event_id"], item.attempts, text, retry_in)
-                self.metrics.retried.labels(**self.labels).inc()
-                item.last_error = text
+                         self.sub.name, item.event["event_id"], item.attempts, error, retry_in)
+                self.m_retried.inc()
+                item.last_error = error
                 self.scheduler.later(retry_in, lambda: self._submit(item))
-            return
-        self.metrics.delivered.labels(**self.labels).inc()
-        self._done(item)
-
-    def _post(self, event: dict) -> None:
-        body = body_of(event)
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature(self.sub.secret, body, int(time.time())),
-            EVENT_ID_HEADER: event["event_id"],
-        }
-        started = time.perf_counter()
-        try:
-            status, text = self.http.post(body, headers)
-        except (OSError, http.client.HTTPException) as err:
-            raise Attempt(_describe_error(err)) from None
+        except Exception as err:  # never lose an event to a bug here: try it again later
+            log.exception("webhook %s: finishing %d@%d failed unexpectedly", self.sub.name, item.partition, item.offset)
+            self._retry_later(item, f"{type(err).__name__}: {err}", type(err).__name__, count=False)
         finally:
-            self.metrics.latency.labels(**self.labels).observe(time.perf_counter() - started)
-        if not 200 <= status < 300:
-            text = text.decode("utf-8", "replace").strip()
-            raise Attempt(f"HTTP {status}" + (f": {text}" if text else ""))
+            with self.lock:
+                self.running.discard(item)
 
     def _retry_later(self, item: Item, error: str, error_class: str, count: bool) -> None:
         item.last_error, item.error_class = error, error_class
         if count:
-            self.metrics.retried.labels(**self.labels).inc()
+            self.m_retried.inc()
         self.scheduler.later(self.sub.retry.delay(max(item.attempts, 1), self._rng), lambda: self._submit(item))
 
     def _dead_letter(self, item: Item) -> None:
@@ -745,7 +805,7 @@ class SubscriptionRunner:
 
         def acknowledged(err, _msg) -> None:
             if err is None:
-                self.metrics.dead_lettered.labels(**self.labels).inc()
+                self.m_dead_lettered.inc()
                 self._done(item)
             else:  # the broker did not take it: the event stays undone and is dead-lettered again
                 log.warning("webhook %s: dead letter of %d@%d not written: %s", self.sub.name, item.partition, item.offset, err)
@@ -775,86 +835,158 @@ class SubscriptionRunner:
             self._submit(following)
 
 
-def _describe_error(err: BaseException) -> str:
-    if isinstance(err, (TimeoutError, socket.timeout)):
-        return f"timeout: {err or 'no answer in time'}"
-    return f"{type(err).__name__}: {err}"
+class _Answer:
+    """The start of one answer's body (for the log and the dead letter); the rest is read and
+    dropped, so the connection stays usable."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, chunk: bytes) -> None:
+        if len(self.data) < Requests.MAX_BODY:
+            self.data += chunk[: Requests.MAX_BODY - len(self.data)]
 
 
-class Connections:
-    """Keep-alive HTTP/1.1 connections to one URL, reused last-in first-out, for the pool's
-    threads. The standard library's http.client: it took half the CPU per request urllib3 took
-    here (270 vs 570 us), and CPU is what limits a Python deliverer. `timeout` bounds the whole
-    request: each step may take what is left of it."""
+class Requests:
+    """POSTs to one URL, up to `limit` at once, driven by one thread through libcurl's multi
+    interface (pycurl): keep-alive connections are pooled and reused by libcurl, and a request
+    costs the Python side a few option calls instead of http.client's request building and
+    header parsing (about a third of the CPU per event) and a thread hand-off per answer.
+    `timeout_ms` bounds the whole request. `on_answer(item, status, body start, error or None,
+    seconds)` is called on the delivery thread. Only `wake` may be called from another thread."""
 
     MAX_BODY = 300  # of an error answer, for the log and the dead letter
 
-    def __init__(self, url: str, timeout: float):
-        parts = urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.timeout = timeout
-        self.extra = {"User-Agent": USER_AGENT}
-        if parts.username is not None:  # https://user:password@host/: basic auth, as curl does
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            self.extra["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
-        self.context = ssl.create_default_context() if self.https else None
-        self.idle: list[http.client.HTTPConnection] = []
-        self.lock = threading.Lock()
+    def __init__(self, url: str, timeout_ms: int, limit: int,
+                 on_answer: Callable[[Any, int, bytes, str | None, float], None]):
+        self.url, self.timeout_ms, self.limit, self.on_answer = url, timeout_ms, limit, on_answer
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self.multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        # poll(), not epoll: libcurl hands a connection's socket back and forth on every request,
+        # and poll's register is a dict update where epoll's is a system call.
+        self.poller = select.poll()
+        self.watched: set[int] = set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.poller.register(self._wake_r, select.POLLIN)
+        self.timer: float | None = None  # when libcurl wants to be called for its timeouts
+        self.idle: list[pycurl.Curl] = []
+        self.answers: dict[pycurl.Curl, _Answer] = {}
+        self.busy: dict[pycurl.Curl, tuple[Any, float]] = {}
+        # What http.client trusted: the system's CA store as Python's ssl finds it (the wheel's
+        # libcurl may have been built for another layout), or SSL_CERT_FILE / SSL_CERT_DIR.
+        verify = ssl.get_default_verify_paths()
+        self.cafile = verify.cafile if verify.cafile and os.path.exists(verify.cafile) else None
+        self.capath = verify.capath if verify.capath and os.path.isdir(verify.capath) else None
 
-    def _new(self) -> http.client.HTTPConnection:
-        if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.context)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+    def _new(self) -> pycurl.Curl:
+        c = pycurl.Curl()
+        c.setopt(pycurl.URL, self.url)  # user:password@ in it is basic auth, as curl does
+        c.setopt(pycurl.POST, 1)
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.TIMEOUT_MS, self.timeout_ms)
+        c.setopt(pycurl.USERAGENT, USER_AGENT)
+        c.setopt(pycurl.PROXY, "")  # no *_proxy environment: the URL is called directly
+        c.setopt(pycurl.FOLLOWLOCATION, 0)  # a redirect is an answer that is not a 2xx
+        if self.cafile:
+            c.setopt(pycurl.CAINFO, self.cafile)
+        if self.capath:
+            c.setopt(pycurl.CAPATH, self.capath)
+        answer = self.answers[c] = _Answer()
+        c.setopt(pycurl.WRITEFUNCTION, answer.write)
+        return c
 
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        """(status, the start of the answer's body). Raises OSError or HTTPException."""
-        headers = {**self.extra, **headers}
-        with self.lock:
-            conn, reused = (self.idle.pop(), True) if self.idle else (None, False)
-        if conn is None:
-            conn = self._new()
+    def full(self) -> bool:
+        return len(self.busy) >= self.limit
+
+    def post(self, body: bytes, headers: list[str], item: Any) -> None:
+        c = self.idle.pop() if self.idle else self._new()
+        self.answers[c].data = b""
+        c.setopt(pycurl.POSTFIELDS, body)
+        # "Expect:" off: libcurl would wait for a 100 Continue before a large body.
+        c.setopt(pycurl.HTTPHEADER, headers + ["Expect:"])
+        self.busy[c] = (item, time.perf_counter())
+        self.multi.add_handle(c)  # libcurl sets its timer to 0: the next run() starts it
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):  # already awake enough (a full pipe), or closed
+            pass
+
+    _EVENTS = {pycurl.POLL_IN: select.POLLIN, pycurl.POLL_OUT: select.POLLOUT, pycurl.POLL_INOUT: select.POLLIN | select.POLLOUT}
+
+    def _on_socket(self, what: int, fd: int, _multi: Any, _data: Any) -> None:
+        if what == pycurl.POLL_REMOVE:
+            if fd in self.watched:
+                self.watched.discard(fd)
+                self.poller.unregister(fd)
+            return
+        self.watched.add(fd)
+        self.poller.register(fd, self._EVENTS.get(what, select.POLLIN | select.POLLOUT))  # or modifies
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        self.timer = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+
+    def run(self, timeout: float) -> None:
+        """Wait up to `timeout` s for sockets, a wake-up or libcurl's timer; move the requests
+        on and hand over the finished ones."""
+        if self.timer is not None:
+            timeout = max(0.0, min(timeout, self.timer - time.monotonic()))
+        wake = self._wake_r.fileno()
+        for fd, mask in self.poller.poll(timeout * 1000):
+            if fd == wake:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
+            flags = (pycurl.CSELECT_IN if mask & (select.POLLIN | select.POLLHUP) else 0) | (pycurl.CSELECT_OUT if mask & select.POLLOUT else 0)
+            if mask & (select.POLLERR | select.POLLNVAL):
+                flags |= pycurl.CSELECT_ERR
+            self.multi.socket_action(fd, flags)
+        if self.timer is not None and self.timer <= time.monotonic():
+            self.timer = None
+            self.multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
         while True:
-            deadline = time.monotonic() + self.timeout
-            try:
-                if conn.sock is not None:  # a kept-alive connection still has the last request's limit
-                    conn.sock.settimeout(self.timeout)
-                conn.request("POST", self.target, body=body, headers=headers)
-                self._limit(conn, deadline)
-                response = conn.getresponse()
-                if 200 <= response.status < 300:
-                    response.read()
-                    text = b""
-                else:
-                    text = response.read(self.MAX_BODY)
-                    if not response.isclosed():  # more body than we read: the connection is spent
-                        response.close()
-                        conn.close()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                if reused:  # a kept-alive connection the receiver had closed meanwhile: once more, on a new one
-                    conn, reused = self._new(), False
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            break
-        if response.will_close or conn.sock is None:
-            conn.close()
-        else:
-            with self.lock:
-                self.idle.append(conn)
-        return response.status, text
+            left, ok, failed = self.multi.info_read()
+            for c in ok:
+                self._finish(c, None)
+            for c, code, message in failed:
+                self._finish(c, _describe_curl_error(code, message))
+            if not left:
+                break
 
-    @staticmethod
-    def _limit(conn: http.client.HTTPConnection, deadline: float) -> None:
-        if conn.sock is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no answer in time")
-            conn.sock.settimeout(remaining)
+    def _finish(self, c: pycurl.Curl, error: str | None) -> None:
+        self.multi.remove_handle(c)
+        item, started = self.busy.pop(c)
+        status = c.getinfo(pycurl.RESPONSE_CODE) if error is None else 0
+        self.idle.append(c)
+        self.on_answer(item, status, self.answers[c].data, error, time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Abandons what is under way (stop() has waited for it as long as it may)."""
+        for c in list(self.busy):
+            self.multi.remove_handle(c)
+        for c in list(self.answers):
+            c.close()
+        self.busy.clear()
+        self.idle.clear()
+        self.answers.clear()
+        self.multi.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _describe_curl_error(code: int, message: str) -> str:
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return f"timeout: {message or 'no answer in time'}"
+    return f"curl error {code}: {message}"
 
 
 # --- the process -----------------------------------------------------------------------------

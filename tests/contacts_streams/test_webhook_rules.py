@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from webhookkit import readme_verifier
 
 from contacts_streams.config import ConfigError
-from contacts_streams.webhooks import RetryPolicy, Subscription, Tracker, WebhooksConfig, body_of, signature, verify
+from contacts_streams.webhooks import RetryPolicy, Subscription, Tracker, WebhooksConfig, body_of, signature, signer, verify
 
 # --- signature -------------------------------------------------------------------------------
 
@@ -23,6 +23,13 @@ def test_signature_is_hmac_sha256_of_time_dot_body():
     assert signature("s3cret", b'{"a":1}', 1700000000) == (
         "t=1700000000,v1=" + __import__("hmac").new(b"s3cret", b'1700000000.{"a":1}', "sha256").hexdigest()
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.text(min_size=1, max_size=40), body=st.binary(max_size=200), timestamps=st.lists(st.integers(0, 2**40), min_size=1, max_size=4))
+def test_the_senders_prepared_signer_signs_as_signature_does_every_time(secret, body, timestamps):
+    sign = signer(secret)  # the key set up once, reused for every event
+    assert [sign(body, t) for t in timestamps] == [signature(secret, body, t) for t in timestamps]
 
 
 @settings(max_examples=200, deadline=None)
