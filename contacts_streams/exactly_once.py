@@ -111,6 +111,7 @@ class ExactlyOnceLoop:
 
     def producer_settings(self) -> dict:
         return {"linger.ms": 5, "transaction.timeout.ms": 60_000}
+
     def on_assign(self, partitions: list[TopicPartition]) -> None:
         pass
 
@@ -126,13 +127,17 @@ class ExactlyOnceLoop:
     ) -> dict[tuple[str, int], int]:
         """``Transactions.commit`` with the consumer's offsets; counts the dead letters it wrote."""
         written = list(records)
+        more: Callable[[Placed], list[Produced]] | None = None
+        if then is not None:
+            after = then
 
-        def more(placed: Placed) -> list[Produced]:
-            extra = then(placed)
-            written.extend(extra)
-            return extra
+            def noted(placed: Placed) -> list[Produced]:
+                extra = after(placed)
+                written.extend(extra)
+                return extra
 
-        positions = self._txn.commit(consumer, offsets, records, more if then is not None else None)
+            more = noted
+        positions = self._txn.commit(consumer, offsets, records, more)
         for record in written:
             if record.topic == self._dead_letter_topic:
                 source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
