@@ -21,10 +21,11 @@ from contacts_streams import commands, model, topics
 from contacts_streams.commands import Command
 from contacts_streams.config import Config
 from contacts_streams.decisions import AVATAR_URL, DISPLAY_NAME, ERASED_AT, SOURCE, TIMES
-from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Unprocessable
+from contacts_streams.exactly_once import ExactlyOnceLoop
 from contacts_streams.metrics import Metrics
 from contacts_streams.serialization import DecodeError, message_codec, metadata_codec
 from contacts_streams.store import Store
+from contacts_streams.transaction import Produced, Unprocessable
 
 log = logging.getLogger(__name__)
 

@@ -122,6 +122,24 @@ class Command:
             raise BadCommand(f"undecodable command: {err!r}"[:300]) from None
 
 
+_UNDECODABLE = (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError)
+
+
+def _positions(value) -> dict[int, int]:
+    return {int(p): int(o) for p, o in (value or {}).items()}
+
+
+def _answer_of(value: dict) -> dict:
+    """What a reply and an idempotency entry both say, read back from JSON."""
+    return {
+        "status": int(value["status"]),
+        "ids": [str(i) for i in value.get("ids") or []],
+        "error": value.get("error"),
+        "offsets": _positions(value.get("offsets")),
+        "updated": [int(i) for i in value.get("updated") or []],
+    }
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the writer decided: the status, the ids the answer is about, the error, and the
@@ -151,15 +169,8 @@ class Reply:
     def decode(cls, raw: bytes | None) -> "Reply":
         try:
             value = json.loads(raw)
-            return cls(
-                status=int(value["status"]),
-                ids=[str(i) for i in value.get("ids") or []],
-                error=value.get("error"),
-                offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
-                dismissed={int(p): int(o) for p, o in (value.get("dismissed") or {}).items()},
-                updated=[int(i) for i in value.get("updated") or []],
-            )
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
+            return cls(**_answer_of(value), dismissed=_positions(value.get("dismissed")))
+        except _UNDECODABLE as err:
             raise BadCommand(f"undecodable reply: {err!r}"[:300]) from None
 
 
@@ -196,16 +207,8 @@ class Remembered:
     def decode(cls, raw: bytes) -> "Remembered":
         try:
             value = json.loads(raw)
-            return cls(
-                status=int(value["status"]),
-                ids=[str(i) for i in value.get("ids") or []],
-                error=value.get("error"),
-                offsets={int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
-                body_hash=str(value["hash"]),
-                at_ms=int(value["at"]),
-                updated=[int(i) for i in value.get("updated") or []],
-            )
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as err:
+            return cls(**_answer_of(value), body_hash=str(value["hash"]), at_ms=int(value["at"]))
+        except _UNDECODABLE as err:
             raise BadCommand(f"undecodable idempotency entry: {err!r}"[:300]) from None
 
 

@@ -210,6 +210,13 @@ class Config:
             **overrides,
         }
 
+    def producer(self, **overrides) -> dict:
+        """librdkafka settings of every producer of the service (``kafka`` and so security
+        included): idempotent (a retry never duplicates or reorders), acks from every in-sync
+        replica, and Java's murmur2 partitioner so JVM clients agree on a key's partition.
+        A transactional id in the overrides makes it transactional."""
+        return self.kafka(**{"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random", **overrides})
+
 
 def describe() -> str:
     """The `--help` text: every variable with its default."""

@@ -474,13 +474,6 @@ class Overlay:
     def __bool__(self) -> bool:
         return bool(self.contacts or self.owners or self.merged or self.metadata or self.dismissed)
 
-    def absorb(self, overlay: "Overlay") -> None:
-        self.contacts.update(overlay.contacts)
-        self.owners.update(overlay.owners)
-        self.merged.update(overlay.merged)
-        self.metadata.update(overlay.metadata)
-        self.dismissed.update(overlay.dismissed)
-
 
 class LayeredView:
     """The store under a stack of overlays (newest last); the first layer that knows answers."""

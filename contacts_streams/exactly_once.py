@@ -2,10 +2,10 @@
 group's offsets for it commit together (``send_offsets_to_transaction``), one transaction per
 poll batch, so a replay, a restart or a rebalance never applies a record twice.
 
-The one transaction helper of the service: the writer and the conversation routers are both
-subclasses. A failed transaction is aborted and the batch read again from the group's committed
-offsets (a seek, the group membership stays); a producer that cannot abort is replaced; a fenced
-one means another member took over, so the consumer rejoins.
+The writer and the conversation routers are both subclasses; the transaction itself is
+``transaction.Transactions``. A failed transaction is aborted and the batch read again from the
+group's committed offsets (a seek, the group membership stays); a producer that cannot abort is
+replaced; a fenced one means another member took over, so the consumer rejoins.
 
 A record a stage can never process never holds its partition up: the stage sends it, as
 received, to the dead-letter topic with the error in headers, in the transaction that commits
@@ -20,16 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from contacts_streams.config import Config
 from contacts_streams.liveness import Progress
 from contacts_streams.metrics import Metrics, report_lag
 from contacts_streams.serialization import RegistryError
 from contacts_streams.topics import PRODUCER_MAX_BYTES, RECORD_OVERHEAD, dead_letter_topic, record_bytes
+from contacts_streams.transaction import Placed, Produced, Restart, Transactions, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +42,8 @@ DL_STAGE, DL_ERROR_CLASS, DL_ERROR_MESSAGE = "dead_letter.stage", "dead_letter.e
 DL_VALUE_DROPPED = "dead_letter.value_dropped"
 MAX_ERROR_MESSAGE = 1000
 DEAD_LETTER_MAX_BYTES = PRODUCER_MAX_BYTES - RECORD_OVERHEAD - 4096
-# Errors of one record, not of the broker: producing it again can never succeed.
-RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG})
-
-
-@dataclass(frozen=True)
-class Produced:
-    topic: str
-    key: bytes
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
-class Restart(Exception):
-    """Abort the batch and read it again from the group's committed offsets; replace_producer:
-    the producer is unusable; rejoin: drop the consumer too (another member owns the work)."""
-
-    def __init__(self, message: str, replace_producer: bool = False, rejoin: bool = False):
-        super().__init__(message)
-        self.replace_producer = replace_producer
-        self.rejoin = rejoin
-
-
-class Unprocessable(Exception):
-    """A record (or a batch holding one) this stage can never process: the loop isolates the
-    record and dead-letters it. Transient trouble (the broker, the store catching up) is a
-    ``Restart`` instead."""
-
-
 # What ``process`` may raise about a record's content: bad shapes and values of its input.
 RECORD_FAULTS = (Unprocessable, ValueError, KeyError, TypeError)
-
-
-def fenced(error: KafkaError) -> bool:
-    return error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 class ExactlyOnceLoop:
@@ -86,18 +54,19 @@ class ExactlyOnceLoop:
     # the subclass knows it owns the work (the writer: one id for all replicas).
     producer_at_start = True
 
-    def __init__(self, config: Config, metrics: Metrics, group_id: str, topics: list[str], transactional_id: str):
+    def __init__(
+        self, config: Config, metrics: Metrics, group_id: str, topics: list[str], transactional_id: str, unreported: frozenset[str] = frozenset()
+    ):
         self._config = config
         self._metrics = metrics
         self._group_id = group_id
         self._topics = topics
-        self._transactional_id = transactional_id
         self._timeout = config.write_timeout_ms / 1000
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._assigned = threading.Event()
         self._sources_missing = False
-        self._producer: Producer | None = None
+        self._txn = Transactions(config, metrics, self.name, transactional_id, self.producer_settings, self._stopping, unreported)
         self._dead_letter_topic = dead_letter_topic(config)
         self.progress = Progress(self.name)
         self.failure: BaseException | None = None
@@ -149,99 +118,31 @@ class ExactlyOnceLoop:
     def on_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
         pass
 
-    def _flush(self, producer: Producer, failures: list) -> int:
-        """Flush, but stop waiting at the first failed delivery: a record the broker refused
-        leaves the transaction abortable (librdkafka wants an epoch bump), and what is still
-        queued may then wait out the whole timeout while the writes behind it time out too."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            left = producer.flush(min(0.05, max(0.0, deadline - time.monotonic())))
-            if left == 0 or failures or time.monotonic() >= deadline:
-                return left
-
     def commit(
         self,
         consumer: Consumer,
         offsets: dict[tuple[str, int], int],
         records: list[Produced],
-        then: Callable[[list[tuple[str, int, int] | None]], list[Produced]] | None = None,
+        then: Callable[[Placed], list[Produced]] | None = None,
     ) -> dict[tuple[str, int], int]:
-        """Produce records and commit the offsets in one transaction; returns the last offset
-        written per (topic, partition). With `then`, the records are flushed first and `then`
-        gets where each landed ((topic, partition, offset) in record order) and returns more
-        records for the same transaction (the writer's replies name the offsets)."""
-        producer = self._producer
-        if producer is None:
-            raise Restart("no transactional producer", replace_producer=True)
-        positions: dict[tuple[str, int], int] = {}
-        failures: list = []
-        placed: list[tuple[str, int, int] | None] = [None] * len(records)
+        """``Transactions.commit`` with the consumer's offsets; counts the dead letters it wrote."""
+        written = list(records)
+        more: Callable[[Placed], list[Produced]] | None = None
+        if then is not None:
+            after = then
 
-        def delivered_at(index: int | None):
-            def delivered(err, msg):
-                if err is not None:
-                    failures.append(err)
-                    return
-                where = (msg.topic(), msg.partition())
-                positions[where] = max(positions.get(where, -1), msg.offset())
-                if index is not None:
-                    placed[index] = (msg.topic(), msg.partition(), msg.offset())
+            def noted(placed: Placed) -> list[Produced]:
+                extra = after(placed)
+                written.extend(extra)
+                return extra
 
-            return delivered
-
-        try:
-            producer.begin_transaction()
-            # The offsets first: the coordinator refuses any request of a transaction while
-            # another one of it is in flight, or while the previous transaction's markers are
-            # still being written (CONCURRENT_TRANSACTIONS). librdkafka retries a refused
-            # AddPartitionsToTxn only after 20 ms, while AddOffsetsToTxn waits retry.backoff.ms
-            # (kept short in new_producer); a produce before it would put the partitions'
-            # registration in flight beside it (measured: 110 ms a transaction, against 5-10).
-            partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
-            if partitions:  # a transaction of the writer's own (no commands consumed) has none
-                producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)
-            for index, record in enumerate(records):
-                producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(index))
-            if then is not None:
-                if records and self._flush(producer, failures) > 0 and not failures:
-                    raise Restart("the broker did not take the batch in time")
-                if failures:
-                    raise Restart(f"records not delivered: {failures[:3]}")
-                more = then(placed)
-                records = list(records) + more
-                for record in more:
-                    report = delivered_at(None) if self.reported(record) else None
-                    producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=report)
-            producer.commit_transaction(self._timeout)
-        except (KafkaException, BufferError, Restart) as err:
-            self._metrics.produce_errors.labels(reason=self.name).inc()
-            error = err.args[0] if isinstance(err, KafkaException) and err.args else None
-            if error is not None and fenced(error):
-                raise Restart(f"fenced: another member took over ({error})", replace_producer=True, rejoin=True) from err
-            if error is not None and error.fatal():
-                raise Restart(f"fatal transaction error: {error}", replace_producer=True) from err
-            try:
-                producer.abort_transaction(self._timeout)
-            except KafkaException as abort_err:
-                raise Restart(f"abort failed: {abort_err}", replace_producer=True) from err
-            refused = [e for e in [error, *failures] if isinstance(e, KafkaError) and e.code() in RECORD_ERRORS]
-            if refused:  # the broker (or the client) will never take one of these records
-                raise Unprocessable(f"a record was refused: {refused[0].str()}") from err
-            raise Restart(f"transaction aborted: {err}") from err
-        if failures:
-            raise Restart(f"committed with failed deliveries: {failures}", replace_producer=True)
-        for record in records:
+            more = noted
+        positions = self._txn.commit(consumer, offsets, records, more)
+        for record in written:
             if record.topic == self._dead_letter_topic:
                 source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
                 self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
-
-    def reported(self, record: Produced) -> bool:
-        """Whether ``commit`` needs the delivery report of a record that ``then`` returned: where
-        it landed, or why the broker refused it. Each report takes the GIL once in the loop's
-        thread, a wait when HTTP threads hold it; a record produced without one that fails
-        still fails the transaction (librdkafka refuses to commit after a failed delivery)."""
-        return True
 
     def dead_letter(self, msg: Message, err: BaseException) -> Produced:
         """The dead letter of a record: key and value as received, the error in headers. Give it
@@ -315,32 +216,9 @@ class ExactlyOnceLoop:
 
     def _replace_producer_if(self, restart: Restart) -> None:
         if restart.replace_producer or restart.rejoin:
-            # Dropped: a successor's init_transactions ends what it left open. The loop opens the
-            # successor when it next needs one (routers) or at the next takeover (the writer).
-            self._producer = None
-
-    def new_producer(self) -> Producer:
-        producer = Producer(
-            self._config.kafka(
-                **{
-                    "transactional.id": self._transactional_id,
-                    "acks": "all",
-                    "partitioner": "murmur2_random",
-                    # A transaction's first request meets the previous one's markers still
-                    # being written now and then: ask again soon, not after librdkafka's 100 ms.
-                    "retry.backoff.ms": 5,
-                    **self.producer_settings(),
-                }
-            )
-        )
-        while True:
-            try:
-                producer.init_transactions(self._timeout)
-                return producer
-            except KafkaException as err:
-                if self._stopping.is_set() or not err.args[0].retriable():
-                    raise
-                log.warning("%s waits for the transaction coordinator: %s", self.name, err)
+            # The loop opens the successor when it next needs one (routers) or at the next
+            # takeover (the writer).
+            self._txn.drop()
 
     def _new_consumer(self) -> Consumer:
         consumer = Consumer(
@@ -383,8 +261,8 @@ class ExactlyOnceLoop:
         interval = self._config.commit_interval_ms / 1000
         checked_sources = lag_reported = 0.0
         while not self._stopping.is_set():
-            if self._producer is None and self.producer_at_start:
-                self._producer = self.new_producer()  # a broker error here rejoins (in _run)
+            if not self._txn.active and self.producer_at_start:
+                self._txn.open()  # a broker error here rejoins (in _run)
             # consume(n, timeout) waits for all n or the whole timeout: wait for the first
             # record, then take what is already fetched.
             first = consumer.poll(interval)

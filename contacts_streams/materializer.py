@@ -70,10 +70,6 @@ class Materializer:
     def ready(self) -> bool:
         return bool(self._partitions) and self._caught_up.issuperset(self._partitions) and self.failure is None
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.failure is None
-
     def status(self) -> str:
         if self.failure is not None:
             return f"{self.name} failed: {self.failure}"

@@ -194,10 +194,8 @@ class CommandClient:
 
     def _new_producer(self) -> Producer:
         return Producer(
-            self._config.kafka(
+            self._config.producer(
                 **{
-                    "enable.idempotence": True,
-                    "acks": "all",
                     "linger.ms": 0,  # a single write waits for nothing; concurrent ones still batch
                     "message.max.bytes": topics.COMMANDS_MAX_MESSAGE_BYTES,
                     "message.timeout.ms": self._config.write_timeout_ms,

@@ -62,8 +62,6 @@ __all__ = [
     "SCHEMA_DIR",
     "SchemaRefused",
     "contact_to_record",
-    "decode_contact",
-    "encode_contact",
     "message_codec",
     "metadata_codec",
     "record_to_contact",
@@ -495,30 +493,6 @@ class ContactCodec:
             return record_to_contact(record)
         except Exception as err:  # metadata that is not JSON, a timestamp out of range
             raise DecodeError(f"undecodable contact: {type(err).__name__}: {err}") from err
-
-    encode = encode_contact
-    decode = decode_contact
-
-
-_default_contact_codec: ContactCodec | None = None
-
-
-def _default() -> ContactCodec:
-    global _default_contact_codec
-    if _default_contact_codec is None:
-        _default_contact_codec = ContactCodec()
-    return _default_contact_codec
-
-
-def encode_contact(contact: dict) -> bytes:
-    """Single-object encoding of a contact (no registry). Use a ContactCodec for the registry."""
-    return _default().encode_contact(contact)
-
-
-def decode_contact(data: bytes) -> dict:
-    """A single-object encoded contact (no registry). Use a ContactCodec for the registry."""
-    return _default().decode_contact(data)
-
 
 def message_codec(registry_url: str | None = None, subject: str | None = MESSAGES_SUBJECT, **kwargs: Any) -> AvroCodec:
     """A codec of Airy's ``co.airy.avro.communication.Message`` (the messages topic)."""

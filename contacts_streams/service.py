@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -26,6 +26,7 @@ from contacts_streams.topics import apply_erase_settings, conversations_topic, d
 from contacts_streams.writer import Writer
 
 log = logging.getLogger(__name__)
+C = TypeVar("C", ContactCodec, EventCodec)
 # One start attempt against the broker; readiness names the reason after each failed one.
 START_ATTEMPT_S = 10.0
 
@@ -44,8 +45,8 @@ class Service:
         self._on_fatal = on_fatal
         self.fatal: FatalError | None = None
         self.metrics = metrics or Metrics()
-        self.codec = _contact_codec(config)
-        self.event_codec = _event_codec(config)
+        self.codec = _codec(config, ContactCodec, config.contacts_topic)
+        self.event_codec = _codec(config, EventCodec, config.events_topic)
         self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec, config.default_phone_region, self.event_codec)
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
@@ -247,17 +248,10 @@ def _registry_client(config: Config):
     return shared_registry_client(config.schema_registry_url, timeout=min(10.0, max(0.1, write_timeout_s / 4)))
 
 
-def _contact_codec(config: Config) -> ContactCodec:
+def _codec(config: Config, codec: type[C], topic: str) -> C:
+    """The codec of a topic's values, under the subject ``<topic>-value``."""
     client = _registry_client(config)
-    subject = f"{config.contacts_topic}-value"
+    subject = f"{topic}-value"
     if client is None:
-        return ContactCodec(subject=subject)
-    return ContactCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)
-
-
-def _event_codec(config: Config) -> EventCodec:
-    client = _registry_client(config)
-    subject = f"{config.events_topic}-value"
-    if client is None:
-        return EventCodec(subject=subject)
-    return EventCodec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)
+        return codec(subject=subject)
+    return codec(subject=subject, registry_client=client, confirm_every=config.schema_registry_check_ms / 1000)

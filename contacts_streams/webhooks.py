@@ -999,7 +999,7 @@ class Webhooks:
         self.config, self.settings = config, settings
         self.metrics = metrics or WebhookMetrics()
         self.codec = EventCodec(config.schema_registry_url)
-        self.producer = Producer(config.kafka(**{"enable.idempotence": True, "acks": "all", "linger.ms": 5}))
+        self.producer = Producer(config.producer(**{"linger.ms": 5}))
         self.scheduler = Scheduler()
         self.runners = [
             SubscriptionRunner(config, settings, sub, self.codec, self.producer, self.metrics, self.scheduler) for sub in settings.subscriptions

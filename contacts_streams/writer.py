@@ -31,12 +31,13 @@ from contacts_streams.commands import BadCommand, Command, Remembered, Reply
 from contacts_streams.config import Config
 from contacts_streams.decisions import ERASED, Change, Decision, LayeredView, Overlay, auto_created_id, decide, error
 from contacts_streams.events import EventCodec
-from contacts_streams.exactly_once import ExactlyOnceLoop, Produced, Restart, Unprocessable
+from contacts_streams.exactly_once import ExactlyOnceLoop
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, megabytes
 from contacts_streams.serialization import ContactCodec, RegistryError
 from contacts_streams.store import Store, dismissed_key
+from contacts_streams.transaction import Produced, Restart, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,9 @@ class Writer(ExactlyOnceLoop):
             group_id=f"{config.application_id}-writer",
             topics=[topics.commands_topic(config)],
             transactional_id=f"{config.application_id}-writer",
+            # Nothing waits for where a reply or an idempotency entry landed, and neither is ever
+            # too large for its topic: a failed one aborts the batch like any other failure.
+            unreported=frozenset({topics.replies_topic(config), topics.idempotency_topic(config)}),
         )
         self._store = store
         self._base = StoreView(store)
@@ -231,11 +235,6 @@ class Writer(ExactlyOnceLoop):
             **self._publisher.producer_limits,
         }
 
-    def reported(self, record: Produced) -> bool:
-        # Nothing waits for where a reply or an idempotency entry landed, and neither is ever
-        # too large for its topic: a failed one aborts the batch like any other failure.
-        return record.topic not in (self._replies_topic, self._idempotency_topic)
-
     def on_assign(self, partitions: list[TopicPartition]) -> None:
         if any(tp.topic == topics.commands_topic(self._config) for tp in partitions):
             self._takeover_needed = True
@@ -248,7 +247,7 @@ class Writer(ExactlyOnceLoop):
     def _stand_down(self) -> None:
         self.holding = False
         self._takeover_needed = False
-        self._producer = None
+        self._txn.drop()
         self._layers = []
         self._metrics.writer.set(0)
 
@@ -258,7 +257,7 @@ class Writer(ExactlyOnceLoop):
         started = time.monotonic()
         self._takeover_needed = False
         self._layers = []
-        self._producer = self.new_producer()  # fences the previous writer, ends its open transaction
+        self._txn.open()  # fences the previous writer, ends its open transaction
         stores = [(self._contacts_topic, self._materializer)]
         if self._join_state is not None:
             stores.append((self._join_topic, self._join_state))
@@ -346,7 +345,7 @@ class Writer(ExactlyOnceLoop):
             self._layers.pop(0)
 
     def process(self, consumer: Consumer, messages: list[Message]) -> None:
-        if self.holding and self._producer is None:
+        if self.holding and not self._txn.active:
             # The producer of a failed transaction was dropped (its abort failed): its successor
             # fences it and ends what it left open, and the store catches up with what it may
             # have committed, exactly as at a takeover. The consumer was rewound already.
@@ -354,11 +353,11 @@ class Writer(ExactlyOnceLoop):
         if self._takeover_needed:
             self._take_over()
         self._drop_materialized_layers()
-        if self.holding and self._producer is not None and self._rolls and self._rolls[0][0] <= model.now_ms():
+        if self.holding and self._txn.active and self._rolls and self._rolls[0][0] <= model.now_ms():
             self._roll(consumer)
         if not messages:
             return
-        if not self.holding or self._producer is None:
+        if not self.holding or not self._txn.active:
             return  # records fetched for a partition this member no longer holds
         started = time.perf_counter()
         top = Overlay()

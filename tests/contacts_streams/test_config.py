@@ -120,6 +120,14 @@ def test_kafka_config_variables_reach_every_client_and_their_own_settings_still_
     assert config.kafka(acks="all")["acks"] == "all"  # a client's own guarantees are not configurable away
 
 
+def test_every_producer_gets_the_security_settings_and_the_guarantees_writes_rest_on():
+    config = Config.from_env({"AUTH_JAAS": f'{PLAIN} required username="svc" password="{SECRET}";', "KAFKA_CONFIG_ACKS": "1"})
+    settings = config.producer(**{"linger.ms": 0})
+    assert settings["sasl.username"] == "svc" and settings["security.protocol"] == config.kafka()["security.protocol"]
+    assert settings["acks"] == "all" and settings["enable.idempotence"] is True and settings["partitioner"] == "murmur2_random"
+    assert settings["linger.ms"] == 0 and config.producer(**{"transactional.id": "t"})["transactional.id"] == "t"
+
+
 @pytest.mark.parametrize(
     "env, named",
     [

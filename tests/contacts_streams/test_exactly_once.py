@@ -8,7 +8,8 @@ import threading
 from confluent_kafka import Consumer, Message, Producer
 from streamkit import group_done, read_topic, wait_for
 
-from contacts_streams.exactly_once import ExactlyOnceLoop, Produced
+from contacts_streams.exactly_once import ExactlyOnceLoop
+from contacts_streams.transaction import Produced
 from contacts_streams.metrics import Metrics
 from contacts_streams.topics import dead_letter_topic, ensure_topics
 

@@ -31,13 +31,13 @@ from contacts_streams.serialization import (
     EncodeError,
     RegistryError,
     SchemaRefused,
-    decode_contact,
-    encode_contact,
     message_codec,
     metadata_codec,
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+_CODEC = ContactCodec()  # single-object encoding, no registry
+encode_contact, decode_contact = _CODEC.encode_contact, _CODEC.decode_contact
 CONTACT_ID = "6b80b10c-ae6e-4995-844d-c56c4da11623"
 T0 = 1637068863580
 
