@@ -641,13 +641,11 @@ class Store:
         """The contacts among the first SEARCH_COUNT entries of a term: each contact has one
         entry whose value (the characters shared with the contact's token before it) is
         shorter than the term, its first match."""
-        counted = 0
-        for entry, value in itertools.islice(self._cf[SEARCH].items(from_key=prefix), SEARCH_COUNT):
-            if not entry.startswith(prefix):
-                break
-            if value[0] < term_length:
-                counted += 1
-        return counted
+        options = ReadOptions()
+        # 0xFF never occurs in UTF-8: every key that starts with the prefix sorts before this.
+        options.set_iterate_upper_bound(prefix + b"\xff")
+        values = self._cf[SEARCH].values(from_key=prefix, read_opt=options)
+        return sum(1 for value in itertools.islice(values, SEARCH_COUNT) if value[0] < term_length)
 
     def duplicates(self, cursor: str | None, page_size: int) -> tuple[list["Group"], str | None]:
         """A page of duplicate groups (one per shared identity) and the next page's cursor.
