@@ -150,7 +150,6 @@ def header(contact: dict | None, region: str | None) -> dict[str, str]:
 # --- search ---------------------------------------------------------------------------------------
 
 WORD, EMAIL_WHOLE, DIGITS = "w", "e", "p"
-NAMESPACES = frozenset((WORD, EMAIL_WHOLE, DIGITS))
 
 
 def words(text: str) -> list[str]:
