@@ -117,6 +117,10 @@ DUPLICATES_SCAN = 1000
 MAX_GROUP = 100
 MAX_LOOKUP = 1000
 _SEARCH_CURSOR, _DUPLICATES_CURSOR, _HISTORY_CURSOR = b"s", b"d", b"h"
+# A search cursor with the total its first page counted (4 bytes after the key): later pages
+# do not count again. Cursors of the first kind (no total) are still read.
+_SEARCH_TOTAL_CURSOR = b"t"
+_TOTAL = struct.Struct(">I")
 
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
@@ -594,7 +598,8 @@ class Store:
         entries, wherever it starts, so its cost does not grow with the store; a query whose
         terms rarely meet may get a short page with a next cursor. ``total`` counts the contacts
         among the first term's first SEARCH_COUNT entries: exact for one term with fewer
-        matches, else an estimate (an upper one for several terms, SEARCH_COUNT at most).
+        matches, else an estimate (an upper one for several terms, SEARCH_COUNT at most); the
+        first page counts it and its cursors carry it on.
         """
         if not terms:
             return Page([], None, None, 0)
@@ -602,8 +607,9 @@ class Store:
         term = term[: ids_module.MAX_TOKEN_CHARS]
         prefix = search_prefix(namespace, term)
         start = prefix
+        total = None
         if cursor:
-            start = _decode_search_cursor(cursor)
+            start, total = _decode_search_cursor(cursor)
             if not start.startswith(prefix):
                 raise BadCursor("cursor belongs to another query")
         found: list[dict] = []
@@ -634,8 +640,10 @@ class Store:
             contact = self.get(contact_id)
             if contact is not None:
                 found.append(contact)
-        next_cursor = _encode_search_cursor(last) if more and last is not None else None
-        return Page(found, None, next_cursor, self._search_total(prefix, len(term)))
+        if total is None:
+            total = self._search_total(prefix, len(term))
+        next_cursor = _encode_search_cursor(last, total) if more and last is not None else None
+        return Page(found, None, next_cursor, total)
 
     def _search_total(self, prefix: bytes, term_length: int) -> int:
         """The contacts among the first SEARCH_COUNT entries of a term: each contact has one
@@ -1001,16 +1009,21 @@ def _split_long(key: bytes) -> tuple[bytes, bytes, bytes]:
     return key[1 : -_CURSOR_DIGEST_BYTES - _ID_LENGTH - 1], contact_id, digest
 
 
-def _encode_search_cursor(key: bytes) -> str:
-    return base64.urlsafe_b64encode(_SEARCH_CURSOR + key).decode().rstrip("=")
+def _encode_search_cursor(key: bytes, total: int) -> str:
+    return base64.urlsafe_b64encode(_SEARCH_TOTAL_CURSOR + key + _TOTAL.pack(total)).decode().rstrip("=")
 
 
-def _decode_search_cursor(cursor: str) -> bytes:
+def _decode_search_cursor(cursor: str) -> tuple[bytes, int | None]:
+    """(the key to page from, the total of the first page if the cursor carries it)."""
     raw = _b64(cursor)
-    key = raw[1:]
-    if raw[:1] != _SEARCH_CURSOR or key.count(SEPARATOR) != 2 or not _is_id(key[-_ID_LENGTH:]) or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR:
+    kind, key, total = raw[:1], raw[1:], None
+    if kind == _SEARCH_TOTAL_CURSOR and len(key) > _TOTAL.size:
+        key, (total,) = key[: -_TOTAL.size], _TOTAL.unpack(key[-_TOTAL.size :])
+    elif kind != _SEARCH_CURSOR:
         raise BadCursor("cursor is not a cursor this service handed out")
-    return key
+    if key.count(SEPARATOR) != 2 or not _is_id(key[-_ID_LENGTH:]) or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR or (total or 0) > SEARCH_COUNT:
+        raise BadCursor("cursor is not a cursor this service handed out")
+    return key, total
 
 
 def _encode_duplicates_cursor(key: bytes) -> str:
