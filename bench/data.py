@@ -37,6 +37,19 @@ def contact_payload(rng: random.Random, i: int) -> dict:
     }
 
 
+def share_identities(items: list[dict], start: int, every: int = 100) -> list[dict]:
+    """One payload in ``every`` (by its index ``start + i`` in the whole fill; the middle one of
+    each ``every``, so that a batch of ``every`` has one) takes the e-mail or, alternately, the
+    phone of the payload before it: 1% of the contacts have a duplicate, so that
+    ``contacts.duplicates`` has groups to page through."""
+    for i in range(1, len(items)):
+        n = start + i
+        if n % every == every // 2:
+            kind = "email" if (n // every) % 2 else "phone"
+            items[i]["via"][kind] = items[i - 1]["via"][kind]
+    return items
+
+
 def payloads(n: int, seed: int = 1) -> list[dict]:
     rng = random.Random(seed)
     return [contact_payload(rng, i) for i in range(n)]

@@ -134,6 +134,7 @@ SECTIONS = [
     ("writes", "Write latency (broker ack + own-store apply, read-your-writes)"),
     ("info", "/contacts.info, 16 concurrent clients"),
     ("list", "/contacts.list, page of 20 at the start, middle and end"),
+    ("find", "Finding people: lookup, search along the matches of a common name, duplicate groups"),
     ("import", "/contacts.import, batches of 1k"),
     ("auto_create", "Auto-create from a pre-filled messages topic"),
     ("replicas", "Three replicas, one writer: the writer's ceiling and failover after kill -9"),

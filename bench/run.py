@@ -55,7 +55,7 @@ class Plan:
     info_requests: int = 3000  # per server and size, at 16 clients
     write_single: int = 100  # requests per write figure with one client
     write_concurrent: int = 400  # requests per write figure with 16 clients
-    list_pages: int = 100  # timed pages at each of start / middle / end
+    list_pages: int = 100  # timed pages at each of start / middle / end (and of each find figure)
     messages_per_conversation: int = 5  # full: 1M messages, 200k conversations
     raw_import_cap: int = 200_000  # records of the raw transactional baseline
     concurrency: int = 16
@@ -68,7 +68,8 @@ class Plan:
     profile: bool = False
 
 
-SECTIONS = ("writes", "info", "list", "restart", "servers", "rebuild", "auto_create", "replicas")
+SECTIONS = ("writes", "info", "list", "find", "restart", "servers", "rebuild", "auto_create", "replicas")
+SEARCH_QUERY = "grace"  # a first name of bench.data: about 1 contact in 20 has it
 
 PRESETS = {
     "tiny": dict(sizes=[200], import_batch=100, info_requests=400, write_single=15, write_concurrent=64,
@@ -255,6 +256,8 @@ class Bench:
                 self.info(n, port, ids, "gunicorn", svc)
             if "list" in plan.sections:
                 self.listing(n, port)
+            if "find" in plan.sections:
+                self.find(n, port, ids)
             if "writes" in plan.sections:
                 self.writes(n, port, ids, svc)
             status, page = client.call_json(port, "/contacts.list", {"page_size": 1})
@@ -356,8 +359,10 @@ class Bench:
         plan = self.plan
         batch = min(plan.import_batch, n)
         bodies, rng = [], random.Random(n)
+        self.emails = []
         for start in range(0, n, batch):
-            items = [data.contact_payload(rng, i) for i in range(start, min(n, start + batch))]
+            items = data.share_identities([data.contact_payload(rng, i) for i in range(start, min(n, start + batch))], start)
+            self.emails += [item["via"]["email"] for item in items[::97]]
             bodies.append(post("/contacts.import", json.dumps(items, separators=(",", ":")).encode()))
         # Warm-up: one small import per transactional producer, so first-use costs stay out.
         for w in range(WARM_UP_IMPORTS):
@@ -463,6 +468,75 @@ class Bench:
             self.add(f"list.{name}.p99", "list", f"page of 20 {'at the' if name != 'middle' else 'in the'} {name}, p99", n, p99, "ms",
                      "page at the start, p99" if name != "start" else "HTTP round trip p99, one client",
                      _ms(start.percentile(99)) if name != "start" else ceiling["single_p99"], "ms")
+
+    def find(self, n: int, port: int, ids: list[bytes]) -> None:
+        """Finding people at one client: lookup by e-mail beside /contacts.info by id (the same
+        store reads plus an index seek), search pages of a common name at the start, middle and
+        end of its matches, and duplicate groups (1% of the fill shares an identity)."""
+        plan = self.plan
+        rng = random.Random(13)
+        lookups = [post("/contacts.lookup", {"via": {"email": rng.choice(self.emails)}}) for _ in range(plan.list_pages)]
+        infos = [post("/contacts.info", b'{"id":"' + rng.choice(ids) + b'"}') for _ in range(plan.list_pages)]
+
+        def one_match(_i: int, status: int, body: bytes) -> None:
+            if status == 200 and not json.loads(body)["data"]:
+                raise RuntimeError("/contacts.lookup found nobody for an imported e-mail")
+
+        self.timed(port, lookups[:20] + infos[:20], concurrency=1, expect=(200,))  # warm-up
+        # Alternated in rounds so that both see the same machine.
+        lookup_times, info_times = [], []
+        for round_ in range(4):
+            part = slice(round_ * len(lookups) // 4, (round_ + 1) * len(lookups) // 4)
+            lookup_times += self.timed(port, lookups[part], concurrency=1, expect=(200,), on_response=one_match, strict=True).latencies
+            info_times += self.timed(port, infos[part], concurrency=1, expect=(200,)).latencies
+        lookup_p50, info_p50 = _ms(client.percentile(lookup_times, 50)), _ms(client.percentile(info_times, 50))
+        self.add("find.lookup.p50", "find", "/contacts.lookup by e-mail p50, one client", n, lookup_p50, "ms",
+                 "/contacts.info by id p50, one client", info_p50, "ms", target="< 2 ms and <= 1.5x info",
+                 passed=lookup_p50 < 2.0 and lookup_p50 <= 1.5 * info_p50)
+        self.add("find.lookup.p99", "find", "/contacts.lookup by e-mail p99, one client", n, _ms(client.percentile(lookup_times, 99)), "ms",
+                 "/contacts.info by id p99, one client", _ms(client.percentile(info_times, 99)), "ms")
+
+        # Cursors along the matches of a common name, walked once in big pages.
+        cursors: list[tuple[int, str | None]] = [(0, None)]
+        cursor, seen = None, 0
+        deadline = time.monotonic() + plan.fill_limit
+        while time.monotonic() < deadline:
+            status, page = client.call_json(port, "/contacts.search", {"query": SEARCH_QUERY, "page_size": 20 if n <= 50_000 else 500,
+                                                                       **({"cursor": cursor} if cursor else {})})
+            if status != 200:
+                raise RuntimeError(f"/contacts.search answered {status}: {page}")
+            seen += len(page["data"])
+            cursor = page["pagination_data"]["next_cursor"]
+            if cursor is None:
+                break
+            cursors.append((seen, cursor))
+        full = [(pos, c) for pos, c in cursors if pos <= seen - 20] or cursors
+        positions = {"start": full[0], "middle": min(full, key=lambda pc: abs(pc[0] - seen // 2)), "end": full[-1]}
+        start_p50 = None
+        for name, (pos, cur) in positions.items():
+            request = post("/contacts.search", {"query": SEARCH_QUERY, "page_size": 20, **({"cursor": cur} if cur else {})})
+            result = self.timed(port, [request] * plan.list_pages, concurrency=1, expect=(200,))
+            p50 = _ms(result.percentile(50))
+            where = f"{SEARCH_QUERY!r}, at match {pos:,} of {seen:,}"
+            if start_p50 is None:
+                start_p50 = p50
+                self.add("find.search.start.p50", "find", "/contacts.search page of 20 at the start, p50", n, p50, "ms",
+                         "HTTP round trip, constant body, one client", self.ceiling["gunicorn"]["single_p50"], "ms", note=where)
+            else:
+                self.add(f"find.search.{name}.p50", "find", f"/contacts.search page of 20 {'in the' if name == 'middle' else 'at the'} {name}, p50",
+                         n, p50, "ms", "search page at the start, p50", start_p50, "ms", target="<= 1.5x the start page (flat)",
+                         passed=p50 <= 1.5 * start_p50, note=where)
+
+        status, page = client.call_json(port, "/contacts.duplicates", {"page_size": 20})
+        if status != 200 or not page["data"]:
+            raise RuntimeError(f"/contacts.duplicates answered {status} with {len(page.get('data') or [])} groups: the fill shares identities")
+        later = page["pagination_data"]["next_cursor"]
+        for name, cur in (("start", None), ("next", later)):
+            request = post("/contacts.duplicates", {"page_size": 20, **({"cursor": cur} if cur else {})})
+            result = self.timed(port, [request] * plan.list_pages, concurrency=1, expect=(200,))
+            self.add(f"find.duplicates.{name}.p50", "find", f"/contacts.duplicates page of 20 groups {'(first)' if name == 'start' else '(second)'}, p50",
+                     n, _ms(result.percentile(50)), "ms", "/contacts.info by id p50, one client", info_p50, "ms",
+                     note=f"p99 {_ms(result.percentile(99)):.2f} ms")
 
     def writes(self, n: int, port: int, ids: list[bytes], svc: procs.Proc, server: str = "gunicorn") -> None:
         """Create and update latency; under another server than the reference only the create

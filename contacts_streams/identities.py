@@ -13,13 +13,13 @@ Identities are ``(kind, value)`` pairs, one per ``via`` entry:
 - any other key: key and value trimmed and case-folded (``Telegram`` / `` @Grace `` ->
   ``telegram`` / ``@grace``).
 
-Parsing a phone number costs tens of microseconds, far more than the rest of a store write, so
-the writer computes the identities once and carries them on the record in the ``identities``
-header (``encode``); every replica's store indexes from the header and computes them itself only
-for records without it (written before it existed, or by another producer). The header names its
-format version: a store meeting a version it does not know computes the identities itself.
-
-Search tokens (``search_tokens``) are computed by every store: they need no ``phonenumbers``.
+Parsing a phone number costs tens of microseconds, far more than the rest of a store write, and
+the search tokens about as much as the rest of it, so the writer computes both once and carries
+them on the record in the ``identities`` header (``encode``); every replica's store indexes from
+the header and computes them itself only for records without it (written before it existed, or
+by another producer). The header names its format version: version 1 carried the identities
+only (a store computes the tokens of such a record); a store meeting a version it does not know
+computes both itself. A change of how identities or tokens are derived bumps the version.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import phonenumbers
 
 EMAIL, PHONE = "email", "phone"
 HEADER = "identities"
-HEADER_VERSION = 1
+# 1: [1, identities]; 2: [2, identities, search tokens].
+HEADER_VERSION = 2
 # A contact may hold 100 via values of 2048 characters: a header that large would count against
 # the record limit twice. Past this size the header is left out and each store computes them.
 MAX_HEADER_BYTES = 16 * 1024
@@ -45,6 +46,7 @@ _PHONE_PUNCTUATION = re.compile(r"[\s+\-().\/]")
 _WORD_SPLIT = re.compile(r"[\W_]+")
 
 Identity = tuple[str, str]
+Token = tuple[str, str]
 
 
 def fold(text: str) -> str:
@@ -106,39 +108,48 @@ def identities_of(contact: dict, region: str | None) -> list[Identity]:
     return sorted(found)
 
 
-def encode(identities: list[Identity]) -> str | None:
+def encode(identities: list[Identity], tokens: list[Token]) -> str | None:
     """The ``identities`` header's value; None when it would be too large to carry."""
-    text = json.dumps([HEADER_VERSION, [list(pair) for pair in identities]], ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps([HEADER_VERSION, identities, tokens], ensure_ascii=False, separators=(",", ":"))
     return text if len(text.encode("utf-8")) <= MAX_HEADER_BYTES else None
 
 
-def decode(text: str | None) -> list[Identity] | None:
-    """The identities a header carries; None when absent, of another version, or malformed."""
-    if not text:
+def decode(text: str | None) -> tuple[list, list | None] | None:
+    """(identities, search tokens) a header carries, as sorted lists of ``[kind, value]`` and
+    ``[namespace, token]`` lists; tokens None for a version 1 header; None when absent, of an
+    unknown version, or malformed. The shapes inside are checked where the store uses them
+    (it computes both itself from the contact when they are not pairs of strings)."""
+    if not text or "\\u0000" in text:  # U+0000 separates the parts of index keys
         return None
     try:
-        version, pairs = json.loads(text)
-        if version != HEADER_VERSION:
+        found = json.loads(text)
+        if type(found) is not list or not found:
             return None
-        out = sorted({(str(kind), str(value)) for kind, value in pairs})
+        if found[0] == 1 and len(found) == 2 and type(found[1]) is list:
+            identities, tokens = found[1], None
+        elif found[0] == HEADER_VERSION and len(found) == 3 and type(found[1]) is list and type(found[2]) is list:
+            identities, tokens = found[1], found[2]
+            tokens.sort()  # already sorted when the writer wrote it: one pass
+        else:
+            return None
+        identities.sort()
     except (ValueError, TypeError):
         return None
-    if any("\x00" in kind or "\x00" in value or not kind or not value for kind, value in out):
-        return None
-    return out
+    return identities, tokens
 
 
 def header(contact: dict | None, region: str | None) -> dict[str, str]:
     """The headers to add to a contact record (none for a tombstone or a too large header)."""
     if contact is None:
         return {}
-    value = encode(identities_of(contact, region))
+    found = identities_of(contact, region)
+    value = encode(found, search_tokens(contact, found))
     return {HEADER: value} if value is not None else {}
 
 
 # --- search ---------------------------------------------------------------------------------------
 
-WORD, DIGITS = "w", "p"
+WORD, EMAIL_WHOLE, DIGITS = "w", "e", "p"
 
 
 def words(text: str) -> list[str]:
@@ -150,9 +161,15 @@ def search_tokens(contact: dict, identities: list[Identity] | None = None) -> li
     """``(namespace, token)`` pairs a contact is found by, sorted and unique.
 
     ``w``: the words of display name and organization (``organization_name`` and
-    ``address.organization_name``), each email whole, its local part and the local part's words;
+    ``address.organization_name``) and of each email's local part; ``e``: each email whole;
     ``p``: each phone's digits reversed (a prefix of reversed digits is a suffix of the number),
     of the value as sent and of its E.164 form when the identities give one.
+
+    Whole emails have a namespace of their own, and the local part is indexed by its words only:
+    a query word (letters and digits) that is a prefix of an email or of its local part is a
+    prefix of the local part's first word too, so those tokens would only add entries that
+    search walks past (a contact is shown once, at its first matching token): under a common
+    first name, every contact's email and local part again, at the end of the name's range.
     """
     found: set[tuple[str, str]] = set()
     for name in (contact.get("display_name"), contact.get("organization_name"), (contact.get("address") or {}).get("organization_name")):
@@ -166,13 +183,10 @@ def search_tokens(contact: dict, identities: list[Identity] | None = None) -> li
         if kind == EMAIL:
             email = fold(value)
             if email:
-                found.add((WORD, email[:MAX_TOKEN_CHARS]))
-                local = email.split("@", 1)[0]
-                if local:
-                    found.add((WORD, local[:MAX_TOKEN_CHARS]))
-                    # A query is split into words the way names are: "grace.hopper" finds
-                    # grace.hopper@... through the local part's words.
-                    found.update((WORD, w[:MAX_TOKEN_CHARS]) for w in words(local))
+                found.add((EMAIL_WHOLE, email[:MAX_TOKEN_CHARS]))
+                # A query is split into words the way names are: "grace.hopper" finds
+                # grace.hopper@... through the local part's words.
+                found.update((WORD, w[:MAX_TOKEN_CHARS]) for w in words(email.split("@", 1)[0]))
         elif kind == PHONE:
             number = digits(value)
             if len(number) >= MIN_PHONE_DIGITS:
@@ -190,8 +204,8 @@ def query_terms(query: str) -> list[tuple[str, str]]:
 
     A query of phone characters only (digits, spaces, ``+-()./``) with at least
     MIN_PHONE_DIGITS digits is one phone term: its digits reversed. Otherwise each
-    white-space-separated word is a term: one with ``@`` is matched whole against emails,
-    others are split into words like names are.
+    white-space-separated word is a term: one with ``@`` is matched against whole emails by
+    prefix, others are split into words like names are.
     """
     text = query.strip()
     number = digits(text)
@@ -202,7 +216,7 @@ def query_terms(query: str) -> list[tuple[str, str]]:
         if "@" in part:
             folded = fold(part)
             if folded:
-                terms.append((WORD, folded))
+                terms.append((EMAIL_WHOLE, folded))
         else:
             terms.extend((WORD, w) for w in words(part))
     unique = list(dict.fromkeys(terms))

@@ -494,6 +494,36 @@ class ContactCodec:
         except Exception as err:  # metadata that is not JSON, a timestamp out of range
             raise DecodeError(f"undecodable contact: {type(err).__name__}: {err}") from err
 
+    def decode_indexable(self, data: bytes) -> dict:
+        """The Avro record of a contact as it is (absent fields None, timestamps in ms,
+        metadata as JSON text), for a reader that needs only some of its fields (the store's
+        indexes): checked to give a contact through ``decode_contact``, without building one."""
+        record = self.avro.decode(data)
+        try:
+            _check_convertible(record)
+        except Exception as err:
+            raise DecodeError(f"undecodable contact: {type(err).__name__}: {err}") from err
+        return record
+
+
+# The timestamps record_to_contact can write as ISO 8601 (years 1 to 9999).
+_MIN_MS = -62_135_596_800_000
+_MAX_MS = 253_402_300_800_000
+
+
+def _check_convertible(record: dict) -> None:
+    """Raise what record_to_contact would raise, at a fraction of its cost."""
+    metadata = record.get("metadata")
+    if metadata is not None:
+        json.loads(metadata)
+    for name in ("created_at", "updated_at", "merged_at"):
+        ms = record.get(name)
+        if ms is not None and not _MIN_MS <= ms < _MAX_MS:
+            raise OverflowError(f"{name} {ms} is out of the range of dates")
+    for entry in record.get("merge_history") or ():
+        _check_convertible(entry)
+
+
 def message_codec(registry_url: str | None = None, subject: str | None = MESSAGES_SUBJECT, **kwargs: Any) -> AvroCodec:
     """A codec of Airy's ``co.airy.avro.communication.Message`` (the messages topic)."""
     return AvroCodec(SCHEMA_DIR / "message.avsc", registry_url, subject, **kwargs)

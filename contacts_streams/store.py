@@ -24,12 +24,17 @@ Column families (DESIGN.md, "store"):
   at least two live contacts hold: ``contacts.duplicates`` pages through it instead of scanning
   the contacts. It is a function of the ``identities`` family (recounted, in the batch, for every
   identity the batch touched), so it too ends the same whatever order partitions are read in;
-- ``search``: namespace (``w`` words, ``p`` reversed phone digits) + token + 0x00 + name part +
-  0x00 + contact id -> b"", for ``contacts.search``; the name part (0x01 + the folded display
-  name's first SEARCH_NAME_CHARS characters, or 0x02 when unnamed) orders each token's contacts
-  by name;
-- ``derived``: contact id -> JSON ``[identities, search tokens]`` as indexed, so a later record
-  of the contact removes exactly those entries (the header it came with is gone by then);
+- ``search``: namespace (``w`` words, ``e`` whole emails, ``p`` reversed phone digits) + token +
+  0x00 + name part + 0x00 + contact id -> one byte: how many leading characters the token shares
+  with the contact's token before it in the same namespace (tokens sorted), so a search knows
+  whether an entry is the contact's first match for its term from the entry alone; the name
+  part (0x01 + the folded display name's first SEARCH_NAME_CHARS characters, or 0x02 when
+  unnamed) orders each token's contacts by name;
+- ``derived``: contact id -> JSON ``[identities, search tokens, display name, conversation ids,
+  merged-away ids]``, what every index entry of the contact is made of: a later record of the
+  contact removes exactly those entries (the header it came with is gone by then) and writes
+  only the entries that changed, without decoding the record it replaces. It is there exactly
+  while the contact is live;
 - ``dismissed`` / ``dismissed_offsets``: groups people said are not duplicates (sorted contact
   ids joined by ``,`` -> b""), from the ``<APPLICATION_ID>-dismissed`` topic (``DismissedGroups``);
 - ``history`` / ``history_offsets``: each contact's recent change events, from the events topic
@@ -58,6 +63,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -98,7 +104,9 @@ TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, 
 # longer knows, and their deletes and values may still sit in SST files.
 PERSONAL = (CONTACTS, NAMES, IDENTITIES, SHARED, SEARCH, DERIVED, CONVERSATIONS, MERGED, JOIN_STATE, CONVERSATION_METADATA, HISTORY)
 # 1: contacts, conversations, merged, names, counters. 2: identities, shared, search, derived.
-FORMAT = b"2"
+# 3: whole emails in a search namespace of their own, no local-part token, search entries valued
+# with their shared prefix, derived entries holding all a contact's index entries come from.
+FORMAT = b"3"
 FORMAT_KEY = b"format"
 DISMISSED_TOPIC_KEY = b"dismissed_topic"
 HISTORY_TOPIC_KEY = b"history_topic"
@@ -109,6 +117,10 @@ DUPLICATES_SCAN = 1000
 MAX_GROUP = 100
 MAX_LOOKUP = 1000
 _SEARCH_CURSOR, _DUPLICATES_CURSOR, _HISTORY_CURSOR = b"s", b"d", b"h"
+# A search cursor with the total its first page counted (4 bytes after the key): later pages
+# do not count again. Cursors of the first kind (no total) are still read.
+_SEARCH_TOTAL_CURSOR = b"t"
+_TOTAL = struct.Struct(">I")
 
 CONTACT_COUNT = b"contacts"
 TOPIC_KEY = b"topic"
@@ -315,7 +327,7 @@ class Store:
 
     def _decode_new(self, value: bytes) -> dict:
         known = self._known.pop(value, None)
-        return known if known is not None else self.codec.decode_contact(value)
+        return known if known is not None else self.codec.decode_indexable(value)
 
     # --- what the materializer writes ------------------------------------------------------
 
@@ -548,7 +560,7 @@ class Store:
         raw = self._cf[DERIVED].get(contact_id.encode())
         if raw is None:
             return [], []
-        identities, tokens = json.loads(raw)
+        identities, tokens = json.loads(raw)[:2]
         return [tuple(p) for p in identities], [tuple(p) for p in tokens]
 
     def holders(self, kind: str, value: str, limit: int = MAX_GROUP) -> list[str]:
@@ -586,7 +598,8 @@ class Store:
         entries, wherever it starts, so its cost does not grow with the store; a query whose
         terms rarely meet may get a short page with a next cursor. ``total`` counts the contacts
         among the first term's first SEARCH_COUNT entries: exact for one term with fewer
-        matches, else an estimate (an upper one for several terms, SEARCH_COUNT at most).
+        matches, else an estimate (an upper one for several terms, SEARCH_COUNT at most); the
+        first page counts it and its cursors carry it on.
         """
         if not terms:
             return Page([], None, None, 0)
@@ -594,55 +607,53 @@ class Store:
         term = term[: ids_module.MAX_TOKEN_CHARS]
         prefix = search_prefix(namespace, term)
         start = prefix
+        total = None
         if cursor:
-            start = _decode_search_cursor(cursor)
+            start, total = _decode_search_cursor(cursor)
             if not start.startswith(prefix):
                 raise BadCursor("cursor belongs to another query")
-        it = self._cf[SEARCH].iter(ReadOptions())
-        it.seek(start)
-        if cursor and it.valid() and it.key() == start:
-            it.next()
         found: list[dict] = []
         last: bytes | None = None
         more = False
         scanned = 0
-        while it.valid() and it.key().startswith(prefix):
-            entry = it.key()
-            if len(found) == page_size:
-                more = True
+        short = len(term)
+        for entry, value in self._cf[SEARCH].items(from_key=start):
+            if cursor and entry == start:
+                continue  # the cursor's own entry was on the page before
+            if not entry.startswith(prefix):
                 break
-            if scanned == SEARCH_SCAN:
+            if len(found) == page_size or scanned == SEARCH_SCAN:
                 more = True
                 break
             scanned += 1
             last = entry
-            it.next()
-            contact_id = entry[-_ID_LENGTH:].decode()
-            token = entry[1 : entry.index(SEPARATOR)].decode()
-            _identities, tokens = self.indexed(contact_id)
-            first = min((t for n, t in tokens if n == namespace and t.startswith(term)), default=None)
-            if first != token:
-                continue  # shown where its first matching token is
-            if not all(any(n == other_ns and t.startswith(other[: ids_module.MAX_TOKEN_CHARS]) for n, t in tokens) for other_ns, other in terms[1:]):
+            # The entry's value: how many characters its token shares with the contact's token
+            # before it. As long as the term or longer, that token matches too: the contact is
+            # shown there, not here.
+            if value[0] >= short:
                 continue
+            contact_id = entry[-_ID_LENGTH:].decode()
+            if len(terms) > 1:
+                _identities, tokens = self.indexed(contact_id)
+                if not all(any(n == other_ns and t.startswith(other[: ids_module.MAX_TOKEN_CHARS]) for n, t in tokens) for other_ns, other in terms[1:]):
+                    continue
             contact = self.get(contact_id)
             if contact is not None:
                 found.append(contact)
-        del it
-        next_cursor = _encode_search_cursor(last) if more and last is not None else None
-        return Page(found, None, next_cursor, self._search_total(prefix))
+        if total is None:
+            total = self._search_total(prefix, len(term))
+        next_cursor = _encode_search_cursor(last, total) if more and last is not None else None
+        return Page(found, None, next_cursor, total)
 
-    def _search_total(self, prefix: bytes) -> int:
-        it = self._cf[SEARCH].iter(ReadOptions())
-        it.seek(prefix)
-        seen: set[bytes] = set()
-        counted = 0
-        while it.valid() and it.key().startswith(prefix) and counted < SEARCH_COUNT:
-            seen.add(it.key()[-_ID_LENGTH:])
-            counted += 1
-            it.next()
-        del it
-        return len(seen)
+    def _search_total(self, prefix: bytes, term_length: int) -> int:
+        """The contacts among the first SEARCH_COUNT entries of a term: each contact has one
+        entry whose value (the characters shared with the contact's token before it) is
+        shorter than the term, its first match."""
+        options = ReadOptions()
+        # 0xFF never occurs in UTF-8: every key that starts with the prefix sorts before this.
+        options.set_iterate_upper_bound(prefix + b"\xff")
+        values = self._cf[SEARCH].values(from_key=prefix, read_opt=options)
+        return sum(1 for value in itertools.islice(values, SEARCH_COUNT) if value[0] < term_length)
 
     def duplicates(self, cursor: str | None, page_size: int) -> tuple[list["Group"], str | None]:
         """A page of duplicate groups (one per shared identity) and the next page's cursor.
@@ -998,16 +1009,21 @@ def _split_long(key: bytes) -> tuple[bytes, bytes, bytes]:
     return key[1 : -_CURSOR_DIGEST_BYTES - _ID_LENGTH - 1], contact_id, digest
 
 
-def _encode_search_cursor(key: bytes) -> str:
-    return base64.urlsafe_b64encode(_SEARCH_CURSOR + key).decode().rstrip("=")
+def _encode_search_cursor(key: bytes, total: int) -> str:
+    return base64.urlsafe_b64encode(_SEARCH_TOTAL_CURSOR + key + _TOTAL.pack(total)).decode().rstrip("=")
 
 
-def _decode_search_cursor(cursor: str) -> bytes:
+def _decode_search_cursor(cursor: str) -> tuple[bytes, int | None]:
+    """(the key to page from, the total of the first page if the cursor carries it)."""
     raw = _b64(cursor)
-    key = raw[1:]
-    if raw[:1] != _SEARCH_CURSOR or key.count(SEPARATOR) != 2 or not _is_id(key[-_ID_LENGTH:]) or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR:
+    kind, key, total = raw[:1], raw[1:], None
+    if kind == _SEARCH_TOTAL_CURSOR and len(key) > _TOTAL.size:
+        key, (total,) = key[: -_TOTAL.size], _TOTAL.unpack(key[-_TOTAL.size :])
+    elif kind != _SEARCH_CURSOR:
         raise BadCursor("cursor is not a cursor this service handed out")
-    return key
+    if key.count(SEPARATOR) != 2 or not _is_id(key[-_ID_LENGTH:]) or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR or (total or 0) > SEARCH_COUNT:
+        raise BadCursor("cursor is not a cursor this service handed out")
+    return key, total
 
 
 def _encode_duplicates_cursor(key: bytes) -> str:
@@ -1085,15 +1101,6 @@ class _Batch:
         self._pending[(family, key)] = None
         self._batch.delete(key, self._store._handle[family])
 
-    def write(self) -> None:
-        for prefix, changes in self._identity_changes.items():
-            self._recount(prefix, changes)
-        if self._count_delta:
-            raw = self.get(COUNTERS, CONTACT_COUNT)
-            current = _I64.unpack(raw)[0] if raw is not None else 0
-            self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + self._count_delta))
-        self._store._db.write(self._batch)
-
     def _forget_merged_away(self, contact_id: str) -> None:
         """A contact that is live again (restored by an unmerge) no longer lives elsewhere: its
         tombstone's merged-into hints go, those written by this batch too. The hints from a
@@ -1112,85 +1119,139 @@ class _Batch:
     def _add_count(self, delta: int) -> None:
         self._count_delta += delta
 
-    def _index_entries(self, key: bytes, contact: dict, headers: dict[str, str] | None) -> set[tuple[str, bytes]]:
-        """The identities and search entries of a contact. With ``headers`` (a new record) from
-        its identities header, or computed; without (the contact being replaced) from what was
-        indexed for it. Records the new contact's derived entry."""
-        if headers is None:
-            raw = self.get(DERIVED, key)
-            derived = json.loads(raw) if raw is not None else None
-            if derived is not None:
-                identities = [tuple(pair) for pair in derived[0]]
-                tokens = [tuple(pair) for pair in derived[1]]
-            else:  # indexed before the derived family existed: the format upgrade makes it rare
-                identities = ids_module.identities_of(contact, self._store.phone_region)
-                tokens = ids_module.search_tokens(contact, identities)
-        else:
-            identities = ids_module.decode(headers.get(ids_module.HEADER))
-            if identities is None:
-                identities = ids_module.identities_of(contact, self._store.phone_region)
-            tokens = ids_module.search_tokens(contact, identities)
-            self.put(DERIVED, key, json.dumps([identities, tokens], ensure_ascii=False, separators=(",", ":")).encode())
-        entries = {(IDENTITIES, identity_prefix(kind, value) + key) for kind, value in identities}
-        name = search_name(contact)
-        entries.update((SEARCH, search_prefix(namespace, token) + SEPARATOR + name + SEPARATOR + key) for namespace, token in tokens)
-        return entries
+    def _put_index(self, family: str, key: bytes, value: bytes) -> None:
+        """A write to a family nothing reads back within a batch (every index but the contacts,
+        derived, erased and counters families): no pending entry to keep."""
+        self._batch.put(key, value, self._store._handle[family])
 
-    def _recount(self, prefix: bytes, changes: dict[bytes, bool]) -> None:
-        """Keep the shared family in step with the identities family for one identity."""
-        holders = {contact_id for contact_id, held in changes.items() if held}
+    def _delete_index(self, family: str, key: bytes) -> None:
+        self._batch.delete(key, self._store._handle[family])
+
+    def write(self) -> None:
+        if self._identity_changes:
+            # One iterator for every identity the batch touched, in key order.
+            it = self._store._cf[IDENTITIES].iter(ReadOptions())
+            for prefix in sorted(self._identity_changes):
+                self._recount(it, prefix, self._identity_changes[prefix])
+            del it
+        if self._count_delta:
+            raw = self.get(COUNTERS, CONTACT_COUNT)
+            current = _I64.unpack(raw)[0] if raw is not None else 0
+            self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + self._count_delta))
+        self._store._db.write(self._batch)
+
+    def _recount(self, it, prefix: bytes, changes: dict[bytes, bool]) -> None:
+        """Keep the shared family in step with the identities family for one identity: it holds
+        the identity while at least two contacts do. The stored entries are the state before
+        the batch, so they say whether it is there now; it is written only when that changes."""
+        after = {contact_id for contact_id, held in changes.items() if held}
         gone = {contact_id for contact_id, held in changes.items() if not held}
-        it = self._store._cf[IDENTITIES].iter(ReadOptions())
+        before = 0
         it.seek(prefix)
-        # Enough entries to find two holders besides those this batch removed.
-        while it.valid() and it.key().startswith(prefix) and len(holders) < 2:
-            contact_id = it.key()[len(prefix) :]
+        # Enough entries to know whether two held it before and whether two hold it after.
+        while it.valid() and (before < 2 or len(after) < 2):
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            before += 1
+            contact_id = key[len(prefix) :]
             if contact_id not in gone:
-                holders.add(contact_id)
+                after.add(contact_id)
             it.next()
-        del it
-        identity = prefix[:-1]
-        if len(holders) >= 2:
-            self.put(SHARED, _digest16(identity), identity)
-        else:
-            self.delete(SHARED, _digest16(identity))
+        was, now = before >= 2, len(after) >= 2
+        if now != was:
+            identity = prefix[:-1]
+            if now:
+                self._put_index(SHARED, _digest16(identity), identity)
+            else:
+                self._delete_index(SHARED, _digest16(identity))
+
+    def _derive(self, key: bytes, contact: dict, headers: dict[str, str]) -> tuple[list, dict[tuple[str, bytes], bytes]]:
+        """The derived entry of a contact's new record and its index entries: its identities
+        and search tokens (from its identities header, or computed), display name,
+        conversations and merged-away ids, all that its index entries are made of."""
+        name = contact.get("display_name")
+        name = name if isinstance(name, str) else None
+        conversations = list(contact.get("conversations") or ())
+        merged = [entry["id"] for entry in contact.get("merge_history") or () if entry.get("id")]
+        carried = ids_module.decode(headers.get(ids_module.HEADER))
+        if carried is not None:
+            identities, tokens = carried
+            try:
+                if tokens is None:  # a version 1 header
+                    tokens = ids_module.search_tokens(contact, identities)
+                derived = [identities, tokens, name, conversations, merged]
+                return derived, self._entries(key, derived)
+            except (AttributeError, TypeError, ValueError):
+                pass  # not pairs of strings: another producer's header, computed instead
+        identities = ids_module.identities_of(contact, self._store.phone_region)
+        derived = [identities, ids_module.search_tokens(contact, identities), name, conversations, merged]
+        return derived, self._entries(key, derived)
+
+    def _entries(self, key: bytes, derived: list) -> dict[tuple[str, bytes], bytes]:
+        """Every index entry of one contact ((family, key) -> value), from its derived entry."""
+        identities, tokens, name, conversations, merged = derived
+        contact_id = key.decode()
+        entries = {(NAMES, model.sort_key({"id": contact_id, "display_name": name})): key}
+        for kind, value in identities:
+            entries[(IDENTITIES, kind.encode() + SEPARATOR + value.encode() + SEPARATOR + key)] = b""
+        tail = SEPARATOR + search_name({"display_name": name}) + SEPARATOR + key
+        previous_namespace, previous = None, ""
+        for namespace, token in tokens:
+            # The value: how many leading characters the token shares with the contact's token
+            # before it (tokens are sorted), so a search tells whether this is the contact's
+            # first token with the query's prefix without reading the contact's other tokens.
+            if namespace != previous_namespace:
+                shared = 0
+            elif token == previous:
+                continue
+            elif previous[:1] != token[:1]:
+                shared = 0
+            else:
+                shared = _common_prefix(previous, token)
+            entries[(SEARCH, (namespace + token[: ids_module.MAX_TOKEN_CHARS]).encode() + tail)] = _SHARED_PREFIX[shared if shared < 256 else 255]
+            previous_namespace, previous = namespace, token
+        for conversation_id in conversations:
+            entries[(CONVERSATIONS, _pair(conversation_id, contact_id))] = b""
+        for merged_id in merged:
+            # The destination's history names every contact merged into it, so the merged-into
+            # hint survives compaction of the merged-away tombstones.
+            entries[(MERGED, _pair(merged_id, contact_id) + FROM_HISTORY)] = b""
+        return entries
 
     def apply(self, record: Record) -> None:
         if record.key is None:
             raise ValueError("record without a key")
         key = record.key
         contact_id = key.decode()
-        old_raw = self.get(CONTACTS, key)
-        decode = self._store.codec.decode_contact
-        old = decode(old_raw) if old_raw is not None else None
+        # The derived entry is there exactly while the contact is: its entries are the old
+        # record's index entries, so the old record is never decoded.
+        old_derived = self.get(DERIVED, key)
         new = self._store._decode_new(record.value) if record.value is not None else None
         if new is not None and new.get("id") != contact_id:
             raise ValueError(f"record key {contact_id} does not match its contact id {new.get('id')}")
+        new_derived, new_entries = self._derive(key, new, record.headers) if new is not None else (None, {})
+        old_entries = self._entries(key, json.loads(old_derived)) if old_derived is not None else {}
 
-        old_index = self._index_entries(key, old, None) if old is not None else set()
-        new_index = self._index_entries(key, new, record.headers) if new is not None else set()
-        for family, entry in old_index - new_index:
+        handles, batch, changes = self._store._handle, self._batch, self._identity_changes
+        if old_entries:
+            for entry in old_entries.keys() - new_entries.keys():
+                family, entry_key = entry
+                if family == IDENTITIES:
+                    changes.setdefault(entry_key[: -len(key)], {})[key] = False
+                batch.delete(entry_key, handles[family])
+        for entry, value in new_entries.items():
+            if old_entries and old_entries.get(entry) == value:
+                continue  # unchanged: no write
+            family, entry_key = entry
             if family == IDENTITIES:
-                self._identity_changes.setdefault(entry[: -len(key)], {})[key] = False
-            self.delete(family, entry)
-        for family, entry in new_index - old_index:
-            if family == IDENTITIES:
-                self._identity_changes.setdefault(entry[: -len(key)], {})[key] = True
-            self.put(family, entry, b"")
-        if new is None:
-            self.delete(DERIVED, key)
-
-        if old is not None:
-            self.delete(NAMES, model.sort_key(old))
-            for conversation_id in old.get("conversations", {}):
-                self.delete(CONVERSATIONS, _pair(conversation_id, contact_id))
-            for merged in old.get("merge_history", []):
-                if merged.get("id"):
-                    self.delete(MERGED, _pair(merged["id"], contact_id) + FROM_HISTORY)
+                changes.setdefault(entry_key[: -len(key)], {})[key] = True
+            batch.put(entry_key, value, handles[family])
 
         if new is None:
-            if old_raw is not None:
+            if old_derived is not None:
                 self.delete(CONTACTS, key)
+                self.delete(DERIVED, key)
                 self._add_count(-1)
             if record.headers.get("operation") == ERASED_OPERATION:
                 # Nothing of it stays, not even where it went: the ids merged into it were
@@ -1198,29 +1259,33 @@ class _Batch:
                 self._forget_merged_away(contact_id)
                 if self.get(ERASED, key) is None:  # the writer's roll writes it again: keep the first time
                     self.put(ERASED, key, _U64.pack(max(0, record.timestamp)))
-                self.erased = self.erased or old_raw is not None
+                self.erased = self.erased or old_derived is not None
                 return
             merged_into = record.headers.get("merged_into")
             if merged_into:
-                self.put(MERGED, _pair(contact_id, merged_into) + FROM_TOMBSTONE, b"")
+                self._put_index(MERGED, _pair(contact_id, merged_into) + FROM_TOMBSTONE, b"")
                 self._tombstone_hints.setdefault(contact_id, set()).add(_pair(contact_id, merged_into) + FROM_TOMBSTONE)
             return
 
         self.put(CONTACTS, key, record.value)
+        self.put(DERIVED, key, json.dumps(new_derived, ensure_ascii=False, separators=(",", ":")).encode())
         if self.get(ERASED, key) is not None:
             self.delete(ERASED, key)  # live again: a new contact with the id (auto-create)
-        if old_raw is None:
+        if old_derived is None:
             self._add_count(1)
             if record.headers.get("operation") in LIVE_AGAIN:
                 self._forget_merged_away(contact_id)
-        self.put(NAMES, model.sort_key(new), key)
-        for conversation_id in new.get("conversations", {}):
-            self.put(CONVERSATIONS, _pair(conversation_id, contact_id), b"")
-        for merged in new.get("merge_history", []):
-            # The destination's history names every contact merged into it, so the merged-into
-            # hint survives compaction of the merged-away tombstones.
-            if merged.get("id"):
-                self.put(MERGED, _pair(merged["id"], contact_id) + FROM_HISTORY, b"")
+
+
+_SHARED_PREFIX = [bytes((n,)) for n in range(256)]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _pair(owner_of: str, contact_id: str) -> bytes:

@@ -60,9 +60,10 @@ def test_every_record_names_its_operation(service, kafka):
     merged_away = [(k, h, v) for k, h, v in records if h["operation"] == b"merged_away"]
     assert merged_away == [(ids["source"], {"operation": b"merged_away", "merged_into": ids["destination"].encode()}, None)]
     merged = [h for k, h, _ in records if h["operation"] == b"merged"]
-    assert merged == [{"operation": b"merged", "merged_from": ids["source"].encode(), "identities": b'[1,[["email","s@x.org"]]]'}]
-    # every contact record carries its identities, so no store parses phone numbers again
-    assert all(h.get("identities", b"").startswith(b"[1,[") for _k, h, v in records if v is not None)
+    assert merged == [{"operation": b"merged", "merged_from": ids["source"].encode(), "identities": b'[2,[["email","s@x.org"]],[["e","s@x.org"],["w","destination"],["w","s"]]]'}]
+    # every contact record carries its identities and search tokens, so no store parses phone
+    # numbers or splits words again
+    assert all(h.get("identities", b"").startswith(b"[2,[") for _k, h, v in records if v is not None)
     assert [v for k, h, v in records if h["operation"] == b"deleted"] == [None]
 
 
