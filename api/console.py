@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -246,10 +246,7 @@ def _results(query: str, cursor: str | None) -> tuple[dict, str | None]:
     payload: dict = {"page_size": PAGE_SIZE}
     if cursor:
         payload["cursor"] = cursor
-    if query.strip():
-        answer = api("/contacts.search", {"query": query, **payload})
-    else:
-        answer = api("/contacts.list", payload)
+    answer = api("/contacts.search", {"query": query, **payload}) if query.strip() else api("/contacts.list", payload)
     if answer.status != 200:
         return {"data": [], "pagination_data": {}}, answer.message
     return answer.body, None
@@ -415,7 +412,7 @@ def delete(contact_id: str):
 
 def _erase_bound() -> tuple[timedelta, datetime]:
     within = timedelta(milliseconds=current_app.extensions["contacts_service"].config.erase_within_ms)
-    return within, datetime.now(timezone.utc) + within
+    return within, datetime.now(UTC) + within
 
 
 def _duration(delta: timedelta) -> str:

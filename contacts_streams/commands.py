@@ -68,7 +68,7 @@ class Command:
     idempotency: Idempotency | None = None
 
     @classmethod
-    def new(cls, type_: str, payload: dict, **kwargs) -> "Command":
+    def new(cls, type_: str, payload: dict, **kwargs) -> Command:
         return cls(id=str(uuid.uuid4()), type=type_, payload=payload, **kwargs)
 
     def encode(self) -> bytes:
@@ -88,7 +88,7 @@ class Command:
         return _dumps(value)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "Command":
+    def decode(cls, raw: bytes | None) -> Command:
         try:
             value = json.loads(raw)
             if not isinstance(value, dict) or value.get("v") != VERSION:
@@ -148,7 +148,7 @@ class Reply:
         return _dumps(value)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "Reply":
+    def decode(cls, raw: bytes | None) -> Reply:
         try:
             value = json.loads(raw)
             return cls(
@@ -193,7 +193,7 @@ class Remembered:
         return _dumps(value)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Remembered":
+    def decode(cls, raw: bytes) -> Remembered:
         try:
             value = json.loads(raw)
             return cls(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import UTC, datetime
 
 from contacts_streams import commands
 from contacts_streams.commands import Idempotency, Reply
@@ -158,7 +158,7 @@ class Contacts:
         if bound is None:
             return None
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        when = datetime.fromtimestamp((now_ms + bound + STORE_COMPACTION_MS) / 1000, timezone.utc)
+        when = datetime.fromtimestamp((now_ms + bound + STORE_COMPACTION_MS) / 1000, UTC)
         return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _current(self, contact_id: str) -> dict:

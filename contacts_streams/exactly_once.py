@@ -20,10 +20,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import cast
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from contacts_streams.config import Config
 from contacts_streams.liveness import Progress
@@ -49,9 +59,9 @@ RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST
 @dataclass(frozen=True)
 class Produced:
     topic: str
-    key: bytes
+    key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]  # a dead letter keeps the headers it received, values None included
 
 
 class Restart(Exception):
@@ -201,7 +211,7 @@ class ExactlyOnceLoop:
             if partitions:  # a transaction of the writer's own (no commands consumed) has none
                 producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)
             for index, record in enumerate(records):
-                producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(index))
+                producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(index))  # type: ignore[arg-type]  # the stubs' header list is invariant in str | bytes | None
             if then is not None:
                 if records and self._flush(producer, failures) > 0 and not failures:
                     raise Restart("the broker did not take the batch in time")
@@ -211,7 +221,7 @@ class ExactlyOnceLoop:
                 records = list(records) + more
                 for record in more:
                     report = delivered_at(None) if self.reported(record) else None
-                    producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=report)
+                    producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=report)  # type: ignore[arg-type]  # as above
             producer.commit_transaction(self._timeout)
         except (KafkaException, BufferError, Restart) as err:
             self._metrics.produce_errors.labels(reason=self.name).inc()
@@ -232,7 +242,7 @@ class ExactlyOnceLoop:
             raise Restart(f"committed with failed deliveries: {failures}", replace_producer=True)
         for record in records:
             if record.topic == self._dead_letter_topic:
-                source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
+                source = (dict(record.headers).get(DL_TOPIC) or b"").decode("utf-8", "replace")
                 self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
 
@@ -251,8 +261,10 @@ class ExactlyOnceLoop:
             "%s sends %s[%d]@%d to %s: %s: %s",
             self.name, msg.topic(), msg.partition(), msg.offset(), self._dead_letter_topic, type(err).__name__, text[:MAX_ERROR_MESSAGE],
         )
-        headers = list(msg.headers() or []) + [
-            (DL_TOPIC, msg.topic().encode()),
+        # A consumed record's headers are (name, bytes or None) pairs; the stubs allow str and dicts too.
+        received = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+        headers = received + [
+            (DL_TOPIC, (msg.topic() or "").encode()),
             (DL_PARTITION, str(msg.partition()).encode()),
             (DL_OFFSET, str(msg.offset()).encode()),
             (DL_STAGE, self.name.encode()),
@@ -275,9 +287,11 @@ class ExactlyOnceLoop:
     def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
         offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
-            if msg.error() is None or msg.error().code() != KafkaError._PARTITION_EOF:
-                if msg.offset() is not None and msg.offset() >= 0:
-                    offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            error, topic, partition, offset = msg.error(), msg.topic(), msg.partition(), msg.offset()
+            if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                continue
+            if topic is not None and partition is not None and offset is not None and offset >= 0:
+                offsets[(topic, partition)] = offset + 1
         return offsets
 
     # --- the loop ------------------------------------------------------------------------------
@@ -434,7 +448,8 @@ class ExactlyOnceLoop:
         # each transaction, so a stage that read everything shows no lag.
         positions = consumer.position(consumer.assignment())
         report_lag(consumer, self._metrics, positions)
-        behind, level = [], []
+        behind: list[tuple[str, int]] = []
+        level: list[tuple[str, int]] = []
         for tp in positions:
             _low, high = consumer.get_watermark_offsets(tp, cached=True)
             if tp.offset == OFFSET_INVALID or tp.offset < 0 or high < 0:

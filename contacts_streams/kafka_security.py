@@ -25,9 +25,9 @@ import shutil
 import struct
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from confluent_kafka import KafkaError
 

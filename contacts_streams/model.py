@@ -99,7 +99,7 @@ import math
 import re
 import time
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
@@ -796,7 +796,7 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_json(a[key], b[key]) for key in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and a == 0.0 == b:
         return math.copysign(1.0, a) == math.copysign(1.0, b)  # -0.0 and 0.0 are different JSON
     return a == b
@@ -926,7 +926,7 @@ def sort_key(contact: dict) -> bytes:
 
 # --- time ---------------------------------------------------------------------------------------
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -955,7 +955,7 @@ def iso_to_millis(text: str) -> int:
     """An ISO 8601 timestamp (``Z`` or an offset; none means UTC) -> milliseconds since the epoch."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _ONE_MS
 
 
@@ -1081,10 +1081,7 @@ def unmerge(destination: dict, entry_or_source_id: dict | str, now_ms: int) -> t
     restored = _ordered(restored)
 
     after = _copy_json({name: value for name, value in destination.items() if name != "merge_history"})
-    if known:
-        gained = list(entry["gained"])
-    else:
-        gained = [f"conversations.{c}" for c in (entry.get("conversations") or {})]
+    gained = list(entry["gained"]) if known else [f"conversations.{c}" for c in (entry.get("conversations") or {})]
     for path in gained:
         if path.startswith("conversations."):
             if (after.get("conversations") or {}).get(path.partition(".")[2]) is not None:

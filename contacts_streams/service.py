@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -14,13 +14,13 @@ from confluent_kafka.admin import AdminClient
 from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
 from contacts_streams.events import EventCodec
+from contacts_streams.find import Finder
 from contacts_streams.history import History
 from contacts_streams.kafka_security import BrokerRefused, StartupErrors
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, ReplyListener
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
-from contacts_streams.find import Finder
 from contacts_streams.store import Store
 from contacts_streams.topics import apply_erase_settings, conversations_topic, dismissed_topic, ensure_topics
 from contacts_streams.writer import Writer
@@ -82,7 +82,7 @@ class Service:
         self._watchdog = threading.Event()
         self.liveness_checked_at = 0.0  # when the watchdog last judged the stages
 
-    def start(self, wait: bool = False, timeout: float = 120.0) -> "Service":
+    def start(self, wait: bool = False, timeout: float = 120.0) -> Service:
         """Start in the background (HTTP may serve health meanwhile); wait=True blocks until ready."""
         threading.Thread(target=self._start, name="service-start", daemon=True).start()
         if wait:

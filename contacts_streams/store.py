@@ -64,9 +64,9 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from rocksdict import BottommostLevelCompaction, CompactOptions, Options, Rdict, ReadOptions, WriteBatch
 
@@ -285,7 +285,7 @@ class Store:
     @classmethod
     def open_or_rebuild(
         cls, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None
-    ) -> tuple["Store", str | None]:
+    ) -> tuple[Store, str | None]:
         """Open the store; a corrupt one is wiped. Returns the store and why it was wiped, if it was."""
         try:
             return cls(path, codec, phone_region, event_codec), None
@@ -301,7 +301,7 @@ class Store:
             for family in TOPIC_STATE:
                 if family == META:
                     continue
-                for key in self._cf[family].keys():
+                for key in self._cf[family].keys():  # noqa: SIM118 (an Rdict is not iterable by its keys)
                     batch.delete(key, self._handle[family])
             batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
@@ -644,7 +644,7 @@ class Store:
         del it
         return len(seen)
 
-    def duplicates(self, cursor: str | None, page_size: int) -> tuple[list["Group"], str | None]:
+    def duplicates(self, cursor: str | None, page_size: int) -> tuple[list[Group], str | None]:
         """A page of duplicate groups (one per shared identity) and the next page's cursor.
 
         The shared family holds only identities that two live contacts have, so a page reads
@@ -675,7 +675,7 @@ class Store:
         del it
         return groups, (_encode_duplicates_cursor(last) if more and last is not None else None)
 
-    def groups_of(self, contact_id: str) -> list["Group"]:
+    def groups_of(self, contact_id: str) -> list[Group]:
         """The duplicate groups a live contact is in."""
         identities, _tokens = self.indexed(contact_id)
         groups = []
@@ -685,7 +685,7 @@ class Store:
                 groups.append(group)
         return groups
 
-    def group(self, kind: str, value: str) -> "Group | None":
+    def group(self, kind: str, value: str) -> Group | None:
         """The group of live contacts sharing this identity, with every identity they all share;
         None when fewer than two share it, when it was dismissed, or when another identity they
         share names the same group first (one group per set of contacts)."""
@@ -822,7 +822,7 @@ class DismissedGroups(_TopicPart):
         """The keys of the dismissed groups that name any of these ids (a scan: erases are rare,
         and the family holds contact ids only)."""
         wanted = {c.lower() for c in contact_ids}
-        return [key for key in self._store._cf[DISMISSED].keys() if wanted & set(key.decode().split(","))]
+        return [key for key in self._store._cf[DISMISSED].keys() if wanted & set(key.decode().split(","))]  # noqa: SIM118 (an Rdict is not iterable)
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         store = self._store

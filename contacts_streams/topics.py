@@ -191,7 +191,7 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
     resources = {topic: ConfigResource(ResourceType.TOPIC, topic) for topic in present}
     current = _describe(admin, list(resources.values()), timeout, warnings)
     changes = []
-    for topic, resource in resources.items():
+    for topic in resources:
         have = current.get(topic, {})
         differs = {k: v for k, v in wanted[topic].items() if have.get(k) != v}
         if differs:
@@ -379,6 +379,6 @@ def max_record_bytes(config: Config, topic: str, timeout: float = 10.0, producer
     return min(producer_max, topic_max) - RECORD_OVERHEAD
 
 
-def record_bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> int:
+def record_bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None = None) -> int:
     """What a record counts against max_record_bytes."""
     return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers or [])

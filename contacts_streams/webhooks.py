@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import heapq
 import hmac
+import http.client
 import itertools
 import json
 import logging
 import os
+import queue
 import random
 import re
 import signal
@@ -32,11 +33,11 @@ import sys
 import threading
 import time
 from collections import deque
-import queue
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -159,7 +160,7 @@ class WebhooksConfig:
     shutdown_grace_ms: int = 10_000
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WebhooksConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhooksConfig:
         env = os.environ if environ is None else environ
 
         def integer(name: str, default: int, low: int, high: int) -> int:
@@ -450,7 +451,7 @@ class SubscriptionRunner:
 
     # --- consumer thread -------------------------------------------------------------------
 
-    def start(self) -> "SubscriptionRunner":
+    def start(self) -> SubscriptionRunner:
         for worker in self.workers:
             worker.start()
         self.thread.start()
@@ -874,7 +875,7 @@ class Webhooks:
         ]
         self.ready = False
 
-    def start(self, topic_timeout: float | None = None) -> "Webhooks":
+    def start(self, topic_timeout: float | None = None) -> Webhooks:
         _wait_for_topic(self.config, events_topic(self.config), topic_timeout)
         _ensure_dead_letter_topic(self.config)
         for runner in self.runners:
