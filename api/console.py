@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
+from werkzeug.wrappers import Response as BaseResponse
 
 from contacts_streams import model
 
@@ -271,15 +272,16 @@ def results():
 # --- one contact -----------------------------------------------------------------------------
 
 
-def _contact_or_page(contact_id: str) -> tuple[dict | None, Response | None]:
+def _contact_or_page(contact_id: str) -> dict | BaseResponse:
+    """The contact, or the page that answers instead (where it was merged, not found, an error)."""
     answer = api("/contacts.info", {"id": contact_id})
     if answer.status == 200:
-        return answer.body, None
+        return answer.body
     if answer.status == 404 and isinstance(answer.body, dict) and answer.body.get("merged_into"):
-        return None, redirect(url_for("console.contact", contact_id=answer.body["merged_into"], merged_from=contact_id))
+        return redirect(url_for("console.contact", contact_id=answer.body["merged_into"], merged_from=contact_id))
     if answer.status in (400, 404):
-        return None, _not_found(f"No contact {contact_id}: {answer.message}")
-    return None, _page("console/error.html", answer.status, title="Error", message=answer.message)
+        return _not_found(f"No contact {contact_id}: {answer.message}")
+    return _page("console/error.html", answer.status, title="Error", message=answer.message)
 
 
 def _history(contact_id: str, cursor: str | None) -> dict:
@@ -329,9 +331,9 @@ def _entries(contact: dict) -> list[dict]:
 
 @console.get("/contacts/<contact_id>")
 def contact(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact_or_page(contact_id)
+    if not isinstance(found, dict):
+        return found
     return _contact_page(found, 200)
 
 
@@ -356,9 +358,9 @@ def _contact_page(found: dict, status: int, error: Answer | None = None, form: d
 
 @console.post("/contacts/<contact_id>/edit")
 def edit(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact_or_page(contact_id)
+    if not isinstance(found, dict):
+        return found
     changes: dict = {}
     for name in EDITABLE:
         if name in request.form:
@@ -388,17 +390,17 @@ def unmerge(contact_id: str):
     answer = api("/contacts.unmerge", {"destination_id": contact_id, "source_id": source_id}, request.form.get("key"))
     if answer.status == 200:
         return redirect(url_for("console.contact", contact_id=contact_id, done="unmerged", other=answer.body["restored"]["id"]))
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact_or_page(contact_id)
+    if not isinstance(found, dict):
+        return found
     return _contact_page(found, answer.status if answer.status < 500 else 502, error=answer)
 
 
 @console.get("/contacts/<contact_id>/delete")
 def delete_confirm(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact_or_page(contact_id)
+    if not isinstance(found, dict):
+        return found
     return _page("console/delete.html", contact=found, title=f"Delete {found.get('display_name') or found['id']}", key=str(uuid.uuid4()))
 
 
@@ -426,9 +428,9 @@ def _duration(delta: timedelta) -> str:
 
 @console.get("/contacts/<contact_id>/erase")
 def erase_confirm(contact_id: str):
-    found, page = _contact_or_page(contact_id)
-    if page is not None:
-        return page
+    found = _contact_or_page(contact_id)
+    if not isinstance(found, dict):
+        return found
     within, by = _erase_bound()
     return _page(
         "console/erase.html",
@@ -445,9 +447,9 @@ def erase_confirm(contact_id: str):
 @console.post("/contacts/<contact_id>/erase")
 def erase(contact_id: str):
     if request.form.get("confirm") != "yes":
-        found, page = _contact_or_page(contact_id)
-        if page is not None:
-            return page
+        found = _contact_or_page(contact_id)
+        if not isinstance(found, dict):
+            return found
         within, by = _erase_bound()
         return _page(
             "console/erase.html",
@@ -577,7 +579,7 @@ def merge():
     if not destination or not sources:
         return _page("console/error.html", 400, title="Merge", message="Choose the contact to keep and at least one other contact.")
     key = request.form.get("key")
-    merged = []
+    merged: list[str] = []
     for index, source_id in enumerate(sources):
         # One key per source: resubmitting the form replays the first answers, merges nothing twice.
         answer = api("/contacts.merge", {"source_id": source_id, "destination_id": destination}, f"{key}-{index}" if key else None)

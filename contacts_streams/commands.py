@@ -89,6 +89,8 @@ class Command:
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Command:
+        if raw is None:
+            raise BadCommand("undecodable command: no value (a tombstone)")
         try:
             value = json.loads(raw)
             if not isinstance(value, dict) or value.get("v") != VERSION:
@@ -149,6 +151,8 @@ class Reply:
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Reply:
+        if raw is None:
+            raise BadCommand("undecodable reply: no value (a tombstone)")
         try:
             value = json.loads(raw)
             return cls(

@@ -8,11 +8,13 @@ answered, and anywhere else with the position token.
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from contacts_streams import commands
 from contacts_streams.commands import Idempotency, Reply
@@ -55,7 +57,7 @@ class WriteContext:
 @dataclass(frozen=True)
 class Written:
     status: int
-    body: object  # the JSON answer, None for an empty one
+    body: Any  # the JSON answer (a contact, a list of them, ...), None for an empty one
     position: str  # X-Contacts-Position
     updated: int = 0  # an import: how many elements updated a contact (the others created one)
 
@@ -174,7 +176,7 @@ class Contacts:
         payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
         return self.write(commands.CREATE, payload, context).body
 
-    def import_(self, payloads: Sequence[dict], context: WriteContext | None = None) -> list[dict]:
+    def import_(self, payloads: Sequence[dict], context: WriteContext | None = None) -> builtins.list[dict]:  # in this class `list` is the method
         payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
         return self.write(commands.IMPORT, payload, context).body
 

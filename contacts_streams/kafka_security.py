@@ -99,7 +99,7 @@ def parse_jaas(line: str) -> Credentials:
     pos = 0
     while pos < len(line):
         match = _TOKEN.match(line, pos)
-        if match is None:  # only white space is left
+        if match is None or match.lastgroup is None:  # only white space is left
             break
         kind = match.lastgroup
         if kind == "bad":
@@ -260,11 +260,12 @@ def _keystore_pem(path: Path, secret: str, variable: str) -> tuple[bytes, bytes]
             raise SecurityConfigError(f"{variable} ({path}) holds no private key KAFKA_KEY_TRUST_SECRET opens") from None
     else:
         try:
-            key, cert, extra = pkcs12.load_key_and_certificates(data, secret.encode())
+            stored_key, cert, extra = pkcs12.load_key_and_certificates(data, secret.encode())
         except ValueError:
             raise SecurityConfigError(f"{variable} ({path}) cannot be opened with KAFKA_KEY_TRUST_SECRET: wrong secret, or not PKCS12") from None
-        if key is None or cert is None:
+        if stored_key is None or cert is None:
             raise SecurityConfigError(f"{variable} ({path}) holds no private key with its certificate")
+        key = stored_key
         certs = [cert, *extra]
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
     encrypted = key.private_bytes(
@@ -291,9 +292,13 @@ def _private_folder() -> Path:
     with _private_dir_lock:
         if _private_dir is None or not _private_dir.exists():
             _private_dir = Path(tempfile.mkdtemp(prefix="contacts-kafka-certs-"))
-            owner = os.getpid()
-            atexit.register(lambda d=_private_dir: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))
+            atexit.register(_remove_private, _private_dir, os.getpid())
         return _private_dir
+
+
+def _remove_private(folder: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_private(name: str, data: bytes) -> str:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -187,7 +188,8 @@ class Materializer:
                 time.sleep(0.5)
 
     def _note_lag(self, consumer: Consumer, positions: list[TopicPartition]) -> None:
-        behind, level = [], []
+        behind: list[int] = []
+        level: list[int] = []
         for tp in positions:
             _low, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
@@ -223,15 +225,19 @@ class Materializer:
         records: list[Record] = []
         reached_end: list[tuple[int, int]] = []
         for msg in messages:
-            error = msg.error()
+            error, partition, offset = msg.error(), msg.partition(), msg.offset()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    reached_end.append((msg.partition(), msg.offset()))
-                else:
+                if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("contacts topic: %s", error)
+                elif partition is not None and offset is not None:
+                    reached_end.append((partition, offset))
                 continue
-            headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (msg.headers() or [])}
-            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers, msg.timestamp()[1]))
+            if partition is None or offset is None:
+                continue  # a record read from a partition has both; the stubs allow None
+            # A consumed record's headers are (name, bytes or None) pairs; the stubs allow str and dicts too.
+            received = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+            headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in received}
+            records.append(Record(partition, offset, msg.key(), msg.value(), headers, msg.timestamp()[1]))
         if records:
             applied = self._apply(records)
             if applied is None:

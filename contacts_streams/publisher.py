@@ -98,7 +98,7 @@ class ReplyListener:
             consumer.close()
             raise
         self._consumer = consumer
-        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(consumer,), name="reply-listener", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -116,8 +116,7 @@ class ReplyListener:
         with self._lock:
             self._waiting.pop(command_id, None)
 
-    def _run(self) -> None:
-        consumer = self._consumer
+    def _run(self, consumer: Consumer) -> None:
         try:
             while not self._stopping.is_set():
                 try:
@@ -130,9 +129,10 @@ class ReplyListener:
                     time.sleep(0.5)
                     continue
                 for msg in batch:
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("replies: %s", msg.error())
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("replies: %s", error)
                         continue
                     key = msg.key()
                     with self._lock:

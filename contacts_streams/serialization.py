@@ -43,7 +43,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,10 @@ def _strip_logical_types(schema: Any) -> Any:
 
 
 def _parse(schema: dict) -> dict:
-    return parse_schema(_strip_logical_types(schema))
+    parsed = parse_schema(_strip_logical_types(schema))
+    if not isinstance(parsed, dict):
+        raise TypeError(f"a record schema was expected, not {parsed!r}"[:300])
+    return parsed
 
 
 def _fingerprint(parsed: dict) -> bytes:
@@ -219,7 +222,7 @@ class AvroCodec:
         self.schema = _load_schema(schema)
         self.parsed = _parse(self.schema)
         parsed = self.parsed
-        self.name = parsed.get("name", parsed.get("type")) if isinstance(parsed, dict) else str(parsed)
+        self.name = str(parsed.get("name", parsed.get("type")))
         self.fingerprint = _fingerprint(self.parsed)
         self._single_object_header = SINGLE_OBJECT_MAGIC + self.fingerprint
         # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
@@ -335,6 +338,7 @@ class AvroCodec:
             if self._confluent_header is None or not self._fresh(time.monotonic()):
                 self.register()
             header = self._confluent_header
+            assert header is not None, "register() sets it or raises"
         else:
             header = self._single_object_header
         out = io.BytesIO()
@@ -379,6 +383,8 @@ class AvroCodec:
             raise DecodeError(f"undecodable {self.name} record: {type(err).__name__}: {err}") from err
         if buffer.tell() != size:
             raise DecodeError(f"{size - buffer.tell()} trailing bytes after the {self.name} record")
+        if not isinstance(record, dict):  # a record schema reads records; fastavro types any value
+            raise DecodeError(f"the {self.name} schema read no record")
         return record
 
 
@@ -438,7 +444,7 @@ def _merge_history(value: list) -> list:
     return [record_to_contact(item) for item in value]
 
 
-_FROM_RECORD = {
+_FROM_RECORD: dict[str, Callable[[Any], Any]] = {
     "address": _address,
     "metadata": json.loads,
     "created_at": model.millis_to_iso,

@@ -64,9 +64,10 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from rocksdict import BottommostLevelCompaction, CompactOptions, Options, Rdict, ReadOptions, WriteBatch
 
@@ -198,6 +199,17 @@ def _options() -> Options:
     return options
 
 
+# Every family is in raw mode, so keys and values are bytes; rocksdict's stubs type them for
+# every mode (str, int, float, bytes, bool). An Rdict is not iterable by its keys: `for k in
+# family` indexes it with 0, 1, ... and fails, so keys() it is.
+def _pairs(family: Rdict) -> Iterator[tuple[bytes, bytes]]:
+    return cast(Iterator[tuple[bytes, bytes]], family.items())
+
+
+def _keys(family: Rdict) -> Iterator[bytes]:
+    return cast(Iterator[bytes], family.keys())
+
+
 class Store:
     """One process owns the store; its threads may read while the materializer writes."""
 
@@ -269,7 +281,7 @@ class Store:
 
     def close(self) -> None:
         if self._db is None:
-            return
+            return  # type: ignore[unreachable]  # typed as open: None only once closed, as here
         with self._compaction:
             self._compaction_wanted = False
             thread = self._compaction_thread
@@ -280,7 +292,7 @@ class Store:
         self._cf.clear()
         self._handle.clear()
         self._db.close()
-        self._db = None
+        self._db = None  # type: ignore[assignment]  # see above
 
     @classmethod
     def open_or_rebuild(
@@ -301,7 +313,7 @@ class Store:
             for family in TOPIC_STATE:
                 if family == META:
                     continue
-                for key in self._cf[family].keys():  # noqa: SIM118 (an Rdict is not iterable by its keys)
+                for key in _keys(self._cf[family]):
                     batch.delete(key, self._handle[family])
             batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
@@ -325,7 +337,7 @@ class Store:
 
     def offsets(self) -> dict[int, int]:
         """partition -> the next offset to read."""
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._cf[OFFSETS].items()}
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _pairs(self._cf[OFFSETS])}
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         """Apply records of the contacts topic and their offsets in one write batch; returns how many were applied."""
@@ -355,7 +367,7 @@ class Store:
     def erased(self) -> list[tuple[str, int]]:
         """(contact id, when its erased tombstone was written in ms) of every erased id that
         has not come back (an auto-created id whose conversation got a new message)."""
-        return [(k.decode(), _U64.unpack(v)[0]) for k, v in self._cf[ERASED].items()]
+        return [(k.decode(), _U64.unpack(v)[0]) for k, v in _pairs(self._cf[ERASED])]
 
     def request_compaction(self) -> None:
         """Compact the personal families soon, on a thread of its own (see compact_personal)."""
@@ -426,7 +438,7 @@ class Store:
         prefix = key.encode() + SEPARATOR
         it = self._cf[family].iter(ReadOptions())
         it.seek(prefix)
-        found = []
+        found: list[str] = []
         while it.valid() and it.key().startswith(prefix) and len(found) < MAX_CLAIMANTS:
             found.append(it.key()[len(prefix) :].split(SEPARATOR, 1)[0].decode())
             it.next()
@@ -458,7 +470,7 @@ class Store:
         return _I64.unpack(raw)[0] if raw is not None else 0
 
     def items_bytes(self) -> Iterable[tuple[bytes, bytes]]:
-        return self._cf[CONTACTS].items()
+        return _pairs(self._cf[CONTACTS])
 
     def page(self, cursor: str | None, page_size: int) -> Page:
         """A page of contacts in name order; the cost does not grow with the page's position."""
@@ -482,6 +494,7 @@ class Store:
             keys, ids = keys[:page_size], ids[:page_size]
             more_before = after is not None and self._has_before(keys[0] if keys else after, inclusive=not keys)
         else:
+            assert after is not None, "a backward page comes from a cursor"
             it.seek_for_prev(after)
             if it.valid() and it.key() == after:
                 it.prev()
@@ -556,7 +569,7 @@ class Store:
         prefix = identity_prefix(kind, value)
         it = self._cf[IDENTITIES].iter(ReadOptions())
         it.seek(prefix)
-        found = []
+        found: list[str] = []
         while it.valid() and it.key().startswith(prefix) and len(found) < limit:
             found.append(it.key()[len(prefix) :].decode())
             it.next()
@@ -678,7 +691,7 @@ class Store:
     def groups_of(self, contact_id: str) -> list[Group]:
         """The duplicate groups a live contact is in."""
         identities, _tokens = self.indexed(contact_id)
-        groups = []
+        groups: list[Group] = []
         for kind, value in identities:
             group = self.group(kind, value)
             if group is not None and not any(g.ids == group.ids for g in groups):
@@ -726,7 +739,7 @@ class _TopicPart:
         return raw.decode() if raw is not None else None
 
     def offsets(self) -> dict[int, int]:
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[self._OFFSETS].items()}
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _pairs(self._store._cf[self._OFFSETS])}
 
     def count(self) -> int:
         """1 when it holds any entry, else 0 (a part with entries but no offsets is rebuilt)."""
@@ -822,7 +835,7 @@ class DismissedGroups(_TopicPart):
         """The keys of the dismissed groups that name any of these ids (a scan: erases are rare,
         and the family holds contact ids only)."""
         wanted = {c.lower() for c in contact_ids}
-        return [key for key in self._store._cf[DISMISSED].keys() if wanted & set(key.decode().split(","))]  # noqa: SIM118 (an Rdict is not iterable)
+        return [key for key in _keys(self._store._cf[DISMISSED]) if wanted & set(key.decode().split(","))]
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         store = self._store
@@ -1120,15 +1133,14 @@ class _Batch:
             raw = self.get(DERIVED, key)
             derived = json.loads(raw) if raw is not None else None
             if derived is not None:
-                identities = [tuple(pair) for pair in derived[0]]
-                tokens = [tuple(pair) for pair in derived[1]]
+                identities = [(kind, value) for kind, value in derived[0]]
+                tokens = [(namespace, token) for namespace, token in derived[1]]
             else:  # indexed before the derived family existed: the format upgrade makes it rare
                 identities = ids_module.identities_of(contact, self._store.phone_region)
                 tokens = ids_module.search_tokens(contact, identities)
         else:
-            identities = ids_module.decode(headers.get(ids_module.HEADER))
-            if identities is None:
-                identities = ids_module.identities_of(contact, self._store.phone_region)
+            decoded = ids_module.decode(headers.get(ids_module.HEADER))
+            identities = decoded if decoded is not None else ids_module.identities_of(contact, self._store.phone_region)
             tokens = ids_module.search_tokens(contact, identities)
             self.put(DERIVED, key, json.dumps([identities, tokens], ensure_ascii=False, separators=(",", ":")).encode())
         entries = {(IDENTITIES, identity_prefix(kind, value) + key) for kind, value in identities}
@@ -1188,7 +1200,7 @@ class _Batch:
                 if merged.get("id"):
                     self.delete(MERGED, _pair(merged["id"], contact_id) + FROM_HISTORY)
 
-        if new is None:
+        if new is None or record.value is None:  # a tombstone (the value decodes to new)
             if old_raw is not None:
                 self.delete(CONTACTS, key)
                 self._add_count(-1)

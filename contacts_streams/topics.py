@@ -230,7 +230,8 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
             warnings.append(f"{topic} may keep an erased value {bound} ms, more than ERASE_WITHIN_MS ({config.erase_within_ms} ms)")
     for warning in warnings:
         log.warning("erase: %s", warning)
-    overall = None if any(b is None for b in bounds.values()) else max(bounds.values(), default=0)
+    known = [b for b in bounds.values() if b is not None]
+    overall = max(known, default=0) if len(known) == len(bounds) else None
     segments = {topic: int(current[topic]["segment.ms"]) for topic in present if "segment.ms" in current.get(topic, {})}
     return EraseBound(overall, bounds, warnings, segments)
 

@@ -519,7 +519,7 @@ class SubscriptionRunner:
             key = (partition, msg.key())
             chain = self.chains.get(key)
             fresh = chain is None
-            if fresh:
+            if chain is None:
                 chain = self.chains[key] = deque()
             item = Item(partition, msg.offset(), msg.key(), msg.value(), msg.headers() or [], tracker, chain)
             if not fresh:
@@ -671,6 +671,8 @@ class SubscriptionRunner:
     def _try(self, item: Item) -> None:
         if item.event is None:
             try:
+                if item.value is None:
+                    raise DecodeError("no value (a tombstone)")
                 item.event = self.codec.decode(item.value)
             except RegistryError as err:  # the registry is away: not the event's fault
                 self._retry_later(item, f"schema registry: {err}", "RegistryError", count=False)
@@ -719,8 +721,8 @@ class SubscriptionRunner:
         finally:
             self.metrics.latency.labels(**self.labels).observe(time.perf_counter() - started)
         if not 200 <= status < 300:
-            text = text.decode("utf-8", "replace").strip()
-            raise Attempt(f"HTTP {status}" + (f": {text}" if text else ""))
+            answer = text.decode("utf-8", "replace").strip()
+            raise Attempt(f"HTTP {status}" + (f": {answer}" if answer else ""))
 
     def _retry_later(self, item: Item, error: str, error_class: str, count: bool) -> None:
         item.last_error, item.error_class = error, error_class
@@ -793,6 +795,8 @@ class Connections:
     def __init__(self, url: str, timeout: float):
         parts = urlsplit(url)
         self.https = parts.scheme == "https"
+        if not parts.hostname:  # the configuration refuses such a URL before
+            raise ValueError("a webhook URL without a host")
         self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.timeout = timeout
