@@ -64,6 +64,10 @@ class Produced:
     headers: list[tuple[str, bytes | None]]  # a dead letter keeps the headers it received, values None included
 
 
+# What Producer.produce's stubs take: a list invariant in its values' type (str | bytes | None).
+_KafkaHeaders = list[tuple[str, str | bytes | None]]
+
+
 class Restart(Exception):
     """Abort the batch and read it again from the group's committed offsets; replace_producer:
     the producer is unusable; rejoin: drop the consumer too (another member owns the work)."""
@@ -211,7 +215,7 @@ class ExactlyOnceLoop:
             if partitions:  # a transaction of the writer's own (no commands consumed) has none
                 producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)
             for index, record in enumerate(records):
-                producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=delivered_at(index))  # type: ignore[arg-type]  # the stubs' header list is invariant in str | bytes | None
+                producer.produce(record.topic, key=record.key, value=record.value, headers=cast(_KafkaHeaders, record.headers), on_delivery=delivered_at(index))
             if then is not None:
                 if records and self._flush(producer, failures) > 0 and not failures:
                     raise Restart("the broker did not take the batch in time")
@@ -221,7 +225,7 @@ class ExactlyOnceLoop:
                 records = list(records) + more
                 for record in more:
                     report = delivered_at(None) if self.reported(record) else None
-                    producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=report)  # type: ignore[arg-type]  # as above
+                    producer.produce(record.topic, key=record.key, value=record.value, headers=cast(_KafkaHeaders, record.headers), on_delivery=report)
             producer.commit_transaction(self._timeout)
         except (KafkaException, BufferError, Restart) as err:
             self._metrics.produce_errors.labels(reason=self.name).inc()
