@@ -8,7 +8,7 @@ HASH := $(shell cksum pyproject.toml | cut -d' ' -f1)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: run demo test bench soak reset clean browser
+.PHONY: run demo lint test bench soak reset clean browser
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,18 @@ browser:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
 	fi
 
+## lint: ruff (lint and format) and mypy on contacts_streams/ and api/, as pyproject.toml sets
+## them; make test runs it first, so CI fails on a finding. All three run, then it fails if any did.
+lint: $(DEV_STAMP)
+	status=0; \
+	$(PY) -m ruff check || status=1; \
+	$(PY) -m ruff format --check || status=1; \
+	$(PY) -m mypy || status=1; \
+	exit $$status
+
 ## test: the whole suite on a real broker (and the console in headless chromium), in two
 ## processes with a broker each: most tests wait on Kafka, not the CPU (16 min -> 9 on 2 cores)
-test: $(DEV_STAMP) browser
+test: lint $(DEV_STAMP) browser
 	$(PY) -m pytest -n 2
 
 ## bench: 10k and 1M contacts on a real broker -> bench/results.json, bench/RESULTS.md
@@ -58,4 +67,4 @@ reset:
 	@$(PYTHON) -m contacts_dev.run --reset
 
 clean: reset
-	rm -rf $(VENV) state .pytest_cache .hypothesis
+	rm -rf $(VENV) state .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ in-flight requests, then closes the service (producer flushed, store closed) and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -14,8 +15,7 @@ import sys
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from contacts_streams import logs
-from contacts_streams import kafka_security
+from contacts_streams import kafka_security, logs
 from contacts_streams.config import Config, ConfigError, describe
 
 log = logging.getLogger("contacts_streams")
@@ -86,10 +86,8 @@ class Server(BaseApplication):
 def _fewer_malloc_arenas() -> None:
     # glibc gives each thread its own malloc arena; with HTTP, consumer and producer threads
     # that fragments the heap into far more RSS than the service uses. Two arenas suffice.
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        pass
 
 
 def main(argv: list[str]) -> int:
@@ -105,7 +103,7 @@ def main(argv: list[str]) -> int:
     logs.setup(config.log_format, config.log_level)
     log.info("serving the Contacts API on http://localhost:%d (state in %s)", config.port, config.state_dir)
     log.info("Kafka at %s: %s", config.kafka_brokers, kafka_security.describe(config.extra_kafka))
-    log.info("try: curl -s localhost:%d/contacts.create -d '{\"display_name\": \"Grace Hopper\"}'", config.port)
+    log.info('try: curl -s localhost:%d/contacts.create -d \'{"display_name": "Grace Hopper"}\'', config.port)
     Server(config).run()
     return 0
 

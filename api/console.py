@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -155,7 +155,12 @@ def _same_origin() -> bool:
 @console.before_request
 def check_request():
     if request.method == "POST" and not _same_origin():
-        return _page("console/error.html", 403, title="Refused", message="This form came from another site (its Origin is not this console's), so it was refused.")
+        return _page(
+            "console/error.html",
+            403,
+            title="Refused",
+            message="This form came from another site (its Origin is not this console's), so it was refused.",
+        )
     return None
 
 
@@ -170,7 +175,11 @@ def secure_headers(response: Response) -> Response:
 def login_needed(err: LoginNeeded):
     if not _auth_enabled():  # cannot happen with auth off; never loop on the prompt
         return _page("console/error.html", 403, title="Refused", message=err.reason)
-    response = redirect(url_for("console.login", next=request.full_path.rstrip("?") if request.method == "GET" else None, reason=_reason(err.reason)))
+    response = redirect(
+        url_for(
+            "console.login", next=request.full_path.rstrip("?") if request.method == "GET" else None, reason=_reason(err.reason)
+        )
+    )
     if request.cookies.get(TOKEN_COOKIE):
         response.delete_cookie(TOKEN_COOKIE, path=console.url_prefix)
     return response
@@ -236,7 +245,12 @@ def login_submit():
     # The API decides whether the token is good: the same check every console call meets.
     answer = _post("/contacts.list", {"page_size": 1}, {"Authorization": f"Bearer {token}"})
     if answer.status_code == 403:
-        return _page("console/login.html", 403, error=LOGIN_REASONS["expired" if b"expired" in answer.get_data() else "invalid"], next=target)
+        return _page(
+            "console/login.html",
+            403,
+            error=LOGIN_REASONS["expired" if b"expired" in answer.get_data() else "invalid"],
+            next=target,
+        )
     response = redirect(target)
     secure = request.is_secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
     response.set_cookie(TOKEN_COOKIE, token, path=console.url_prefix, httponly=True, samesite="Strict", secure=secure)
@@ -258,10 +272,7 @@ def _results(query: str, cursor: str | None) -> tuple[dict, str | None]:
     payload: dict = {"page_size": PAGE_SIZE}
     if cursor:
         payload["cursor"] = cursor
-    if query.strip():
-        answer = api("/contacts.search", {"query": query, **payload})
-    else:
-        answer = api("/contacts.list", payload)
+    answer = api("/contacts.search", {"query": query, **payload}) if query.strip() else api("/contacts.list", payload)
     if answer.status != 200:
         return {"data": [], "pagination_data": {}}, answer.message
     return answer.body, None
@@ -408,7 +419,9 @@ def unmerge(contact_id: str):
 @console.get("/contacts/<contact_id>/delete")
 def delete_confirm(contact_id: str):
     found = _contact(contact_id)
-    return _page("console/delete.html", contact=found, title=f"Delete {found.get('display_name') or found['id']}", key=str(uuid.uuid4()))
+    return _page(
+        "console/delete.html", contact=found, title=f"Delete {found.get('display_name') or found['id']}", key=str(uuid.uuid4())
+    )
 
 
 @console.post("/contacts/<contact_id>/delete")
@@ -428,7 +441,7 @@ def _erase_page(found: dict, status: int, title: str, error: str | None = None) 
         contact=found,
         title=title,
         within=_duration(within),
-        by=(datetime.now(timezone.utc) + within).strftime("%Y-%m-%d %H:%M UTC"),
+        by=(datetime.now(UTC) + within).strftime("%Y-%m-%d %H:%M UTC"),
         available=has_endpoint("/contacts.erase"),
         error=error,
         key=str(uuid.uuid4()),
@@ -456,16 +469,25 @@ def erase(contact_id: str):
         found = _contact(contact_id)
         return _erase_page(found, 400, "Erase", error="Tick the box to confirm: an erase cannot be undone.")
     if not has_endpoint("/contacts.erase"):
-        return _page("console/error.html", 404, title="Erase not available", message="This service has no /contacts.erase endpoint yet.")
+        return _page(
+            "console/error.html", 404, title="Erase not available", message="This service has no /contacts.erase endpoint yet."
+        )
     answer = api("/contacts.erase", {"id": contact_id}, request.form.get("key"))
     if answer.status in (200, 202):
-        return redirect(url_for("console.erased", id=answer.body.get("erased", contact_id), complete_by=answer.body.get("complete_by", "")))
+        return redirect(
+            url_for("console.erased", id=answer.body.get("erased", contact_id), complete_by=answer.body.get("complete_by", ""))
+        )
     return _failed(answer, "Not erased")
 
 
 @console.get("/erased")
 def erased():
-    return _page("console/erased.html", title="Erased", erased_id=request.args.get("id", ""), complete_by=request.args.get("complete_by", ""))
+    return _page(
+        "console/erased.html",
+        title="Erased",
+        erased_id=request.args.get("id", ""),
+        complete_by=request.args.get("complete_by", ""),
+    )
 
 
 # --- duplicates and merging --------------------------------------------------------------------
@@ -542,13 +564,17 @@ def _merge_request() -> tuple[str, list[str]]:
 def merge_preview():
     destination, sources = _merge_request()
     if not destination or not sources:
-        return _page("console/error.html", 400, title="Merge", message="Choose the contact to keep and at least one other contact.")
+        return _page(
+            "console/error.html", 400, title="Merge", message="Choose the contact to keep and at least one other contact."
+        )
     previews = []
     for source_id in sources:
         answer = api("/contacts.merge", {"source_id": source_id, "destination_id": destination, "dry_run": True})
         if answer.status != 200:
             return _failed(answer, "Merge preview")
-        previews.append({"source_id": source_id, "conflicts": answer.body.get("conflicts", []), "destination": answer.body["destination"]})
+        previews.append(
+            {"source_id": source_id, "conflicts": answer.body.get("conflicts", []), "destination": answer.body["destination"]}
+        )
     kept = api("/contacts.info", {"id": destination})
     names = {}
     for source_id in sources:
@@ -570,12 +596,16 @@ def merge_preview():
 def merge():
     destination, sources = _merge_request()
     if not destination or not sources:
-        return _page("console/error.html", 400, title="Merge", message="Choose the contact to keep and at least one other contact.")
+        return _page(
+            "console/error.html", 400, title="Merge", message="Choose the contact to keep and at least one other contact."
+        )
     key = request.form.get("key")
-    merged = []
+    merged: list[str] = []
     for index, source_id in enumerate(sources):
         # One key per source: resubmitting the form replays the first answers, merges nothing twice.
-        answer = api("/contacts.merge", {"source_id": source_id, "destination_id": destination}, f"{key}-{index}" if key else None)
+        answer = api(
+            "/contacts.merge", {"source_id": source_id, "destination_id": destination}, f"{key}-{index}" if key else None
+        )
         if answer.status != 200:
             done = f" {len(merged)} of {len(sources)} were merged before it." if merged else ""
             return _failed(answer, "Merge stopped", f"{answer.message}.{done}")

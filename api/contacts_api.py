@@ -64,13 +64,17 @@ def write_context(default_origin: str = commands.ORIGIN_HTTP) -> WriteContext:
             )
         idempotency = Idempotency(g.caller, request.path, key, commands.body_hash(request.path, g.get("body")))
     cli = request.headers.get(ORIGIN_HEADER, "").strip().lower() == commands.ORIGIN_CLI
-    return WriteContext(actor=g.caller, origin=commands.ORIGIN_CLI if cli else default_origin, idempotency=idempotency, deadline=deadline)
+    return WriteContext(
+        actor=g.caller, origin=commands.ORIGIN_CLI if cli else default_origin, idempotency=idempotency, deadline=deadline
+    )
 
 
 def written(outcome, answer: Any = None, empty: bool = False) -> Response:
     """A write's answer: its status, the body (the outcome's unless another is given) and the
     position token a later read may wait for."""
-    response = Response(status=outcome.status) if empty else json_response(outcome.body if answer is None else answer, outcome.status)
+    response = (
+        Response(status=outcome.status) if empty else json_response(outcome.body if answer is None else answer, outcome.status)
+    )
     response.headers[POSITION] = outcome.position
     return response
 
@@ -150,14 +154,18 @@ def merge():
     if dry_run:
         preview = service().finder.merge_preview(source_id, destination_id)
         return json_response({**preview, "destination": _with_history(preview["destination"])}, 200)
-    outcome = service().contacts.write(commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context())
+    outcome = service().contacts.write(
+        commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context()
+    )
     return written(outcome, _with_history(outcome.body))
 
 
 @contacts_api.post("/contacts.unmerge")
 def unmerge():
     destination_id, source_id = model.validate_unmerge(body(), ignored())
-    outcome = service().contacts.write(commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, write_context())
+    outcome = service().contacts.write(
+        commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, write_context()
+    )
     return written(outcome, {name: _with_history(contact) for name, contact in outcome.body.items()})
 
 

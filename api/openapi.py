@@ -22,7 +22,8 @@ import copy
 from typing import Any
 
 from contacts_streams import model
-from contacts_streams.shapes import Uuid, ref as _ref
+from contacts_streams.shapes import Uuid
+from contacts_streams.shapes import ref as _ref
 
 VERSION = "0.1.0"
 
@@ -31,7 +32,7 @@ IGNORED_FIELDS_HEADER = {
     "description": (
         "The request fields the service ignored because it does not know them, as comma-separated paths"
         " (`displayName,address.addressLine1`, `[3].nickname`); characters other than printable ASCII,"
-        " and `%`, `,`, `+`, space, `\"` and `\\`, are percent-encoded as UTF-8. At most 1024 characters:"
+        ' and `%`, `,`, `+`, space, `"` and `\\`, are percent-encoded as UTF-8. At most 1024 characters:'
         " when paths are left out, the last element is `+N`, their number. Absent when nothing was ignored."
     ),
     "schema": {"type": "string", "maxLength": 1024},
@@ -179,7 +180,10 @@ _SCHEMAS: dict[str, dict] = {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "path": {"type": "string", "description": "A field (display_name, merge_history) or one key of via, address, metadata, conversations (via.email)."},
+                        "path": {
+                            "type": "string",
+                            "description": "A field (display_name, merge_history) or one key of via, address, metadata, conversations (via.email).",
+                        },
                         "before": {"type": "string", "nullable": True, "description": "JSON text; null: absent."},
                         "after": {"type": "string", "nullable": True, "description": "JSON text; null: absent (removed)."},
                     },
@@ -198,7 +202,11 @@ _SCHEMAS: dict[str, dict] = {
             "pagination_data": {
                 "type": "object",
                 "properties": {
-                    "previous_cursor": {"type": "string", "nullable": True, "description": "Always null: history pages back in time."},
+                    "previous_cursor": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "Always null: history pages back in time.",
+                    },
                     "next_cursor": {"type": "string", "nullable": True, "description": "Older events; null at the oldest kept."},
                 },
                 "required": ["previous_cursor", "next_cursor"],
@@ -245,7 +253,11 @@ _SCHEMAS: dict[str, dict] = {
             "pagination_data": {
                 "type": "object",
                 "properties": {
-                    "previous_cursor": {"type": "string", "nullable": True, "description": "Always null: duplicates page forward."},
+                    "previous_cursor": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "Always null: duplicates page forward.",
+                    },
                     "next_cursor": {"type": "string", "nullable": True},
                 },
                 "required": ["previous_cursor", "next_cursor"],
@@ -263,8 +275,16 @@ _SCHEMAS: dict[str, dict] = {
     "ImportResponse": {
         "type": "object",
         "properties": {
-            "data": {"type": "array", "items": _ref("Contact"), "description": "For each element, in order, the contact it created or updated."},
-            "created": {"type": "integer", "minimum": 0, "description": "How many elements created a contact (object form only)."},
+            "data": {
+                "type": "array",
+                "items": _ref("Contact"),
+                "description": "For each element, in order, the contact it created or updated.",
+            },
+            "created": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "How many elements created a contact (object form only).",
+            },
             "updated": {"type": "integer", "minimum": 0, "description": "How many elements updated one (object form only)."},
         },
         "required": ["data"],
@@ -413,14 +433,18 @@ def _post(
 
 
 def _get(operation_id: str, summary: str, responses: dict) -> dict:
-    return {"get": {"operationId": operation_id, "summary": summary, "tags": ["operations"], "responses": responses, "security": []}}
+    return {
+        "get": {"operationId": operation_id, "summary": summary, "tags": ["operations"], "responses": responses, "security": []}
+    }
 
 
 _HEALTH = {
     "200": _json_response("Up.", "Health"),
     "503": _json_response("Down; reason says why.", "Health"),
 }
-_PROMETHEUS = {"200": {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+_PROMETHEUS = {
+    "200": {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+}
 
 _PATHS = {
     "/contacts.create": _post(
@@ -484,7 +508,11 @@ _PATHS = {
         "mergeContacts",
         "Merge the source contact into the destination",
         "MergeRequest",
-        (200, "The destination after the merge, with merge_history; with dry_run, a MergePreview (nothing written).", "MergeResponse"),
+        (
+            200,
+            "The destination after the merge, with merge_history; with dry_run, a MergePreview (nothing written).",
+            "MergeResponse",
+        ),
         not_found=True,
     ),
     "/contacts.unmerge": _post(

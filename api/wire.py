@@ -57,7 +57,9 @@ def unavailable(text: str) -> Response:
 
 def paged(data: Any, next_cursor: str | None, previous_cursor: str | None = None, **extra: Any) -> Response:
     """The list shape: `{"data", "pagination_data": {"previous_cursor", "next_cursor", ...}}`."""
-    return json_response({"data": data, "pagination_data": {"previous_cursor": previous_cursor, "next_cursor": next_cursor, **extra}}, 200)
+    return json_response(
+        {"data": data, "pagination_data": {"previous_cursor": previous_cursor, "next_cursor": next_cursor, **extra}}, 200
+    )
 
 
 def body() -> Any:

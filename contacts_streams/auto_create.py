@@ -115,7 +115,10 @@ class ConversationRouter(ExactlyOnceLoop):
             self._routed.popitem(last=False)
 
     def _read_message(self, msg: Message, events: dict[str, dict]) -> None:
-        message = self._messages.decode(msg.value())
+        value = msg.value()
+        if value is None:
+            raise DecodeError("a message record without a value")
+        message = self._messages.decode(value)
         conversation_id = str(message["conversationId"])
         if not conversation_id:
             return
@@ -138,7 +141,10 @@ class ConversationRouter(ExactlyOnceLoop):
             events[conversation_id] = event
 
     def _read_metadata(self, msg: Message, events: dict[str, dict]) -> None:
-        metadata = self._metadata.decode(msg.value())
+        value = msg.value()
+        if value is None:
+            raise DecodeError("a metadata record without a value")
+        metadata = self._metadata.decode(value)
         subject, key, value = metadata["subject"], metadata["key"], metadata["value"]
         if subject.startswith(SUBJECT_PREFIX) and key in (DISPLAY_NAME, AVATAR_URL) and value:
             conversation_id = _checked_text(subject[len(SUBJECT_PREFIX) :], "the subject's conversation id", model.MAX_KEY_LENGTH)

@@ -68,7 +68,7 @@ class Command:
     idempotency: Idempotency | None = None
 
     @classmethod
-    def new(cls, type_: str, payload: dict, **kwargs) -> "Command":
+    def new(cls, type_: str, payload: dict, **kwargs) -> Command:
         return cls(id=str(uuid.uuid4()), type=type_, payload=payload, **kwargs)
 
     def encode(self) -> bytes:
@@ -88,7 +88,9 @@ class Command:
         return _dumps(value)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "Command":
+    def decode(cls, raw: bytes | None) -> Command:
+        if raw is None:
+            raise BadCommand("undecodable command: no value (a tombstone)")
         try:
             value = json.loads(raw)
             if not isinstance(value, dict) or value.get("v") != VERSION:
@@ -156,7 +158,12 @@ class Reply:
     updated: list[int] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        value: dict[str, Any] = {"v": VERSION, "status": self.status, "ids": self.ids, "offsets": {str(p): o for p, o in self.offsets.items()}}
+        value: dict[str, Any] = {
+            "v": VERSION,
+            "status": self.status,
+            "ids": self.ids,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+        }
         if self.error is not None:
             value["error"] = self.error
         if self.dismissed:
@@ -166,7 +173,9 @@ class Reply:
         return _dumps(value)
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "Reply":
+    def decode(cls, raw: bytes | None) -> Reply:
+        if raw is None:
+            raise BadCommand("undecodable reply: no value (a tombstone)")
         try:
             value = json.loads(raw)
             return cls(**_answer_of(value), dismissed=_positions(value.get("dismissed")))
@@ -204,7 +213,7 @@ class Remembered:
         return _dumps(value)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Remembered":
+    def decode(cls, raw: bytes) -> Remembered:
         try:
             value = json.loads(raw)
             return cls(**_answer_of(value), body_hash=str(value["hash"]), at_ms=int(value["at"]))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import phonenumbers
 
@@ -19,7 +19,6 @@ from contacts_streams.kafka_security import PLATFORM_KEYSTORE, PLATFORM_TRUSTSTO
 
 class ConfigError(ValueError):
     """A variable is missing or malformed; the message names it."""
-
 
 
 def bounded_int(name: str, raw: str, low: int, high: int) -> int:
@@ -31,6 +30,7 @@ def bounded_int(name: str, raw: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -44,11 +44,27 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("KAFKA_BROKERS", "localhost:9092", "Kafka bootstrap servers (comma-separated host:port)"),
         Setting("KAFKA_SCHEMA_REGISTRY_URL", "", "Schema Registry URL; empty: Avro single-object encoding"),
-        Setting("AUTH_JAAS", "", "SASL PLAIN over TLS: a JAAS line `...PlainLoginModule required username=\"u\" password=\"p\";`"),
-        Setting("KAFKA_KEY_TRUST_SECRET", "", "certificate auth (mTLS): password of the truststore, keystore and key; wins over AUTH_JAAS"),
-        Setting("KAFKA_TRUSTSTORE_LOCATION", PLATFORM_TRUSTSTORE, "with KAFKA_KEY_TRUST_SECRET: the CA certificates (JKS, PKCS12 or PEM)"),
-        Setting("KAFKA_KEYSTORE_LOCATION", PLATFORM_KEYSTORE, "with KAFKA_KEY_TRUST_SECRET: the client key and certificate (PKCS12 or PEM)"),
-        Setting("KAFKA_CONFIG_<NAME>", "", "any librdkafka property, dots as underscores (KAFKA_CONFIG_SSL_CA_LOCATION: ssl.ca.location)"),
+        Setting("AUTH_JAAS", "", 'SASL PLAIN over TLS: a JAAS line `...PlainLoginModule required username="u" password="p";`'),
+        Setting(
+            "KAFKA_KEY_TRUST_SECRET",
+            "",
+            "certificate auth (mTLS): password of the truststore, keystore and key; wins over AUTH_JAAS",
+        ),
+        Setting(
+            "KAFKA_TRUSTSTORE_LOCATION",
+            PLATFORM_TRUSTSTORE,
+            "with KAFKA_KEY_TRUST_SECRET: the CA certificates (JKS, PKCS12 or PEM)",
+        ),
+        Setting(
+            "KAFKA_KEYSTORE_LOCATION",
+            PLATFORM_KEYSTORE,
+            "with KAFKA_KEY_TRUST_SECRET: the client key and certificate (PKCS12 or PEM)",
+        ),
+        Setting(
+            "KAFKA_CONFIG_<NAME>",
+            "",
+            "any librdkafka property, dots as underscores (KAFKA_CONFIG_SSL_CA_LOCATION: ssl.ca.location)",
+        ),
         Setting(
             "SCHEMA_REGISTRY_CHECK_MS",
             "30000",
@@ -65,7 +81,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("jwtSecret", "", "HS256 secret of accepted JWTs"),
         Setting("allowedOrigins", "", "CORS origins, comma-separated, `*` for any; empty: no CORS headers"),
         Setting("CONTACTS_TOPIC", "application.communication.contacts", "the compacted contacts topic"),
-        Setting("CONTACT_EVENTS_TOPIC", "application.communication.contact-events", "the change-events topic (one event per contact change)"),
+        Setting(
+            "CONTACT_EVENTS_TOPIC",
+            "application.communication.contact-events",
+            "the change-events topic (one event per contact change)",
+        ),
         Setting("MESSAGES_TOPIC", "application.communication.messages", "the messages topic auto-create reads"),
         Setting("METADATA_TOPIC", "application.communication.metadata", "the metadata topic auto-create reads"),
         Setting("CONTACTS_PARTITIONS", "10", "partitions of the contacts topic when this service creates it"),
@@ -88,7 +108,11 @@ SETTINGS: dict[str, Setting] = {
             "longest time personal data stays anywhere the service keeps it (its topics by compaction or retention, its store): "
             "the bound of contacts.erase's complete_by",
         ),
-        Setting("LIVENESS_STALL_MS", "300000", "liveness fails when a stream stage has made no progress on waiting input for this long"),
+        Setting(
+            "LIVENESS_STALL_MS",
+            "300000",
+            "liveness fails when a stream stage has made no progress on waiting input for this long",
+        ),
         Setting("LOG_FORMAT", "text", "`text` or `json` (one object a line)"),
         Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ]
@@ -126,7 +150,7 @@ class Config:
     extra_kafka: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str:
@@ -158,7 +182,9 @@ class Config:
         def phone_region() -> str | None:
             raw = get("DEFAULT_PHONE_REGION").upper()
             if raw and raw not in phonenumbers.SUPPORTED_REGIONS:
-                raise ConfigError(f"DEFAULT_PHONE_REGION must be a region code phone numbers know (like US or DE) or empty, got {raw!r}")
+                raise ConfigError(
+                    f"DEFAULT_PHONE_REGION must be a region code phone numbers know (like US or DE) or empty, got {raw!r}"
+                )
             return raw or None
 
         registry = get("KAFKA_SCHEMA_REGISTRY_URL")
@@ -226,4 +252,3 @@ def describe() -> str:
         default = f" [default: {s.default}]" if s.default else ""
         lines.append(f"  {s.env.ljust(width)}  {s.help}{default}")
     return "\n".join(lines)
-

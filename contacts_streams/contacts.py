@@ -8,11 +8,13 @@ answered, and anywhere else with the position token.
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from contacts_streams import commands
 from contacts_streams.commands import Idempotency, Reply
@@ -55,7 +57,7 @@ class WriteContext:
 @dataclass(frozen=True)
 class Written:
     status: int
-    body: object  # the JSON answer, None for an empty one
+    body: Any  # the JSON answer (a contact, a list of them, ...), None for an empty one
     position: str  # X-Contacts-Position
     updated: int = 0  # an import: how many elements updated a contact (the others created one)
 
@@ -112,7 +114,11 @@ class Contacts:
         self._raise_error(reply)
         if reply.dismissed and self._dismissed is not None:
             # What the write dismissed is left out of the duplicates this replica answers next.
-            left = context.deadline - time.monotonic() if context.deadline is not None else self._client.deadline() - time.monotonic()
+            left = (
+                context.deadline - time.monotonic()
+                if context.deadline is not None
+                else self._client.deadline() - time.monotonic()
+            )
             if not self._dismissed.wait_applied(reply.dismissed, max(0.0, left)):
                 raise Unavailable("the write is committed but this replica's store did not apply it in time")
         return Written(reply.status, self._body(type_, reply), position, len(reply.updated))
@@ -158,7 +164,7 @@ class Contacts:
         if bound is None:
             return None
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        when = datetime.fromtimestamp((now_ms + bound + STORE_COMPACTION_MS) / 1000, timezone.utc)
+        when = datetime.fromtimestamp((now_ms + bound + STORE_COMPACTION_MS) / 1000, UTC)
         return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _current(self, contact_id: str) -> dict:
@@ -174,7 +180,9 @@ class Contacts:
         payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
         return self.write(commands.CREATE, payload, context).body
 
-    def import_(self, payloads: Sequence[dict], context: WriteContext | None = None) -> list[dict]:
+    def import_(
+        self, payloads: Sequence[dict], context: WriteContext | None = None
+    ) -> builtins.list[dict]:  # in this class `list` is the method
         payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
         return self.write(commands.IMPORT, payload, context).body
 

@@ -9,9 +9,9 @@ a contact itself (validation, update, merge) live in ``model``.
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from contacts_streams import commands, identities, model
 from contacts_streams.commands import Command
@@ -48,7 +48,8 @@ class View(Protocol):
     # The dismissed-groups keys (``store.dismissed_key``) of the groups naming any of these ids.
     def dismissed_with(self, contact_ids: Iterable[str]) -> list[bytes]: ...
 
-    phone_region: str | None
+    @property
+    def phone_region(self) -> str | None: ...
 
 
 class NotFound(LookupError):
@@ -192,6 +193,7 @@ def _upsert(view: View, payload: dict, now_ms: int) -> Decision:
         if matches:
             contact_id = matches[0]
             current = local.get(contact_id)
+            assert current is not None, "holders() names live contacts only"
             for conversation_id in fields.get("conversations") or {}:
                 _check_conversation_free(local, conversation_id, contact_id, f"{prefix}conversations.{conversation_id}")
             try:
@@ -213,10 +215,10 @@ def _upsert(view: View, payload: dict, now_ms: int) -> Decision:
         element_ids.append(contact_id)
     changes = []
     for contact_id in order:
-        contact = pending.contacts[contact_id]
-        if contact_id not in created and model.same_json(contact, view.get(contact_id)):
+        imported = pending.contacts[contact_id]
+        if contact_id not in created and model.same_json(imported, view.get(contact_id)):
             continue  # updated to what it was: nothing to publish
-        changes.append(Change(contact_id, contact, "imported" if contact_id in created else "updated"))
+        changes.append(Change(contact_id, imported, "imported" if contact_id in created else "updated"))
     return Decision(201, element_ids, changes, updated=updated)
 
 
@@ -419,7 +421,7 @@ def _after_erase(event: dict, committed: dict) -> dict:
     is new data and creates a new contact; one sent before, replayed or late, never brings back
     what was erased). A field without its record's time counts as older."""
     erased_at = committed.get(ERASED_AT)
-    times = event.get(TIMES) if isinstance(event.get(TIMES), dict) else {}
+    times = raw if isinstance(raw := event.get(TIMES), dict) else {}
     if not isinstance(erased_at, int):
         return {k: v for k, v in event.items() if k != TIMES}
     return {k: v for k, v in event.items() if k != TIMES and isinstance(times.get(k), int) and times[k] > erased_at}
@@ -432,9 +434,13 @@ def fill(contact: dict, conversation_id: str, values: dict, now_ms: int) -> dict
     name = values.get("display_name")
     source = contact.get("conversations", {}).get(conversation_id)
     current = contact.get("display_name")
-    if name and name != current and source is not None:
-        if current is None or current == model.default_display_name(conversation_id, source):
-            changes["display_name"] = name
+    if (
+        name
+        and name != current
+        and source is not None
+        and (current is None or current == model.default_display_name(conversation_id, source))
+    ):
+        changes["display_name"] = name
     avatar = values.get("avatar_url")
     if avatar and not contact.get("avatar_url"):
         changes["avatar_url"] = avatar
@@ -504,10 +510,13 @@ class LayeredView:
         return found + sorted(self._holding.get((kind, value), ()))
 
     def _index_identities(self, contact_id: str, contact: dict | None) -> None:
-        for identity in self._identities_of.get(contact_id, ()):
+        known = self._identities_of
+        if known is None:
+            return  # not built yet: holders() builds it from the layers when first asked
+        for identity in known.get(contact_id, ()):
             self._holding.get(identity, set()).discard(contact_id)
         held = set(identities.identities_of(contact, self.phone_region)) if contact is not None else set()
-        self._identities_of[contact_id] = held
+        known[contact_id] = held
         for identity in held:
             self._holding.setdefault(identity, set()).add(contact_id)
 

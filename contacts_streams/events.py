@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from contacts_streams import model
 from contacts_streams.config import Config
@@ -79,7 +80,10 @@ def apply_changes(contact: dict | None, event: dict) -> dict | None:
     map field left without keys is removed, as the contacts themselves never hold an empty one."""
     if event["operation"] in GONE:
         return None
-    out = {name: (dict(value) if name in KEYED_FIELDS and isinstance(value, dict) else value) for name, value in (contact or {}).items()}
+    out = {
+        name: (dict(value) if name in KEYED_FIELDS and isinstance(value, dict) else value)
+        for name, value in (contact or {}).items()
+    }
     for change in event.get("changes") or ():
         name, dot, key = change["path"].partition(".")
         after = change.get("after")
@@ -141,8 +145,16 @@ def changed_paths(event: dict) -> list[str]:
 class EventCodec:
     """Events (dicts) <-> bytes; the Confluent wire format with a registry, else single-object."""
 
-    def __init__(self, registry_url: str | None = None, subject: str | None = EVENTS_SUBJECT, *, registry_client: Any = None,
-                 schema: Any = None, history: Iterable[Any] = (), confirm_every: float | None = None):
+    def __init__(
+        self,
+        registry_url: str | None = None,
+        subject: str | None = EVENTS_SUBJECT,
+        *,
+        registry_client: Any = None,
+        schema: Any = None,
+        history: Iterable[Any] = (),
+        confirm_every: float | None = None,
+    ):
         self.avro = AvroCodec(
             schema if schema is not None else SCHEMA_DIR / "contact-event.avsc",
             registry_url,

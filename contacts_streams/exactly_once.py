@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -55,7 +56,13 @@ class ExactlyOnceLoop:
     producer_at_start = True
 
     def __init__(
-        self, config: Config, metrics: Metrics, group_id: str, topics: list[str], transactional_id: str, unreported: frozenset[str] = frozenset()
+        self,
+        config: Config,
+        metrics: Metrics,
+        group_id: str,
+        topics: list[str],
+        transactional_id: str,
+        unreported: frozenset[str] = frozenset(),
     ):
         self._config = config
         self._metrics = metrics
@@ -140,7 +147,7 @@ class ExactlyOnceLoop:
         positions = self._txn.commit(consumer, offsets, records, more)
         for record in written:
             if record.topic == self._dead_letter_topic:
-                source = dict(record.headers).get(DL_TOPIC, b"").decode("utf-8", "replace")
+                source = (dict(record.headers).get(DL_TOPIC) or b"").decode("utf-8", "replace")
                 self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
 
@@ -150,10 +157,18 @@ class ExactlyOnceLoop:
         text = str(err) or type(err).__name__
         log.error(
             "%s sends %s[%d]@%d to %s: %s: %s",
-            self.name, msg.topic(), msg.partition(), msg.offset(), self._dead_letter_topic, type(err).__name__, text[:MAX_ERROR_MESSAGE],
+            self.name,
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            self._dead_letter_topic,
+            type(err).__name__,
+            text[:MAX_ERROR_MESSAGE],
         )
-        headers = list(msg.headers() or []) + [
-            (DL_TOPIC, msg.topic().encode()),
+        # A consumed record's headers are (name, bytes or None) pairs; the stubs allow str and dicts too.
+        received = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+        headers = received + [
+            (DL_TOPIC, (msg.topic() or "").encode()),
             (DL_PARTITION, str(msg.partition()).encode()),
             (DL_OFFSET, str(msg.offset()).encode()),
             (DL_STAGE, self.name.encode()),
@@ -176,9 +191,11 @@ class ExactlyOnceLoop:
     def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
         offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
-            if msg.error() is None or msg.error().code() != KafkaError._PARTITION_EOF:
-                if msg.offset() is not None and msg.offset() >= 0:
-                    offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            error, topic, partition, offset = msg.error(), msg.topic(), msg.partition(), msg.offset()
+            if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                continue
+            if topic is not None and partition is not None and offset is not None and offset >= 0:
+                offsets[(topic, partition)] = offset + 1
         return offsets
 
     # --- the loop ------------------------------------------------------------------------------
@@ -312,7 +329,8 @@ class ExactlyOnceLoop:
         # each transaction, so a stage that read everything shows no lag.
         positions = consumer.position(consumer.assignment())
         report_lag(consumer, self._metrics, positions)
-        behind, level = [], []
+        behind: list[tuple[str, int]] = []
+        level: list[tuple[str, int]] = []
         for tp in positions:
             _low, high = consumer.get_watermark_offsets(tp, cached=True)
             if tp.offset == OFFSET_INVALID or tp.offset < 0 or high < 0:
@@ -336,7 +354,9 @@ class ExactlyOnceLoop:
                 except Unprocessable:  # the broker refuses even the dead letter: keep where it was
                     letter = records[0]
                     headers = letter.headers + [(DL_VALUE_DROPPED, b"refused by the dead-letter topic")]
-                    self.commit(consumer, self.next_offsets(messages), [Produced(letter.topic, letter.key, b"", headers)] + records[1:])
+                    self.commit(
+                        consumer, self.next_offsets(messages), [Produced(letter.topic, letter.key, b"", headers)] + records[1:]
+                    )
                 return
             log.warning("%s: a record in a batch of %d cannot be processed (%s): isolating it", self.name, len(messages), err)
         half = len(messages) // 2

@@ -172,7 +172,11 @@ def search_tokens(contact: dict, identities: list[Identity] | None = None) -> li
     first name, every contact's email and local part again, at the end of the name's range.
     """
     found: set[tuple[str, str]] = set()
-    for name in (contact.get("display_name"), contact.get("organization_name"), (contact.get("address") or {}).get("organization_name")):
+    for name in (
+        contact.get("display_name"),
+        contact.get("organization_name"),
+        (contact.get("address") or {}).get("organization_name"),
+    ):
         if isinstance(name, str):
             found.update((WORD, w[:MAX_TOKEN_CHARS]) for w in words(name))
     via = contact.get("via") or {}

@@ -25,9 +25,9 @@ import shutil
 import struct
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from confluent_kafka import KafkaError
 
@@ -87,7 +87,12 @@ class Credentials:
 
 
 def _unquote(token: str) -> str:
-    return re.sub(r"\\([0-7]{1,3}|.)", lambda m: chr(int(m[1], 8)) if m[1][0] in "01234567" else _ESCAPES.get(m[1], m[1]), token[1:-1], flags=re.DOTALL)
+    return re.sub(
+        r"\\([0-7]{1,3}|.)",
+        lambda m: chr(int(m[1], 8)) if m[1][0] in "01234567" else _ESCAPES.get(m[1], m[1]),
+        token[1:-1],
+        flags=re.DOTALL,
+    )
 
 
 def parse_jaas(line: str) -> Credentials:
@@ -99,11 +104,13 @@ def parse_jaas(line: str) -> Credentials:
     pos = 0
     while pos < len(line):
         match = _TOKEN.match(line, pos)
-        if match is None:  # only white space is left
+        if match is None or match.lastgroup is None:  # only white space is left
             break
         kind = match.lastgroup
         if kind == "bad":
-            raise SecurityConfigError(f"AUTH_JAAS has an unterminated quote or a stray character at position {match.start(kind) + 1}")
+            raise SecurityConfigError(
+                f"AUTH_JAAS has an unterminated quote or a stray character at position {match.start(kind) + 1}"
+            )
         tokens.append((kind, match[kind], match.start(kind) + 1))
         pos = match.end()
     if len(tokens) < 2 or tokens[0][0] != "word" or tokens[1][0] != "word":
@@ -231,7 +238,9 @@ def _truststore_pem(path: Path, secret: str, variable: str) -> bytes:
         try:
             certs = [x509.load_der_x509_certificate(der) for der in read_jks_trusted(data, secret)]
         except PermissionError:
-            raise SecurityConfigError(f"{variable} ({path}) cannot be opened with KAFKA_KEY_TRUST_SECRET: wrong secret or damaged file") from None
+            raise SecurityConfigError(
+                f"{variable} ({path}) cannot be opened with KAFKA_KEY_TRUST_SECRET: wrong secret or damaged file"
+            ) from None
         except ValueError as err:
             raise SecurityConfigError(f"{variable} ({path}) is not a readable JKS truststore: {err}") from None
     elif data[:4] == b"\xce\xce\xce\xce":
@@ -240,7 +249,9 @@ def _truststore_pem(path: Path, secret: str, variable: str) -> bytes:
         try:
             store = pkcs12.load_pkcs12(data, secret.encode())
         except ValueError:
-            raise SecurityConfigError(f"{variable} ({path}) is neither JKS, PEM nor a PKCS12 store KAFKA_KEY_TRUST_SECRET opens") from None
+            raise SecurityConfigError(
+                f"{variable} ({path}) is neither JKS, PEM nor a PKCS12 store KAFKA_KEY_TRUST_SECRET opens"
+            ) from None
         certs = [c.certificate for c in store.additional_certs] + ([store.cert.certificate] if store.cert else [])
     if not certs:
         raise SecurityConfigError(f"{variable} ({path}) holds no trusted certificate")
@@ -260,11 +271,14 @@ def _keystore_pem(path: Path, secret: str, variable: str) -> tuple[bytes, bytes]
             raise SecurityConfigError(f"{variable} ({path}) holds no private key KAFKA_KEY_TRUST_SECRET opens") from None
     else:
         try:
-            key, cert, extra = pkcs12.load_key_and_certificates(data, secret.encode())
+            stored_key, cert, extra = pkcs12.load_key_and_certificates(data, secret.encode())
         except ValueError:
-            raise SecurityConfigError(f"{variable} ({path}) cannot be opened with KAFKA_KEY_TRUST_SECRET: wrong secret, or not PKCS12") from None
-        if key is None or cert is None:
+            raise SecurityConfigError(
+                f"{variable} ({path}) cannot be opened with KAFKA_KEY_TRUST_SECRET: wrong secret, or not PKCS12"
+            ) from None
+        if stored_key is None or cert is None:
             raise SecurityConfigError(f"{variable} ({path}) holds no private key with its certificate")
+        key = stored_key
         certs = [cert, *extra]
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
     encrypted = key.private_bytes(
@@ -291,9 +305,13 @@ def _private_folder() -> Path:
     with _private_dir_lock:
         if _private_dir is None or not _private_dir.exists():
             _private_dir = Path(tempfile.mkdtemp(prefix="contacts-kafka-certs-"))
-            owner = os.getpid()
-            atexit.register(lambda d=_private_dir: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))
+            atexit.register(_remove_private, _private_dir, os.getpid())
         return _private_dir
+
+
+def _remove_private(folder: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_private(name: str, data: bytes) -> str:
@@ -324,7 +342,12 @@ def settings_from_env(environ: Mapping[str, str]) -> KafkaSettings:
     if jaas:
         credentials = parse_jaas(jaas)
         settings.update(
-            {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": credentials.username, "sasl.password": credentials.password}
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": credentials.username,
+                "sasl.password": credentials.password,
+            }
         )
     if secret:
         truststore = Path(environ.get("KAFKA_TRUSTSTORE_LOCATION", "").strip() or PLATFORM_TRUSTSTORE)
@@ -378,7 +401,11 @@ def describe(settings: Mapping[str, str]) -> str:
         mechanism = settings.get("sasl.mechanism") or settings.get("sasl.mechanisms") or "GSSAPI"
         return f"{protocol}, SASL {mechanism} as {settings.get('sasl.username', '?')!r}"
     if protocol == "SSL":
-        client = "with a client certificate" if settings.get("ssl.certificate.location") or settings.get("ssl.keystore.location") else "without a client certificate"
+        client = (
+            "with a client certificate"
+            if settings.get("ssl.certificate.location") or settings.get("ssl.keystore.location")
+            else "without a client certificate"
+        )
         return f"SSL {client}, CA {settings.get('ssl.ca.location', 'of the system')}"
     return protocol
 
@@ -401,7 +428,9 @@ _TRANSIENT = re.compile(
     r"broker handle destroyed|timed out|disconnected|connection (refused|reset|closed)|reset by peer|broken pipe|unexpected eof",
     re.IGNORECASE,
 )
-_CLIENT_CERT_REFUSED = re.compile(r"alert (bad certificate|unknown ca|certificate (unknown|expired|revoked|unsupported)|access denied)", re.IGNORECASE)
+_CLIENT_CERT_REFUSED = re.compile(
+    r"alert (bad certificate|unknown ca|certificate (unknown|expired|revoked|unsupported)|access denied)", re.IGNORECASE
+)
 
 
 def fatal_cause(error: KafkaError) -> str | None:

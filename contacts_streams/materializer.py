@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -40,7 +41,9 @@ _NO_LEADER_YET = (
 
 
 class Materializer:
-    def __init__(self, config: Config, store: Store, metrics: Metrics, topic: str | None = None, target=None, name: str = "materializer"):
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, topic: str | None = None, target=None, name: str = "materializer"
+    ):
         self._config = config
         # What it writes: the store's contacts part, or another part with the same methods
         # (topic, offsets, count, reset, apply).
@@ -77,7 +80,9 @@ class Materializer:
             return f"{self.name} connecting to {self._topic}"
         if not self.ready:
             with self._changed:
-                behind = {p: (self._applied.get(p, 0), self._start_ends.get(p)) for p in self._partitions if p not in self._caught_up}
+                behind = {
+                    p: (self._applied.get(p, 0), self._start_ends.get(p)) for p in self._partitions if p not in self._caught_up
+                }
             where = ", ".join(f"{p}: {applied} of {end}" for p, (applied, end) in sorted(behind.items())[:5])
             return f"{self.name} catching up with {self._topic} ({len(behind)} of {len(self._partitions)} partitions behind: {where})"
         return "up to date"
@@ -183,7 +188,8 @@ class Materializer:
                 time.sleep(0.5)
 
     def _note_lag(self, consumer: Consumer, positions: list[TopicPartition]) -> None:
-        behind, level = [], []
+        behind: list[int] = []
+        level: list[int] = []
         for tp in positions:
             _low, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
@@ -219,15 +225,19 @@ class Materializer:
         records: list[Record] = []
         reached_end: list[tuple[int, int]] = []
         for msg in messages:
-            error = msg.error()
+            error, partition, offset = msg.error(), msg.partition(), msg.offset()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    reached_end.append((msg.partition(), msg.offset()))
-                else:
+                if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("contacts topic: %s", error)
+                elif partition is not None and offset is not None:
+                    reached_end.append((partition, offset))
                 continue
-            headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (msg.headers() or [])}
-            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers, msg.timestamp()[1]))
+            if partition is None or offset is None:
+                continue  # a record read from a partition has both; the stubs allow None
+            # A consumed record's headers are (name, bytes or None) pairs; the stubs allow str and dicts too.
+            received = cast(list[tuple[str, bytes | None]], msg.headers() or [])
+            headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in received}
+            records.append(Record(partition, offset, msg.key(), msg.value(), headers, msg.timestamp()[1]))
         if records:
             applied = self._apply(records)
             if applied is None:
@@ -246,7 +256,9 @@ class Materializer:
                     self._applied[partition] = max(self._applied.get(partition, 0), end)
                     self._caught_up.add(partition)
                 for record in records:
-                    if record.partition not in self._caught_up and self._applied[record.partition] >= self._start_ends.get(record.partition, 0):
+                    if record.partition not in self._caught_up and self._applied[record.partition] >= self._start_ends.get(
+                        record.partition, 0
+                    ):
                         self._caught_up.add(record.partition)
                 self._changed.notify_all()
 
@@ -263,4 +275,3 @@ class Materializer:
 
     def _poisoned(self, record: Record, _err: Exception) -> None:
         self._metrics.poison_records.labels(topic=self._topic).inc()
-

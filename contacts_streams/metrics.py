@@ -45,9 +45,7 @@ class Metrics:
             "contacts_auto_updated", "Auto-created contacts filled from later conversation metadata", registry=r
         )
         self.store_contacts = Gauge("contacts_store_contacts", "Live contacts in the store", registry=r)
-        self.produce_errors = Counter(
-            "contacts_produce_errors", "Writes the broker did not acknowledge", ["reason"], registry=r
-        )
+        self.produce_errors = Counter("contacts_produce_errors", "Writes the broker did not acknowledge", ["reason"], registry=r)
         self.import_size = Histogram(
             "contacts_import_size_contacts",
             "Contacts in one /contacts.import request",
@@ -56,12 +54,16 @@ class Metrics:
         )
         self.store_rebuilds = Counter("contacts_store_rebuilds", "Store rebuilds from the contacts topic", ["reason"], registry=r)
         self.erase_rolls = Counter(
-            "contacts_erase_rolls", "Records of erases the writer wrote again so their segments roll (see README, Erase)", registry=r
+            "contacts_erase_rolls",
+            "Records of erases the writer wrote again so their segments roll (see README, Erase)",
+            registry=r,
         )
         self.writer = Gauge("contacts_writer", "1 while this replica is the writer (holds the commands partition)", registry=r)
         self.commands = Counter("contacts_commands", "Commands the writer answered", ["type", "status"], registry=r)
         self.writer_failed_commands = Counter(
-            "contacts_writer_failed_commands", "Commands the writer could not apply (answered 500, partition not stalled)", registry=r
+            "contacts_writer_failed_commands",
+            "Commands the writer could not apply (answered 500, partition not stalled)",
+            registry=r,
         )
         self.writer_batch_seconds = Histogram(
             "contacts_writer_batch_seconds",

@@ -100,7 +100,7 @@ import json
 import math
 import time
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contacts_streams.shapes import (
@@ -272,7 +272,7 @@ def _timezone_schema(served: bool) -> dict:
         number.update(minimum=-MAX_TIMEZONE_OFFSET, maximum=MAX_TIMEZONE_OFFSET)
     return {
         "anyOf": [_text().schema(served), number],
-        "description": "Offset from GMT, a number or a string, served back as sent (`\"\"` included).",
+        "description": 'Offset from GMT, a number or a string, served back as sent (`""` included).',
     }
 
 
@@ -450,7 +450,7 @@ def _validate_contact_payload(payload: Any, prefix: str, ignored: list[str] | No
 
 
 #: A create body: CONTACT, not empty and setting at least one field.
-CREATE = Custom(lambda payload, path, ignored=None: _validate_contact_payload(payload, path, ignored), CONTACT.schema)
+CREATE = Custom(_validate_contact_payload, CONTACT.schema)
 
 
 def _check_contacts(payload: Any, prefix: str, ignored: list[str] | None = None) -> list[dict]:
@@ -481,7 +481,9 @@ UPSERT_BY = Choice(
     " order, so two with one identity make one contact. Several contacts with that identity:"
     " 409 naming the element.",
 )
-_IMPORT_OBJECT = _request({"contacts": Custom(_check_contacts, lambda served: ref("ImportContacts")), "upsert_by": UPSERT_BY}, required=("contacts",))
+_IMPORT_OBJECT = _request(
+    {"contacts": Custom(_check_contacts, lambda served: ref("ImportContacts")), "upsert_by": UPSERT_BY}, required=("contacts",)
+)
 
 
 def _check_import(payload: Any, path: str = "", ignored: list[str] | None = None) -> tuple[list[dict], str | None]:
@@ -489,7 +491,8 @@ def _check_import(payload: Any, path: str = "", ignored: list[str] | None = None
         return _check_contacts(payload, "", ignored), None
     if not isinstance(payload, dict) or "contacts" not in payload:
         raise ValidationError(
-            "", f'the request body must be a JSON array of contacts or {{"contacts": [...], "upsert_by"?}}, not {type_name(payload)}'
+            "",
+            f'the request body must be a JSON array of contacts or {{"contacts": [...], "upsert_by"?}}, not {type_name(payload)}',
         )
     _IMPORT_OBJECT.note_unknown(payload, "", ignored)
     if not isinstance(payload["contacts"], list):  # before upsert_by: the body's main part first
@@ -559,13 +562,19 @@ LIST = _request(
     " Unknown fields are ignored and named in X-Contacts-Ignored-Fields.",
     nullable=True,
 )
-INFO = _request({"id": Uuid(), "conversation_id": Uuid()}, "A contact id or a conversation id, not both. Other fields are ignored.", one_of=("id", "conversation_id"))
+INFO = _request(
+    {"id": Uuid(), "conversation_id": Uuid()},
+    "A contact id or a conversation id, not both. Other fields are ignored.",
+    one_of=("id", "conversation_id"),
+)
 ID = _request({"id": Uuid()}, required=("id",))
 MERGE = _request(
     {
         "source_id": Uuid(),
         "destination_id": Uuid(),
-        "dry_run": Boolean("true: nothing is written; the answer is what the destination would become and the conflicts.", default=False),
+        "dry_run": Boolean(
+            "true: nothing is written; the answer is what the destination would become and the conflicts.", default=False
+        ),
     },
     "Merges source into destination; the two must differ (else 400 naming destination_id). Other fields are ignored.",
     required=("source_id", "destination_id"),
@@ -859,7 +868,7 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same_json(a[key], b[key]) for key in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and a == 0.0 == b:
         return math.copysign(1.0, a) == math.copysign(1.0, b)  # -0.0 and 0.0 are different JSON
     return a == b
@@ -989,7 +998,7 @@ def sort_key(contact: dict) -> bytes:
 
 # --- time ---------------------------------------------------------------------------------------
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -1018,7 +1027,7 @@ def iso_to_millis(text: str) -> int:
     """An ISO 8601 timestamp (``Z`` or an offset; none means UTC) -> milliseconds since the epoch."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _ONE_MS
 
 
@@ -1144,10 +1153,7 @@ def unmerge(destination: dict, entry_or_source_id: dict | str, now_ms: int) -> t
     restored = _ordered(restored)
 
     after = _copy_json({name: value for name, value in destination.items() if name != "merge_history"})
-    if known:
-        gained = list(entry["gained"])
-    else:
-        gained = [f"conversations.{c}" for c in (entry.get("conversations") or {})]
+    gained = list(entry["gained"]) if known else [f"conversations.{c}" for c in (entry.get("conversations") or {})]
     for path in gained:
         if path.startswith("conversations."):
             if (after.get("conversations") or {}).get(path.partition(".")[2]) is not None:

@@ -98,7 +98,7 @@ class ReplyListener:
             consumer.close()
             raise
         self._consumer = consumer
-        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(consumer,), name="reply-listener", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -116,8 +116,7 @@ class ReplyListener:
         with self._lock:
             self._waiting.pop(command_id, None)
 
-    def _run(self) -> None:
-        consumer = self._consumer
+    def _run(self, consumer: Consumer) -> None:
         try:
             while not self._stopping.is_set():
                 try:
@@ -130,9 +129,10 @@ class ReplyListener:
                     time.sleep(0.5)
                     continue
                 for msg in batch:
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("replies: %s", msg.error())
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("replies: %s", error)
                         continue
                     key = msg.key()
                     with self._lock:
@@ -190,7 +190,13 @@ class CommandClient:
         limit = min(topic_limit or DEFAULT_RECORD_LIMIT, producer_limit)
         self.producer_limits = {"batch.size": max(1, min(DEFAULT_BATCH_BYTES, limit))}
         self.record_limit = limit - RECORD_FRAMING_BYTES
-        log.info("records of %s may be up to %d bytes (topic max.message.bytes %s, producer message.max.bytes %d)", topic, self.record_limit, topic_limit, producer_limit)
+        log.info(
+            "records of %s may be up to %d bytes (topic max.message.bytes %s, producer message.max.bytes %d)",
+            topic,
+            self.record_limit,
+            topic_limit,
+            producer_limit,
+        )
 
     def _new_producer(self) -> Producer:
         return Producer(
@@ -247,11 +253,12 @@ class CommandClient:
         )
         raw = command.encode()
         if len(raw) > commands.MAX_COMMAND_BYTES:
-            raise TooLarge(f"the write is {len(raw)} bytes as a command, more than the {commands.MAX_COMMAND_BYTES} the service takes")
+            raise TooLarge(
+                f"the write is {len(raw)} bytes as a command, more than the {commands.MAX_COMMAND_BYTES} the service takes"
+            )
         started = time.perf_counter()
         waiter = self._listener.expect(command.id)
         try:
-
             producer = self._producer
 
             def delivered(err, _msg):

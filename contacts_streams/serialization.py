@@ -43,8 +43,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fingerprint_of
@@ -141,7 +142,10 @@ def _strip_logical_types(schema: Any) -> Any:
 
 
 def _parse(schema: dict) -> dict:
-    return parse_schema(_strip_logical_types(schema))
+    parsed = parse_schema(_strip_logical_types(schema))
+    if not isinstance(parsed, dict):
+        raise TypeError(f"a record schema was expected, not {parsed!r}"[:300])
+    return parsed
 
 
 def _fingerprint(parsed: dict) -> bytes:
@@ -184,10 +188,16 @@ def _registration_error(name: str, subject: str, err: Exception) -> RegistryErro
         said = f"HTTP {status}, error code {code}: {err.error_message}"
         if 400 <= status < 500 and status not in (408, 429):
             why = _REFUSALS.get(status, "the registry refuses it")
-            return SchemaRefused(f"the schema registry refuses the {name} schema under subject {subject}: {why} ({said})", status, code)
-        return RegistryError(f"the schema registry failed to register the {name} schema under subject {subject} ({said})", status, code)
+            return SchemaRefused(
+                f"the schema registry refuses the {name} schema under subject {subject}: {why} ({said})", status, code
+            )
+        return RegistryError(
+            f"the schema registry failed to register the {name} schema under subject {subject} ({said})", status, code
+        )
     # httpx's transport errors (refused, reset, timed out) and anything else on the way
-    return RegistryError(f"the schema registry cannot be reached to register the {name} schema under subject {subject}: {type(err).__name__}: {err}")
+    return RegistryError(
+        f"the schema registry cannot be reached to register the {name} schema under subject {subject}: {type(err).__name__}: {err}"
+    )
 
 
 # --- the codec ----------------------------------------------------------------------------------
@@ -216,7 +226,7 @@ class AvroCodec:
         self.schema = _load_schema(schema)
         self.parsed = _parse(self.schema)
         parsed = self.parsed
-        self.name = parsed.get("name", parsed.get("type")) if isinstance(parsed, dict) else str(parsed)
+        self.name = str(parsed.get("name", parsed.get("type")))
         self.fingerprint = _fingerprint(self.parsed)
         self._single_object_header = SINGLE_OBJECT_MAGIC + self.fingerprint
         # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
@@ -284,7 +294,11 @@ class AvroCodec:
                 log.warning(
                     "the schema registry gives the %s schema under %s id %d, not %d as before (did it lose its schemas?); "
                     "records written with %d still decode here",
-                    self.name, self.subject, schema_id, self._schema_id, self._schema_id,
+                    self.name,
+                    self.subject,
+                    schema_id,
+                    self._schema_id,
+                    self._schema_id,
                 )
             self._registry_writers[schema_id] = None
             self._confluent_header = bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
@@ -301,9 +315,7 @@ class AvroCodec:
         except KeyError:
             pass
         if self.registry is None:
-            raise DecodeError(
-                f"a Confluent-framed record (schema id {schema_id}) but no schema registry is configured"
-            )
+            raise DecodeError(f"a Confluent-framed record (schema id {schema_id}) but no schema registry is configured")
         from confluent_kafka.schema_registry import SchemaRegistryError
 
         try:
@@ -332,6 +344,7 @@ class AvroCodec:
             if self._confluent_header is None or not self._fresh(time.monotonic()):
                 self.register()
             header = self._confluent_header
+            assert header is not None, "register() sets it or raises"
         else:
             header = self._single_object_header
         out = io.BytesIO()
@@ -352,9 +365,7 @@ class AvroCodec:
             try:
                 writer = self._writers[fingerprint]
             except KeyError:
-                raise DecodeError(
-                    f"unknown writer schema fingerprint {fingerprint.hex()} for {self.name}"
-                ) from None
+                raise DecodeError(f"unknown writer schema fingerprint {fingerprint.hex()} for {self.name}") from None
             offset = 10
         elif size >= 5 and data[0] == CONFLUENT_MAGIC:
             writer = self._registry_writer(int.from_bytes(data[1:5], "big"))
@@ -376,6 +387,8 @@ class AvroCodec:
             raise DecodeError(f"undecodable {self.name} record: {type(err).__name__}: {err}") from err
         if buffer.tell() != size:
             raise DecodeError(f"{size - buffer.tell()} trailing bytes after the {self.name} record")
+        if not isinstance(record, dict):  # a record schema reads records; fastavro types any value
+            raise DecodeError(f"the {self.name} schema read no record")
         return record
 
 
@@ -435,7 +448,7 @@ def _merge_history(value: list) -> list:
     return [record_to_contact(item) for item in value]
 
 
-_FROM_RECORD = {
+_FROM_RECORD: dict[str, Callable[[Any], Any]] = {
     "address": _address,
     "metadata": json.loads,
     "created_at": model.millis_to_iso,

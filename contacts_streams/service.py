@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -14,13 +15,13 @@ from confluent_kafka.admin import AdminClient
 from contacts_streams.config import Config
 from contacts_streams.contacts import Contacts
 from contacts_streams.events import EventCodec
+from contacts_streams.find import Finder
 from contacts_streams.history import History
 from contacts_streams.kafka_security import BrokerRefused, StartupErrors
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, ReplyListener
 from contacts_streams.serialization import ContactCodec, RegistryError, SchemaRefused, shared_registry_client
-from contacts_streams.find import Finder
 from contacts_streams.store import Store
 from contacts_streams.topics import apply_erase_settings, conversations_topic, dismissed_topic, ensure_topics
 from contacts_streams.writer import Writer
@@ -47,7 +48,9 @@ class Service:
         self.metrics = metrics or Metrics()
         self.codec = _codec(config, ContactCodec, config.contacts_topic)
         self.event_codec = _codec(config, EventCodec, config.events_topic)
-        self.store, wiped = Store.open_or_rebuild(Path(config.state_dir), self.codec, config.default_phone_region, self.event_codec)
+        self.store, wiped = Store.open_or_rebuild(
+            Path(config.state_dir), self.codec, config.default_phone_region, self.event_codec
+        )
         if wiped:
             self.metrics.store_rebuilds.labels(reason="corrupt").inc()
         self.materializer = Materializer(config, self.store, self.metrics)
@@ -55,7 +58,12 @@ class Service:
         self.publisher = CommandClient(config, self.replies, self.materializer, self.metrics)
         # Groups people said are not duplicates: every replica reads the whole topic.
         self.dismissed = Materializer(
-            config, self.store, self.metrics, topic=dismissed_topic(config), target=self.store.dismissed, name="dismissed materializer"
+            config,
+            self.store,
+            self.metrics,
+            topic=dismissed_topic(config),
+            target=self.store.dismissed,
+            name="dismissed materializer",
         )
         # Each contact's recent change events, for contacts.history: every replica reads the
         # whole events topic. Not part of readiness: only contacts.history waits for it.
@@ -70,12 +78,24 @@ class Service:
             from contacts_streams.auto_create import ConversationRouter
 
             self.join_state = Materializer(
-                config, self.store, self.metrics, topic=conversations_topic(config), target=self.store.join_state, name="join-state materializer"
+                config,
+                self.store,
+                self.metrics,
+                topic=conversations_topic(config),
+                target=self.store.join_state,
+                name="join-state materializer",
             )
             self.router = ConversationRouter(config, self.store, self.metrics)
         # Every replica runs a writer; the one that holds the commands partition applies.
         self.writer = Writer(
-            config, self.store, self.materializer, self.metrics, self.codec, self.publisher, join_state=self.join_state, event_codec=self.event_codec
+            config,
+            self.store,
+            self.materializer,
+            self.metrics,
+            self.codec,
+            self.publisher,
+            join_state=self.join_state,
+            event_codec=self.event_codec,
         )
         self._start_error: BaseException | None = None
         self._closed = False
@@ -83,7 +103,7 @@ class Service:
         self._watchdog = threading.Event()
         self.liveness_checked_at = 0.0  # when the watchdog last judged the stages
 
-    def start(self, wait: bool = False, timeout: float = 120.0) -> "Service":
+    def start(self, wait: bool = False, timeout: float = 120.0) -> Service:
         """Start in the background (HTTP may serve health meanwhile); wait=True blocks until ready."""
         threading.Thread(target=self._start, name="service-start", daemon=True).start()
         if wait:

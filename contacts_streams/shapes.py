@@ -19,7 +19,8 @@ without the request limits (a merge may grow a contact past them).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _UUID_RE = re.compile(UUID_PATTERN.replace("$", r"\Z"))
@@ -214,7 +215,13 @@ class Uuid(Shape):
         return normalize_uuid(value, path)
 
     def schema(self, served=False):
-        schema: dict[str, Any] = {"type": "string", "format": "uuid", "pattern": UUID_PATTERN, "minLength": UUID_LENGTH, "maxLength": UUID_LENGTH}
+        schema: dict[str, Any] = {
+            "type": "string",
+            "format": "uuid",
+            "pattern": UUID_PATTERN,
+            "minLength": UUID_LENGTH,
+            "maxLength": UUID_LENGTH,
+        }
         _described(schema, self.doc)
         if self.nullable:
             schema["nullable"] = True
@@ -280,7 +287,9 @@ class StringMap(Shape):
     """An object of the client's own keys (non-empty, at most ``max_key_length``) to strings;
     ``min_keys`` refuses fewer keys."""
 
-    def __init__(self, values: Text, max_keys: int, max_key_length: int, doc: str = "", *, min_keys: int = 0, request_doc: str = ""):
+    def __init__(
+        self, values: Text, max_keys: int, max_key_length: int, doc: str = "", *, min_keys: int = 0, request_doc: str = ""
+    ):
         self.values, self.max_keys, self.max_key_length = values, max_keys, max_key_length
         self.doc, self.min_keys, self.request_doc = doc, min_keys, request_doc
 

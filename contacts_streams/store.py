@@ -70,9 +70,10 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import cast
 
 from rocksdict import BottommostLevelCompaction, CompactOptions, Options, Rdict, ReadOptions, WriteBatch
 
@@ -102,7 +103,19 @@ TOPIC_STATE = (CONTACTS, CONVERSATIONS, MERGED, NAMES, COUNTERS, OFFSETS, META, 
 # contacts, join state), compacted after an erase. Whole families, not the erased keys' ranges:
 # an update long ago deleted index keys (an old e-mail, an old name's words) that the erase no
 # longer knows, and their deletes and values may still sit in SST files.
-PERSONAL = (CONTACTS, NAMES, IDENTITIES, SHARED, SEARCH, DERIVED, CONVERSATIONS, MERGED, JOIN_STATE, CONVERSATION_METADATA, HISTORY)
+PERSONAL = (
+    CONTACTS,
+    NAMES,
+    IDENTITIES,
+    SHARED,
+    SEARCH,
+    DERIVED,
+    CONVERSATIONS,
+    MERGED,
+    JOIN_STATE,
+    CONVERSATION_METADATA,
+    HISTORY,
+)
 # 1: contacts, conversations, merged, names, counters. 2: identities, shared, search, derived.
 # 3: whole emails in a search namespace of their own, no local-part token, search entries valued
 # with their shared prefix, derived entries holding all a contact's index entries come from.
@@ -210,10 +223,24 @@ def _options() -> Options:
     return options
 
 
+# Every family is in raw mode, so keys and values are bytes; rocksdict's stubs type them for
+# every mode (str, int, float, bytes, bool). An Rdict is not iterable by its keys: `for k in
+# family` indexes it with 0, 1, ... and fails, so keys() it is.
+def _pairs(family: Rdict, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    items = family.items() if from_key is None else family.items(from_key=from_key)
+    return cast(Iterator[tuple[bytes, bytes]], items)
+
+
+def _keys(family: Rdict) -> Iterator[bytes]:
+    return cast(Iterator[bytes], family.keys())
+
+
 class Store:
     """One process owns the store; its threads may read while the materializer writes."""
 
-    def __init__(self, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None):
+    def __init__(
+        self, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None
+    ):
         self.path = Path(path)
         self.codec = codec
         self.event_codec = event_codec or EventCodec(subject=None)
@@ -275,13 +302,18 @@ class Store:
             return
         if found is not None or self.count() or self.offsets():
             self.upgraded_from = (found or b"1").decode()
-            log.warning("the store at %s has format %s, this version writes %s: rebuilding it from the topic", self.path, self.upgraded_from, FORMAT.decode())
+            log.warning(
+                "the store at %s has format %s, this version writes %s: rebuilding it from the topic",
+                self.path,
+                self.upgraded_from,
+                FORMAT.decode(),
+            )
             self.reset()
         self._cf[META][FORMAT_KEY] = FORMAT
 
     def close(self) -> None:
         if self._db is None:
-            return
+            return  # type: ignore[unreachable]  # typed as open: None only once closed, as here
         with self._compaction:
             self._compaction_wanted = False
             thread = self._compaction_thread
@@ -292,12 +324,12 @@ class Store:
         self._cf.clear()
         self._handle.clear()
         self._db.close()
-        self._db = None
+        self._db = None  # type: ignore[assignment]  # see above
 
     @classmethod
     def open_or_rebuild(
         cls, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None
-    ) -> tuple["Store", str | None]:
+    ) -> tuple[Store, str | None]:
         """Open the store; a corrupt one is wiped. Returns the store and why it was wiped, if it was."""
         try:
             return cls(path, codec, phone_region, event_codec), None
@@ -313,7 +345,7 @@ class Store:
             for family in TOPIC_STATE:
                 if family == META:
                     continue
-                for key in self._cf[family].keys():
+                for key in _keys(self._cf[family]):
                     batch.delete(key, self._handle[family])
             batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
@@ -337,7 +369,7 @@ class Store:
 
     def offsets(self) -> dict[int, int]:
         """partition -> the next offset to read."""
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._cf[OFFSETS].items()}
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _pairs(self._cf[OFFSETS])}
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         """Apply records of the contacts topic and their offsets in one write batch; returns how many were applied."""
@@ -367,7 +399,7 @@ class Store:
     def erased(self) -> list[tuple[str, int]]:
         """(contact id, when its erased tombstone was written in ms) of every erased id that
         has not come back (an auto-created id whose conversation got a new message)."""
-        return [(k.decode(), _U64.unpack(v)[0]) for k, v in self._cf[ERASED].items()]
+        return [(k.decode(), _U64.unpack(v)[0]) for k, v in _pairs(self._cf[ERASED])]
 
     def request_compaction(self) -> None:
         """Compact the personal families soon, on a thread of its own (see compact_personal)."""
@@ -375,7 +407,9 @@ class Store:
             self._compaction_wanted = True
             self.compactions_requested += 1
             if self._compaction_thread is None:
-                self._compaction_thread = threading.Thread(target=self._compact_while_wanted, name="store-compaction", daemon=True)
+                self._compaction_thread = threading.Thread(
+                    target=self._compact_while_wanted, name="store-compaction", daemon=True
+                )
                 self._compaction_thread.start()
 
     def wait_compacted(self, timeout: float) -> bool:
@@ -438,7 +472,7 @@ class Store:
         prefix = key.encode() + SEPARATOR
         it = self._cf[family].iter(ReadOptions())
         it.seek(prefix)
-        found = []
+        found: list[str] = []
         while it.valid() and it.key().startswith(prefix) and len(found) < MAX_CLAIMANTS:
             found.append(it.key()[len(prefix) :].split(SEPARATOR, 1)[0].decode())
             it.next()
@@ -470,7 +504,7 @@ class Store:
         return _I64.unpack(raw)[0] if raw is not None else 0
 
     def items_bytes(self) -> Iterable[tuple[bytes, bytes]]:
-        return self._cf[CONTACTS].items()
+        return _pairs(self._cf[CONTACTS])
 
     def page(self, cursor: str | None, page_size: int) -> Page:
         """A page of contacts in name order; the cost does not grow with the page's position."""
@@ -494,6 +528,7 @@ class Store:
             keys, ids = keys[:page_size], ids[:page_size]
             more_before = after is not None and self._has_before(keys[0] if keys else after, inclusive=not keys)
         else:
+            assert after is not None, "a backward page comes from a cursor"
             it.seek_for_prev(after)
             if it.valid() and it.key() == after:
                 it.prev()
@@ -552,7 +587,6 @@ class Store:
             it.next()
         return it.valid()
 
-
     # --- finding people ----------------------------------------------------------------------
 
     def indexed(self, contact_id: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -568,7 +602,7 @@ class Store:
         prefix = identity_prefix(kind, value)
         it = self._cf[IDENTITIES].iter(ReadOptions())
         it.seek(prefix)
-        found = []
+        found: list[str] = []
         while it.valid() and it.key().startswith(prefix) and len(found) < limit:
             found.append(it.key()[len(prefix) :].decode())
             it.next()
@@ -617,7 +651,7 @@ class Store:
         more = False
         scanned = 0
         short = len(term)
-        for entry, value in self._cf[SEARCH].items(from_key=start):
+        for entry, value in _pairs(self._cf[SEARCH], from_key=start):
             if cursor and entry == start:
                 continue  # the cursor's own entry was on the page before
             if not entry.startswith(prefix):
@@ -635,7 +669,10 @@ class Store:
             contact_id = entry[-_ID_LENGTH:].decode()
             if len(terms) > 1:
                 _identities, tokens = self.indexed(contact_id)
-                if not all(any(n == other_ns and t.startswith(other[: ids_module.MAX_TOKEN_CHARS]) for n, t in tokens) for other_ns, other in terms[1:]):
+                if not all(
+                    any(n == other_ns and t.startswith(other[: ids_module.MAX_TOKEN_CHARS]) for n, t in tokens)
+                    for other_ns, other in terms[1:]
+                ):
                     continue
             contact = self.get(contact_id)
             if contact is not None:
@@ -655,7 +692,7 @@ class Store:
         values = self._cf[SEARCH].values(from_key=prefix, read_opt=options)
         return sum(1 for value in itertools.islice(values, SEARCH_COUNT) if value[0] < term_length)
 
-    def duplicates(self, cursor: str | None, page_size: int) -> tuple[list["Group"], str | None]:
+    def duplicates(self, cursor: str | None, page_size: int) -> tuple[list[Group], str | None]:
         """A page of duplicate groups (one per shared identity) and the next page's cursor.
 
         The shared family holds only identities that two live contacts have, so a page reads
@@ -686,17 +723,17 @@ class Store:
         del it
         return groups, (_encode_duplicates_cursor(last) if more and last is not None else None)
 
-    def groups_of(self, contact_id: str) -> list["Group"]:
+    def groups_of(self, contact_id: str) -> list[Group]:
         """The duplicate groups a live contact is in."""
         identities, _tokens = self.indexed(contact_id)
-        groups = []
+        groups: list[Group] = []
         for kind, value in identities:
             group = self.group(kind, value)
             if group is not None and not any(g.ids == group.ids for g in groups):
                 groups.append(group)
         return groups
 
-    def group(self, kind: str, value: str) -> "Group | None":
+    def group(self, kind: str, value: str) -> Group | None:
         """The group of live contacts sharing this identity, with every identity they all share;
         None when fewer than two share it, when it was dismissed, or when another identity they
         share names the same group first (one group per set of contacts)."""
@@ -713,7 +750,10 @@ class Store:
         for other_kind, other_value in shared:
             if (other_kind, other_value) == (kind, value):
                 continue
-            if _digest16(f"{other_kind}\x00{other_value}".encode()) < mine and sorted(self.holders(other_kind, other_value)) == ids:
+            if (
+                _digest16(f"{other_kind}\x00{other_value}".encode()) < mine
+                and sorted(self.holders(other_kind, other_value)) == ids
+            ):
                 return None
         reasons = [(kind, value)] + sorted(shared - {(kind, value)})
         return Group(tuple(ids), contacts, reasons)
@@ -737,7 +777,7 @@ class _TopicPart:
         return raw.decode() if raw is not None else None
 
     def offsets(self) -> dict[int, int]:
-        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._store._cf[self._OFFSETS].items()}
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _pairs(self._store._cf[self._OFFSETS])}
 
     def count(self) -> int:
         """1 when it holds any entry, else 0 (a part with entries but no offsets is rebuilt)."""
@@ -833,7 +873,7 @@ class DismissedGroups(_TopicPart):
         """The keys of the dismissed groups that name any of these ids (a scan: erases are rare,
         and the family holds contact ids only)."""
         wanted = {c.lower() for c in contact_ids}
-        return [key for key in self._store._cf[DISMISSED].keys() if wanted & set(key.decode().split(","))]
+        return [key for key in _keys(self._store._cf[DISMISSED]) if wanted & set(key.decode().split(","))]
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
         store = self._store
@@ -854,7 +894,9 @@ class DismissedGroups(_TopicPart):
                         batch.put(record.key, b"", store._handle[DISMISSED])
                     applied += 1
                 except (ValueError, UnicodeDecodeError) as err:
-                    log.error("skipping a dismissed-group record at partition %s offset %s: %s", record.partition, record.offset, err)
+                    log.error(
+                        "skipping a dismissed-group record at partition %s offset %s: %s", record.partition, record.offset, err
+                    )
                     if on_poison:
                         on_poison(record, err)
             for partition, offset in next_offsets.items():
@@ -987,7 +1029,9 @@ class EventHistory(_TopicPart):
             last = it.key()
             it.prev()
         del it
-        next_cursor = base64.urlsafe_b64encode(_HISTORY_CURSOR + last[len(prefix) :]).decode().rstrip("=") if more and last else None
+        next_cursor = (
+            base64.urlsafe_b64encode(_HISTORY_CURSOR + last[len(prefix) :]).decode().rstrip("=") if more and last else None
+        )
         return HistoryPage(found, next_cursor)
 
 
@@ -1021,7 +1065,12 @@ def _decode_search_cursor(cursor: str) -> tuple[bytes, int | None]:
         key, (total,) = key[: -_TOTAL.size], _TOTAL.unpack(key[-_TOTAL.size :])
     elif kind != _SEARCH_CURSOR:
         raise BadCursor("cursor is not a cursor this service handed out")
-    if key.count(SEPARATOR) != 2 or not _is_id(key[-_ID_LENGTH:]) or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR or (total or 0) > SEARCH_COUNT:
+    if (
+        key.count(SEPARATOR) != 2
+        or not _is_id(key[-_ID_LENGTH:])
+        or key[-_ID_LENGTH - 1 : -_ID_LENGTH] != SEPARATOR
+        or (total or 0) > SEARCH_COUNT
+    ):
         raise BadCursor("cursor is not a cursor this service handed out")
     return key, total
 
@@ -1209,7 +1258,9 @@ class _Batch:
                 shared = 0
             else:
                 shared = _common_prefix(previous, token)
-            entries[(SEARCH, (namespace + token[: ids_module.MAX_TOKEN_CHARS]).encode() + tail)] = _SHARED_PREFIX[shared if shared < 256 else 255]
+            entries[(SEARCH, (namespace + token[: ids_module.MAX_TOKEN_CHARS]).encode() + tail)] = _SHARED_PREFIX[
+                shared if shared < 256 else 255
+            ]
             previous_namespace, previous = namespace, token
         for conversation_id in conversations:
             entries[(CONVERSATIONS, _pair(conversation_id, contact_id))] = b""
@@ -1267,6 +1318,7 @@ class _Batch:
                 self._tombstone_hints.setdefault(contact_id, set()).add(_pair(contact_id, merged_into) + FROM_TOMBSTONE)
             return
 
+        assert record.value is not None  # a tombstone decodes to no contact, handled above
         self.put(CONTACTS, key, record.value)
         self.put(DERIVED, key, json.dumps(new_derived, ensure_ascii=False, separators=(",", ":")).encode())
         if self.get(ERASED, key) is not None:

@@ -191,7 +191,7 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
     resources = {topic: ConfigResource(ResourceType.TOPIC, topic) for topic in present}
     current = _describe(admin, list(resources.values()), timeout, warnings)
     changes = []
-    for topic, resource in resources.items():
+    for topic in resources:
         have = current.get(topic, {})
         differs = {k: v for k, v in wanted[topic].items() if have.get(k) != v}
         if differs:
@@ -199,7 +199,9 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
                 ConfigResource(
                     ResourceType.TOPIC,
                     topic,
-                    incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in differs.items()],
+                    incremental_configs=[
+                        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in differs.items()
+                    ],
                 )
             )
     if changes:
@@ -227,15 +229,20 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
         if bound is None:
             warnings.append(f"{topic} keeps data without a time limit: an erase is never complete there")
         elif bound > config.erase_within_ms:
-            warnings.append(f"{topic} may keep an erased value {bound} ms, more than ERASE_WITHIN_MS ({config.erase_within_ms} ms)")
+            warnings.append(
+                f"{topic} may keep an erased value {bound} ms, more than ERASE_WITHIN_MS ({config.erase_within_ms} ms)"
+            )
     for warning in warnings:
         log.warning("erase: %s", warning)
-    overall = None if any(b is None for b in bounds.values()) else max(bounds.values(), default=0)
+    known = [b for b in bounds.values() if b is not None]
+    overall = max(known, default=0) if len(known) == len(bounds) else None
     segments = {topic: int(current[topic]["segment.ms"]) for topic in present if "segment.ms" in current.get(topic, {})}
     return EraseBound(overall, bounds, warnings, segments)
 
 
-def _describe(admin: AdminClient, resources: list[ConfigResource], timeout: float, warnings: list[str]) -> dict[str, dict[str, str]]:
+def _describe(
+    admin: AdminClient, resources: list[ConfigResource], timeout: float, warnings: list[str]
+) -> dict[str, dict[str, str]]:
     if not resources:
         return {}
     out: dict[str, dict[str, str]] = {}
@@ -287,7 +294,11 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
             commands_topic(config),
             num_partitions=1,
             replication_factor=-1,
-            config={"cleanup.policy": "delete", **erase[commands_topic(config)], "max.message.bytes": str(COMMANDS_MAX_MESSAGE_BYTES)},
+            config={
+                "cleanup.policy": "delete",
+                **erase[commands_topic(config)],
+                "max.message.bytes": str(COMMANDS_MAX_MESSAGE_BYTES),
+            },
         ),
         NewTopic(
             replies_topic(config),
@@ -303,7 +314,12 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
         ),
         # Contact ids only: kept for good, one record per dismissed group (an erase tombstones
         # the groups naming the contact).
-        NewTopic(dismissed_topic(config), num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact", **erase[dismissed_topic(config)]}),
+        NewTopic(
+            dismissed_topic(config),
+            num_partitions=1,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact", **erase[dismissed_topic(config)]},
+        ),
     ]
     # Made with auto-create off too: an erase writes its conversations' markers there (so
     # turning auto-create on later never re-creates an erased person from old messages), and a
@@ -379,6 +395,6 @@ def max_record_bytes(config: Config, topic: str, timeout: float = 10.0, producer
     return min(producer_max, topic_max) - RECORD_OVERHEAD
 
 
-def record_bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> int:
+def record_bytes(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None = None) -> int:
     """What a record counts against max_record_bytes."""
     return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers or [])

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -25,7 +26,15 @@ from contacts_streams.metrics import Metrics
 log = logging.getLogger(__name__)
 
 # Errors of one record, not of the broker: producing it again can never succeed.
-RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG})
+RECORD_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+    }
+)
 
 # Where each record of a transaction landed, in record order (None: not reported).
 Placed = list[tuple[str, int, int] | None]
@@ -34,9 +43,13 @@ Placed = list[tuple[str, int, int] | None]
 @dataclass(frozen=True)
 class Produced:
     topic: str
-    key: bytes
+    key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]  # a dead letter keeps the headers it received, values None included
+
+
+# What Producer.produce's stubs take: a list invariant in its values' type (str | bytes | None).
+_KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 class Restart(Exception):
@@ -166,7 +179,9 @@ class Transactions:
 
         def produce(record: Produced, index: int | None) -> None:
             report = None if index is None and record.topic in self._unreported else delivered_at(index)
-            producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=report)
+            producer.produce(
+                record.topic, key=record.key, value=record.value, headers=cast(_KafkaHeaders, record.headers), on_delivery=report
+            )
 
         try:
             producer.begin_transaction()

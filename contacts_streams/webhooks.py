@@ -15,6 +15,7 @@ least once, receivers dedupe on the event id) and never skips.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import hmac
@@ -22,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import random
 import re
 import select
@@ -32,15 +34,14 @@ import sys
 import threading
 import time
 from collections import deque
-import queue
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import pycurl
-
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -178,7 +179,7 @@ class WebhooksConfig:
     shutdown_grace_ms: int = 10_000
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WebhooksConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhooksConfig:
         env = os.environ if environ is None else environ
 
         def integer(name: str, default: int, low: int, high: int) -> int:
@@ -220,7 +221,11 @@ class WebhooksConfig:
 
 
 SETTINGS = [
-    ("WEBHOOKS_CONFIG", "", "a YAML or JSON file: a list of {name, url, secret or secret_env, operations, timeout_ms, retry, start_from}"),
+    (
+        "WEBHOOKS_CONFIG",
+        "",
+        "a YAML or JSON file: a list of {name, url, secret or secret_env, operations, timeout_ms, retry, start_from}",
+    ),
     ("WEBHOOK_URL", "", "without WEBHOOKS_CONFIG: the one subscription's URL"),
     ("WEBHOOK_SECRET", "", "its signing secret"),
     ("WEBHOOK_OPERATIONS", "all", "its operations, comma-separated, or all"),
@@ -310,7 +315,9 @@ def _subscription(item: Any, where: str, env: Mapping[str, str], retry: RetryPol
         base_ms=_int(overrides.get("base_ms", retry.base_ms), f"{where}.retry.base_ms", 1, 3_600_000),
         max_delay_ms=_int(overrides.get("max_delay_ms", retry.max_delay_ms), f"{where}.retry.max_delay_ms", 1, 86_400_000),
         max_attempts=_int(overrides.get("max_attempts", retry.max_attempts), f"{where}.retry.max_attempts", 0, 1_000_000),
-        max_duration_ms=_int(overrides.get("max_duration_ms", retry.max_duration_ms), f"{where}.retry.max_duration_ms", 0, 30 * 86_400_000),
+        max_duration_ms=_int(
+            overrides.get("max_duration_ms", retry.max_duration_ms), f"{where}.retry.max_duration_ms", 0, 30 * 86_400_000
+        ),
     )
     start_from = str(item.get("start_from", "earliest"))
     if start_from not in ("earliest", "latest"):
@@ -334,13 +341,22 @@ def _int(raw: Any, where: str, low: int, high: int) -> int:
 class WebhookMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.delivered = Counter("contacts_webhooks_delivered", "Events a receiver answered with a 2xx", ["subscription"], registry=r)
+        self.delivered = Counter(
+            "contacts_webhooks_delivered", "Events a receiver answered with a 2xx", ["subscription"], registry=r
+        )
         self.retried = Counter("contacts_webhooks_retried", "Failed tries that will be tried again", ["subscription"], registry=r)
         self.dead_lettered = Counter(
-            "contacts_webhooks_dead_lettered", "Events given up on and sent to the dead-letter topic", ["subscription"], registry=r
+            "contacts_webhooks_dead_lettered",
+            "Events given up on and sent to the dead-letter topic",
+            ["subscription"],
+            registry=r,
         )
-        self.skipped = Counter("contacts_webhooks_skipped", "Events of operations the subscription does not want", ["subscription"], registry=r)
-        self.lag = Gauge("contacts_webhooks_lag_events", "Events on the topic not yet delivered or dead-lettered", ["subscription"], registry=r)
+        self.skipped = Counter(
+            "contacts_webhooks_skipped", "Events of operations the subscription does not want", ["subscription"], registry=r
+        )
+        self.lag = Gauge(
+            "contacts_webhooks_lag_events", "Events on the topic not yet delivered or dead-lettered", ["subscription"], registry=r
+        )
         self.in_flight = Gauge("contacts_webhooks_in_flight_events", "Events read and not yet done", ["subscription"], registry=r)
         self.latency = Histogram(
             "contacts_webhooks_request_seconds",
@@ -439,8 +455,16 @@ class SubscriptionRunner:
     """Delivers one subscription: its consumer thread reads, dispatches chains per contact to
     the pool, commits the done prefix and pauses reading when too much is in flight."""
 
-    def __init__(self, config: Config, settings: WebhooksConfig, sub: Subscription, codec: EventCodec, producer: Producer,
-                 metrics: WebhookMetrics, scheduler: Scheduler):
+    def __init__(
+        self,
+        config: Config,
+        settings: WebhooksConfig,
+        sub: Subscription,
+        codec: EventCodec,
+        producer: Producer,
+        metrics: WebhookMetrics,
+        scheduler: Scheduler,
+    ):
         self.config, self.settings, self.sub = config, settings, sub
         self.codec, self.producer, self.metrics, self.scheduler = codec, producer, metrics, scheduler
         self.topic = events_topic(config)
@@ -471,13 +495,17 @@ class SubscriptionRunner:
         self._rng = random.Random()
         # prometheus_client's labels() costs more than the increment: look the children up once.
         m, name = metrics, sub.name
-        self.m_delivered, self.m_retried, self.m_skipped = m.delivered.labels(name), m.retried.labels(name), m.skipped.labels(name)
+        self.m_delivered, self.m_retried, self.m_skipped = (
+            m.delivered.labels(name),
+            m.retried.labels(name),
+            m.skipped.labels(name),
+        )
         self.m_dead_lettered, self.m_latency = m.dead_lettered.labels(name), m.latency.labels(name)
         self.m_in_flight, self.m_lag = m.in_flight.labels(name), m.lag.labels(name)
 
     # --- consumer thread -------------------------------------------------------------------
 
-    def start(self) -> "SubscriptionRunner":
+    def start(self) -> SubscriptionRunner:
         self.sender.start()
         self.thread.start()
         return self
@@ -543,7 +571,7 @@ class SubscriptionRunner:
             key = (partition, msg.key())
             chain = self.chains.get(key)
             fresh = chain is None
-            if fresh:
+            if chain is None:
                 chain = self.chains[key] = deque()
             item = Item(partition, msg.offset(), msg.key(), msg.value(), msg.headers() or [], tracker, chain)
             if not fresh:
@@ -728,6 +756,8 @@ class SubscriptionRunner:
         """Starts the POST of an item (True), or finishes it at once (False)."""
         if item.event is None:
             try:
+                if item.value is None:
+                    raise DecodeError("no value (a tombstone)")
                 item.event = self.codec.decode(item.value)
             except RegistryError as err:  # the registry is away: not the event's fault
                 self._retry_later(item, f"schema registry: {err}", "RegistryError", count=False)
@@ -762,15 +792,21 @@ class SubscriptionRunner:
                 self._done(item)
                 return
             if error is None:
-                text = text.decode("utf-8", "replace").strip()
-                error = f"HTTP {status}" + (f": {text}" if text else "")
+                answer = text.decode("utf-8", "replace").strip()
+                error = f"HTTP {status}" + (f": {answer}" if answer else "")
             retry_in = self.sub.retry.next_delay(item.attempts, time.monotonic() - item.first_try, self._rng)
             if retry_in is None:
                 item.last_error, item.error_class = error, "WebhookFailed"
                 self._dead_letter(item)
             else:
-                log.info("webhook %s: event %s try %d failed (%s), again in %.1fs",
-                         self.sub.name, item.event["event_id"], item.attempts, error, retry_in)
+                log.info(
+                    "webhook %s: event %s try %d failed (%s), again in %.1fs",
+                    self.sub.name,
+                    (item.event or {}).get("event_id"),
+                    item.attempts,
+                    error,
+                    retry_in,
+                )
                 self.m_retried.inc()
                 item.last_error = error
                 self.scheduler.later(retry_in, lambda: self._submit(item))
@@ -789,8 +825,17 @@ class SubscriptionRunner:
 
     def _dead_letter(self, item: Item) -> None:
         event_id = (item.event or {}).get("event_id", "?")
-        log.error("webhook %s: event %s (%s[%d]@%d) goes to %s after %d tries: %s",
-                  self.sub.name, event_id, self.topic, item.partition, item.offset, self.dead_letters, item.attempts, item.last_error)
+        log.error(
+            "webhook %s: event %s (%s[%d]@%d) goes to %s after %d tries: %s",
+            self.sub.name,
+            event_id,
+            self.topic,
+            item.partition,
+            item.offset,
+            self.dead_letters,
+            item.attempts,
+            item.last_error,
+        )
         headers = list(item.headers) + [
             ("dead_letter.topic", self.topic.encode()),
             ("dead_letter.partition", str(item.partition).encode()),
@@ -859,8 +904,7 @@ class Requests:
 
     MAX_BODY = 300  # of an error answer, for the log and the dead letter
 
-    def __init__(self, url: str, timeout_ms: int, limit: int,
-                 on_answer: Callable[[Any, int, bytes, str | None, float], None]):
+    def __init__(self, url: str, timeout_ms: int, limit: int, on_answer: Callable[[Any, int, bytes, str | None, float], None]):
         self.url, self.timeout_ms, self.limit, self.on_answer = url, timeout_ms, limit, on_answer
         self.multi = pycurl.CurlMulti()
         self.multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
@@ -913,10 +957,8 @@ class Requests:
         self.multi.add_handle(c)  # libcurl sets its timer to 0: the next run() starts it
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):  # already awake enough (a full pipe), or closed
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):  # already awake enough (a full pipe), or closed
-            pass
 
     _EVENTS = {pycurl.POLL_IN: select.POLLIN, pycurl.POLL_OUT: select.POLLOUT, pycurl.POLL_INOUT: select.POLLIN | select.POLLOUT}
 
@@ -946,7 +988,9 @@ class Requests:
                 except (BlockingIOError, OSError):
                     pass
                 continue
-            flags = (pycurl.CSELECT_IN if mask & (select.POLLIN | select.POLLHUP) else 0) | (pycurl.CSELECT_OUT if mask & select.POLLOUT else 0)
+            flags = (pycurl.CSELECT_IN if mask & (select.POLLIN | select.POLLHUP) else 0) | (
+                pycurl.CSELECT_OUT if mask & select.POLLOUT else 0
+            )
             if mask & (select.POLLERR | select.POLLNVAL):
                 flags |= pycurl.CSELECT_ERR
             self.multi.socket_action(fd, flags)
@@ -1002,11 +1046,12 @@ class Webhooks:
         self.producer = Producer(config.producer(**{"linger.ms": 5}))
         self.scheduler = Scheduler()
         self.runners = [
-            SubscriptionRunner(config, settings, sub, self.codec, self.producer, self.metrics, self.scheduler) for sub in settings.subscriptions
+            SubscriptionRunner(config, settings, sub, self.codec, self.producer, self.metrics, self.scheduler)
+            for sub in settings.subscriptions
         ]
         self.ready = False
 
-    def start(self, topic_timeout: float | None = None) -> "Webhooks":
+    def start(self, topic_timeout: float | None = None) -> Webhooks:
         _wait_for_topic(self.config, events_topic(self.config), topic_timeout)
         _ensure_dead_letter_topic(self.config)
         for runner in self.runners:
@@ -1015,7 +1060,11 @@ class Webhooks:
         return self
 
     def health(self) -> tuple[bool, str]:
-        failed = [f"{r.sub.name}: {r.failed}" for r in self.runners if r.failed is not None or (self.ready and not r.thread.is_alive() and not r.stopping.is_set())]
+        failed = [
+            f"{r.sub.name}: {r.failed}"
+            for r in self.runners
+            if r.failed is not None or (self.ready and not r.thread.is_alive() and not r.stopping.is_set())
+        ]
         if failed:
             return False, "; ".join(failed)
         return True, ""
@@ -1053,7 +1102,9 @@ def _wait_for_topic(config: Config, topic: str, timeout: float | None) -> None:
 def _ensure_dead_letter_topic(config: Config) -> None:
     admin = AdminClient(config.kafka())
     topic = NewTopic(
-        dead_letter_topic(config), num_partitions=1, replication_factor=-1,
+        dead_letter_topic(config),
+        num_partitions=1,
+        replication_factor=-1,
         # Dead letters hold events as received, personal data included.
         config={"cleanup.policy": "delete", "retention.ms": str(config.erase_within_ms)},
     )
@@ -1127,8 +1178,14 @@ def main(argv: list[str]) -> int:
     logs.setup(config.log_format, config.log_level)
     log.info("Kafka at %s: %s", config.kafka_brokers, kafka_security.describe(config.extra_kafka))
     for sub in settings.subscriptions:
-        log.info("webhook %s -> %s (%s), group %s-webhooks-%s", sub.name, sub.url,
-                 "all operations" if sub.operations is None else ", ".join(sorted(sub.operations)), config.application_id, sub.name)
+        log.info(
+            "webhook %s -> %s (%s), group %s-webhooks-%s",
+            sub.name,
+            sub.url,
+            "all operations" if sub.operations is None else ", ".join(sorted(sub.operations)),
+            config.application_id,
+            sub.name,
+        )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -26,8 +26,7 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, Topic
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from contacts_streams import commands, events, identities, model, topics
-from contacts_streams.topics import record_bytes
-from contacts_streams.commands import BadCommand, Command, Remembered, Reply
+from contacts_streams.commands import BadCommand, Command, Idempotency, Remembered, Reply
 from contacts_streams.config import Config
 from contacts_streams.decisions import ERASED, Change, Decision, LayeredView, Overlay, auto_created_id, decide, error
 from contacts_streams.events import EventCodec
@@ -37,6 +36,7 @@ from contacts_streams.metrics import Metrics
 from contacts_streams.publisher import CommandClient, megabytes
 from contacts_streams.serialization import ContactCodec, RegistryError
 from contacts_streams.store import Store, dismissed_key
+from contacts_streams.topics import record_bytes
 from contacts_streams.transaction import Produced, Restart, Unprocessable
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,19 @@ def _names_any(entry: Remembered, ids: set[str]) -> bool:
 class _Outcome:
     """One command's result within a batch; its offsets are known once the batch is flushed."""
 
-    __slots__ = ("command", "command_id", "decision", "records", "offsets", "dismissed", "same_as", "remember", "refused", "letter", "forget")
+    __slots__ = (
+        "command",
+        "command_id",
+        "decision",
+        "records",
+        "offsets",
+        "dismissed",
+        "same_as",
+        "remember",
+        "refused",
+        "letter",
+        "forget",
+    )
 
     def __init__(self, command: Command | None, command_id: str | None, decision: Decision, records: range = range(0)):
         self.command = command
@@ -133,7 +145,7 @@ class _Outcome:
         self.offsets: dict[int, int] | None = None
         self.dismissed: dict[int, int] = {}  # the dismissed topic's offsets it produced
         self.same_as: _Outcome | None = None
-        self.remember = False
+        self.remember: Idempotency | None = None  # the key its answer is remembered under
         self.refused: list[str] = []  # auto-create fills left out: over the record limit
         self.letter: BaseException | None = None  # why the command goes to the dead-letter topic
         self.forget: list[bytes] = []  # an erase: the idempotency keys whose answers named what it erased
@@ -281,7 +293,12 @@ class Writer(ExactlyOnceLoop):
         self.holding = True
         self.takeovers += 1
         self._metrics.writer.set(1)
-        log.info("writer: took over in %.2fs (store at %s, %d idempotency keys)", time.monotonic() - started, ends, len(self._remembered))
+        log.info(
+            "writer: took over in %.2fs (store at %s, %d idempotency keys)",
+            time.monotonic() - started,
+            ends,
+            len(self._remembered),
+        )
 
     def _committed_ends(self, topic: str) -> dict[int, int]:
         admin = AdminClient(self._config.kafka())
@@ -317,21 +334,27 @@ class Writer(ExactlyOnceLoop):
                 if time.monotonic() > deadline or self._stopping.is_set():
                     raise Restart("could not read the idempotency topic", rejoin=True)
                 for msg in consumer.consume(1000, 0.5):
-                    if msg.error() is not None:
-                        if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= wanted[msg.partition()]:
-                            done.add(msg.partition())
+                    error, partition, offset = msg.error(), msg.partition(), msg.offset()
+                    if partition is None or offset is None:
+                        continue  # an error of no partition: records and their ends have both
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF and offset >= wanted[partition]:
+                            done.add(partition)
                         continue
-                    if msg.value() is None:
-                        remembered.pop(msg.key(), None)
+                    key, value = msg.key(), msg.value()
+                    if key is None:
+                        continue  # not an entry the writer wrote; the partition's end still ends the wait
+                    if value is None:
+                        remembered.pop(key, None)
                         continue
                     try:
-                        entry = Remembered.decode(msg.value())
+                        entry = Remembered.decode(value)
                     except BadCommand:
                         continue
                     if entry.at_ms >= horizon:
-                        remembered[msg.key()] = entry
-                    if msg.offset() + 1 >= wanted[msg.partition()]:
-                        done.add(msg.partition())
+                        remembered[key] = entry
+                    if offset + 1 >= wanted[partition]:
+                        done.add(partition)
         finally:
             consumer.close()
         return remembered
@@ -392,14 +415,15 @@ class Writer(ExactlyOnceLoop):
             self._layers.append((contact_positions, join_positions, top))
         for outcome in outcomes:
             if outcome.remember:
-                key = outcome.command.idempotency.record_key
-                self._remembered[key] = self._remembered_of(outcome, now)
+                key = outcome.remember.record_key
+                self._remembered[key] = self._remembered_of(outcome, outcome.remember, now)
             for key in outcome.forget:
                 self._remembered.pop(key, None)
             if outcome.decision.erased and outcome.decision.ok and outcome.same_as is None and outcome.offsets is not None:
                 for index in outcome.records:
                     record = records[index]
-                    self._schedule_roll(now, record.topic, record.key)
+                    if record.key is not None:  # the writer keys every record it writes
+                        self._schedule_roll(now, record.topic, record.key)
                 for conversation_id in outcome.decision.conversation_metadata:
                     self._schedule_roll(now, self._join_topic, conversation_id.encode())
         self._count(outcomes, time.perf_counter() - started)
@@ -439,9 +463,8 @@ class Writer(ExactlyOnceLoop):
             elif topic == self._idempotency_topic:
                 if key not in self._remembered:
                     records.append(Produced(topic, key, None, []))
-            elif topic == self._dismissed_topic:
-                if key not in view.dismissed_with(key.decode().split(",")):
-                    records.append(Produced(topic, key, None, []))
+            elif topic == self._dismissed_topic and key not in view.dismissed_with(key.decode().split(",")):
+                records.append(Produced(topic, key, None, []))
         if not records:
             return
         try:
@@ -455,7 +478,15 @@ class Writer(ExactlyOnceLoop):
         log.info("writer: wrote %d records of erases again so their segments roll", len(records))
 
     def _decide_one(
-        self, msg: Message, view: LayeredView, top: Overlay, now: int, records: list, pending_keys: dict, encoded_contacts: list, changes: list
+        self,
+        msg: Message,
+        view: LayeredView,
+        top: Overlay,
+        now: int,
+        records: list,
+        pending_keys: dict,
+        encoded_contacts: list,
+        changes: list,
     ) -> _Outcome:
         key = msg.key()
         command_id = key.decode("utf-8", "replace") if key else None
@@ -474,29 +505,40 @@ class Writer(ExactlyOnceLoop):
             remembered = self._remembered.get(idempotency.record_key)
             if remembered is not None and remembered.at_ms < now - commands.IDEMPOTENCY_TTL_MS:
                 remembered = None
-            first_hash = earlier.command.idempotency.body_hash if earlier is not None else remembered.body_hash if remembered else None
+            first_hash = (
+                earlier.command.idempotency.body_hash if earlier is not None else remembered.body_hash if remembered else None
+            )
             if first_hash is not None and first_hash != idempotency.body_hash:
-                return _Outcome(command, command.id, error(422, "Idempotency-Key: this key was used with a different request body", "Idempotency-Key"))
+                return _Outcome(
+                    command,
+                    command.id,
+                    error(422, "Idempotency-Key: this key was used with a different request body", "Idempotency-Key"),
+                )
             if earlier is not None:
                 outcome = _Outcome(command, command.id, earlier.decision)
                 outcome.same_as = earlier
                 return outcome
             if remembered is not None:
-                outcome = _Outcome(command, command.id, Decision(remembered.status, list(remembered.ids), error=remembered.error, updated=list(remembered.updated)))
+                outcome = _Outcome(
+                    command,
+                    command.id,
+                    Decision(remembered.status, list(remembered.ids), error=remembered.error, updated=list(remembered.updated)),
+                )
                 outcome.offsets = dict(remembered.offsets)
                 return outcome
         refused: list[str] = []
         try:
             decision = decide(view, command, now)
             limit = self._publisher.record_limit
-            produced = []
-            kept = []
+            produced: list[tuple[Produced, dict | None]] = []
+            kept: list[Change] = []
             happened: list[Produced] = []
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
                 # Identities normalized once, here, and carried to every replica's indexes in a header.
                 extra = {**change.headers, **identities.header(change.contact, self._store.phone_region)}
-                headers = [(OPERATION, change.operation.encode())] + [(k, v.encode()) for k, v in extra.items()]
+                headers: list[tuple[str, bytes | None]] = [(OPERATION, change.operation.encode())]
+                headers += [(k, v.encode()) for k, v in extra.items()]
                 size = record_bytes(change.contact_id.encode(), value, headers)
                 if size > limit:
                     if command.type == commands.AUTO_CREATE:  # that contact stays as it was; the rest goes on
@@ -533,7 +575,9 @@ class Writer(ExactlyOnceLoop):
                 kept_ids = {c.contact_id for c in kept}
                 learned = {}
                 for conversation_id, state in decision.conversation_metadata.items():
-                    owner = view.owner_of_conversation(conversation_id) or auto_created_id(conversation_id, view.conversation_metadata(conversation_id))
+                    owner = view.owner_of_conversation(conversation_id) or auto_created_id(
+                        conversation_id, view.conversation_metadata(conversation_id)
+                    )
                     if owner in kept_ids or not any(owner in r for r in refused):
                         learned[conversation_id] = state
                         continue
@@ -574,7 +618,7 @@ class Writer(ExactlyOnceLoop):
         outcome.refused = refused
         outcome.forget = forget
         if idempotency is not None:
-            outcome.remember = True
+            outcome.remember = idempotency
             pending_keys[idempotency.record_key] = outcome
         return outcome
 
@@ -587,7 +631,7 @@ class Writer(ExactlyOnceLoop):
         for key, earlier in list(pending_keys.items()):
             d = earlier.decision
             if ids & set(d.ids) or any(i in json.dumps(d.error or {}) for i in ids):
-                earlier.remember = False
+                earlier.remember = None
                 del pending_keys[key]
         return [key for key, entry in self._remembered.items() if _names_any(entry, ids)]
 
@@ -615,7 +659,13 @@ class Writer(ExactlyOnceLoop):
                     offsets: dict[int, int] = {}
                     for index in outcome.records:
                         topic, partition, offset = placed[index]
-                        into = offsets if topic == self._contacts_topic else outcome.dismissed if topic == self._dismissed_topic else None
+                        into = (
+                            offsets
+                            if topic == self._contacts_topic
+                            else outcome.dismissed
+                            if topic == self._dismissed_topic
+                            else None
+                        )
                         if into is not None:
                             into[partition] = max(into.get(partition, -1), offset)
                     outcome.offsets = offsets
@@ -626,14 +676,16 @@ class Writer(ExactlyOnceLoop):
                 reply = Reply(d.status, d.ids, d.error, outcome.offsets, outcome.dismissed, d.updated)
                 out.append(Produced(self._replies_topic, outcome.command_id.encode(), reply.encode(), []))
             if outcome.remember:
-                entry = self._remembered_of(outcome, now)
-                out.append(Produced(self._idempotency_topic, command.idempotency.record_key, entry.encode(), []))
+                entry = self._remembered_of(outcome, outcome.remember, now)
+                out.append(Produced(self._idempotency_topic, outcome.remember.record_key, entry.encode(), []))
         return out
 
     @staticmethod
-    def _remembered_of(outcome: _Outcome, now: int) -> Remembered:
+    def _remembered_of(outcome: _Outcome, idempotency: Idempotency, now: int) -> Remembered:
         d = outcome.decision
-        return Remembered(d.status, list(d.ids), d.error, dict(outcome.offsets or {}), outcome.command.idempotency.body_hash, now, list(d.updated))
+        return Remembered(
+            d.status, list(d.ids), d.error, dict(outcome.offsets or {}), idempotency.body_hash, now, list(d.updated)
+        )
 
     def _count(self, outcomes: list[_Outcome], seconds: float) -> None:
         self._metrics.writer_batch_seconds.observe(seconds)
