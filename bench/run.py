@@ -81,6 +81,23 @@ PRESETS = {
 }
 
 
+
+def _walk(port: int, path: str, body: dict, page_size: int, deadline: float) -> tuple[list[tuple[int, str]], int]:
+    """Pages through a paged endpoint once: each page's next cursor with how many contacts came
+    before it, and how many there were in all."""
+    cursors: list[tuple[int, str]] = []
+    cursor, seen = None, 0
+    while time.monotonic() < deadline:
+        status, page = client.call_json(port, path, {**body, "page_size": page_size, **({"cursor": cursor} if cursor else {})})
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}: {page}")
+        seen += len(page["data"])
+        cursor = page["pagination_data"]["next_cursor"]
+        if cursor is None:
+            break
+        cursors.append((seen, cursor))
+    return cursors, seen
+
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
@@ -418,19 +435,7 @@ class Bench:
     def listing(self, n: int, port: int) -> None:
         plan = self.plan
         walk = 1000 if n > 50_000 else 20
-        cursors: list[tuple[int, str]] = []  # (contacts before the cursor, cursor)
-        cursor, seen = None, 0
-        deadline = time.monotonic() + plan.fill_limit
-        while time.monotonic() < deadline:
-            status, page = client.call_json(port, "/contacts.list", {"page_size": walk, **({"cursor": cursor} if cursor else {})})
-            if status != 200:
-                raise RuntimeError(f"/contacts.list answered {status}: {page}")
-            seen += len(page["data"])
-            cursor = page["pagination_data"]["next_cursor"]
-            if cursor is None:
-                break
-            cursors.append((seen, cursor))
-        total = seen
+        cursors, total = _walk(port, "/contacts.list", {}, walk, time.monotonic() + plan.fill_limit)
         full = [(pos, c) for pos, c in cursors if pos <= total - 20] or cursors
         middle = min(full, key=lambda pc: abs(pc[0] - total // 2))
         end = full[-1]
@@ -497,19 +502,9 @@ class Bench:
                  "/contacts.info by id p99, one client", _ms(client.percentile(info_times, 99)), "ms")
 
         # Cursors along the matches of a common name, walked once in big pages.
-        cursors: list[tuple[int, str | None]] = [(0, None)]
-        cursor, seen = None, 0
-        deadline = time.monotonic() + plan.fill_limit
-        while time.monotonic() < deadline:
-            status, page = client.call_json(port, "/contacts.search", {"query": SEARCH_QUERY, "page_size": 20 if n <= 50_000 else 500,
-                                                                       **({"cursor": cursor} if cursor else {})})
-            if status != 200:
-                raise RuntimeError(f"/contacts.search answered {status}: {page}")
-            seen += len(page["data"])
-            cursor = page["pagination_data"]["next_cursor"]
-            if cursor is None:
-                break
-            cursors.append((seen, cursor))
+        walked, seen = _walk(port, "/contacts.search", {"query": SEARCH_QUERY}, 20 if n <= 50_000 else 500,
+                             time.monotonic() + plan.fill_limit)
+        cursors: list[tuple[int, str | None]] = [(0, None), *walked]
         full = [(pos, c) for pos, c in cursors if pos <= seen - 20] or cursors
         positions = {"start": full[0], "middle": min(full, key=lambda pc: abs(pc[0] - seen // 2)), "end": full[-1]}
         start_p50 = None

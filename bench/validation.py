@@ -1,7 +1,7 @@
 """`python -m bench.validation [--rounds N]`: what request validation costs, in µs per contact.
 
 Validates typical bodies the way the API does (model.validate_*, the ignored-fields list
-included): a create (the seed contact of the tests, every field), an update (a few fields, a
+included): a create (the seed page's contact, every field), an update (a few fields, a
 removal), and an import of 1000 contacts of bench.data's typical size, in both of its forms.
 Prints the best of N rounds (the machine is shared: the best round is the least disturbed).
 """
@@ -13,21 +13,10 @@ import time
 import uuid
 
 from bench.data import payloads
+from contacts_dev.examples import SEED_CONTACT
 from contacts_streams import model
 
-CREATE = {
-    "display_name": "Barabara Liskov",
-    "avatar_url": "https://example.org/avatar.jpg",
-    "title": "Professor",
-    "timezone": "",
-    "gender": "female",
-    "locale": "en_US",
-    "organization_name": "Massachusetts Institute of Technology",
-    "via": {"phone": "+1234567", "email": "b.liskov@mit.org", "key": "value"},
-    "address": {"address_line1": "77 Massachusetts Ave", "postcode": "02139", "city": "Cambridge", "country": "USA"},
-    "conversations": {"ea1cba21-2bd6-477c-9a40-59cd9bb96bef": "facebook"},
-    "metadata": {"facebook": {"psid": "1234567890", "page_id": "9876543210"}, "salesforce_id": "ABC123"},
-}
+CREATE = SEED_CONTACT
 UPDATE = {"id": str(uuid.uuid4()), "title": "Rear Admiral", "via": {"email": "", "phone": "+1555"}, "locale": ""}
 
 
