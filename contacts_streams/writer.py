@@ -333,7 +333,10 @@ class Writer(ExactlyOnceLoop):
             while len(done) < len(wanted):
                 if time.monotonic() > deadline or self._stopping.is_set():
                     raise Restart("could not read the idempotency topic", rejoin=True)
-                for msg in consumer.consume(1000, 0.5):
+                # consume(n, timeout) waits out the whole timeout unless n records arrive: the
+                # takeover would wait 0.5 s a round for nothing. Wait for the first, take the rest.
+                first = consumer.poll(0.5)
+                for msg in [first, *consumer.consume(999, 0)] if first is not None else []:
                     error, partition, offset = msg.error(), msg.partition(), msg.offset()
                     if partition is None or offset is None:
                         continue  # an error of no partition: records and their ends have both
