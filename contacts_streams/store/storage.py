@@ -1,0 +1,257 @@
+"""The store's RocksDB database: its column families, its format, the offsets of the contacts
+topic, the contacts family's reads, close and the compaction thread (``Storage``).
+
+``meta`` holds the store's format (``FORMAT``): a store written by a version with other indexes is
+emptied of everything the contacts topic determines when opened, so the materializer rebuilds it
+(indexes included) from the topic's beginning; the join state stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Self
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch
+
+from contacts_streams.events import EventCodec
+from contacts_streams.serialization import ContactCodec
+from contacts_streams.store import erase
+from contacts_streams.store.layout import (
+    _I64,
+    _PARTITION,
+    _U64,
+    CONTACT_COUNT,
+    CONTACTS,
+    COUNTERS,
+    FAMILIES,
+    FORMAT,
+    FORMAT_KEY,
+    META,
+    OFFSETS,
+    TOPIC_KEY,
+    TOPIC_STATE,
+    _keys,
+    _pairs,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or is inconsistent; the caller rebuilds it."""
+
+
+class StoreLocked(RuntimeError):
+    """Another process owns the store: never wipe it, stop instead."""
+
+
+WRITE_BUFFERS_BYTES = 64 * 1024 * 1024
+# The MANIFEST records each SST file's smallest and largest key (an index key holds an e-mail, a
+# name) and keeps every record until it rolls over (1 GB by default): roll it at every change of
+# the file set, so a compaction's new MANIFEST names only the files that are left. It is small
+# (a few hundred bytes a file) and changes only on flushes and compactions.
+MANIFEST_ROLL_BYTES = 1
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    # One memtable budget for all column families, or each would take 64 MB of its own.
+    options.set_db_write_buffer_size(WRITE_BUFFERS_BYTES)
+    options.set_max_manifest_file_size(MANIFEST_ROLL_BYTES)
+    return options
+
+
+class Storage:
+    """The database one process owns; its threads may read while the materializer writes. What
+    every part of the store shares: the families (``_cf``, ``_handle``), the write lock each
+    part's write batch takes, and the compaction an erase asks for."""
+
+    def __init__(
+        self, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None
+    ):
+        self.path = Path(path)
+        self.codec = codec
+        self.event_codec = event_codec or EventCodec(subject=None)
+        # For records without the identities header only (see the identities module).
+        self.phone_region = phone_region
+        self.upgraded_from: str | None = None
+        self._write_lock = threading.Lock()
+        # compact_personal runs on a thread of its own (an erase's apply never waits for it);
+        # requests that come while it runs are served by one more run.
+        self._compaction = threading.Condition()
+        self._compaction_wanted = False
+        self._compaction_thread: threading.Thread | None = None
+        self.compactions = 0  # runs finished
+        self.compactions_requested = 0
+        self._open()
+        self._upgrade()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = Rdict(str(self.path), options=_options(), column_families={f: Options(raw_mode=True) for f in FAMILIES})
+        except Exception as err:  # rocksdict raises plain Exception on corruption and lock errors
+            if "lock" in str(err).lower():
+                raise StoreLocked(f"another process holds the store at {self.path}: {err}") from err
+            raise StoreError(f"cannot open the store at {self.path}: {err}") from err
+        self._cf = {f: self._db.get_column_family(f) for f in FAMILIES}
+        self._handle = {f: self._db.get_column_family_handle(f) for f in FAMILIES}
+        try:
+            self._verify()
+        except Exception as err:
+            self.close()
+            raise StoreError(f"the store at {self.path} is damaged: {err}") from err
+
+    def _verify(self) -> None:
+        """Read every block once: RocksDB opens a store with damaged data blocks without a word,
+        and the damage would surface later as failed reads of a service that said it was ready."""
+        for family in FAMILIES:
+            it = self._cf[family].iter(ReadOptions())
+            try:
+                it.seek_to_first()
+                while it.valid():
+                    it.next()
+                it.status()  # an iterator stops at damage silently; status() raises it
+            finally:
+                del it  # a live iterator keeps the database open (and locked) after close()
+
+    def _upgrade(self) -> None:
+        """A store of another format loses what the contacts topic determines: the materializer
+        finds no offsets and reads the topic from its beginning, building every index."""
+        found = self._cf[META].get(FORMAT_KEY)
+        if found == FORMAT:
+            return
+        if found is not None or self.count() or self.offsets():
+            self.upgraded_from = (found or b"1").decode()
+            log.warning(
+                "the store at %s has format %s, this version writes %s: rebuilding it from the topic",
+                self.path,
+                self.upgraded_from,
+                FORMAT.decode(),
+            )
+            self.reset()
+        self._cf[META][FORMAT_KEY] = FORMAT
+
+    def close(self) -> None:
+        if self._db is None:
+            return  # type: ignore[unreachable]  # typed as open: None only once closed, as here
+        with self._compaction:
+            self._compaction_wanted = False
+            thread = self._compaction_thread
+        if thread is not None:
+            thread.join()  # a compaction in progress ends first: never cut off halfway
+        # Column-family handles keep the database alive: drop them all before close, or a
+        # reopen in this process fails on RocksDB's lock.
+        self._cf.clear()
+        self._handle.clear()
+        self._db.close()
+        self._db = None  # type: ignore[assignment]  # see above
+
+    @classmethod
+    def open_or_rebuild(
+        cls, path: str | Path, codec: ContactCodec, phone_region: str | None = None, event_codec: EventCodec | None = None
+    ) -> tuple[Self, str | None]:
+        """Open the store; a corrupt one is wiped. Returns the store and why it was wiped, if it was."""
+        try:
+            return cls(path, codec, phone_region, event_codec), None
+        except StoreError as err:
+            log.warning("store unusable, rebuilding from the topic: %s", err)
+            shutil.rmtree(path, ignore_errors=True)
+            return cls(path, codec, phone_region, event_codec), str(err)
+
+    def reset(self) -> None:
+        """Forget everything the contacts topic produced (a rebuild follows)."""
+        with self._write_lock:
+            batch = WriteBatch(raw_mode=True)
+            for family in TOPIC_STATE:
+                if family == META:
+                    continue
+                for key in _keys(self._cf[family]):
+                    batch.delete(key, self._handle[family])
+            batch.delete(TOPIC_KEY, self._handle[META])
+            self._db.write(batch)
+
+    # --- where the materializer is in the contacts topic -----------------------------------
+
+    def topic(self) -> str | None:
+        raw = self._cf[META].get(TOPIC_KEY)
+        return raw.decode() if raw is not None else None
+
+    def offsets(self) -> dict[int, int]:
+        """partition -> the next offset to read."""
+        return {_PARTITION.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _pairs(self._cf[OFFSETS])}
+
+    def erased(self) -> list[tuple[str, int]]:
+        """(contact id, when its erased tombstone was written in ms) of every erased id that
+        has not come back (an auto-created id whose conversation got a new message)."""
+        return erase.erased(self)
+
+    # --- erase: the erased ids, the compaction after an erase -------------------------------
+
+    def request_compaction(self) -> None:
+        """Compact the personal families soon, on a thread of its own (see compact_personal)."""
+        with self._compaction:
+            self._compaction_wanted = True
+            self.compactions_requested += 1
+            if self._compaction_thread is None:
+                self._compaction_thread = threading.Thread(
+                    target=self._compact_while_wanted, name="store-compaction", daemon=True
+                )
+                self._compaction_thread.start()
+
+    def wait_compacted(self, timeout: float) -> bool:
+        """Wait until every compaction requested so far has run."""
+        deadline = time.monotonic() + timeout
+        with self._compaction:
+            while self._compaction_wanted or self._compaction_thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._compaction.wait(left)
+            return True
+
+    def _compact_while_wanted(self) -> None:
+        while True:
+            with self._compaction:
+                if not self._compaction_wanted or self._db is None:
+                    self._compaction_wanted = False
+                    self._compaction_thread = None
+                    self._compaction.notify_all()
+                    return
+                self._compaction_wanted = False
+            try:
+                self.compact_personal()
+            except Exception:  # a store that cannot compact is still a store: say so, go on
+                log.exception("compacting the store after an erase failed")
+            with self._compaction:
+                self.compactions += 1
+                self._compaction.notify_all()
+
+    def compact_personal(self) -> None:
+        """Make RocksDB let go of an erase's deleted bytes (``erase.compact_personal``)."""
+        erase.compact_personal(self)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get_bytes(self, contact_id: str) -> bytes | None:
+        return self._cf[CONTACTS].get(contact_id.encode())
+
+    def get(self, contact_id: str) -> dict | None:
+        raw = self.get_bytes(contact_id)
+        return self.codec.decode_contact(raw) if raw is not None else None
+
+    def count(self) -> int:
+        raw = self._cf[COUNTERS].get(CONTACT_COUNT)
+        return _I64.unpack(raw)[0] if raw is not None else 0
+
+    def items_bytes(self) -> Iterable[tuple[bytes, bytes]]:
+        return _pairs(self._cf[CONTACTS])
