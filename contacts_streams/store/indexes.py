@@ -29,6 +29,7 @@ from contacts_streams.store.layout import (
     _pairs,
     identity_prefix,
     search_prefix,
+    seek_after,
 )
 from contacts_streams.store.pagination import BadCursor, Page, _b64
 
@@ -212,12 +213,7 @@ class Indexes:
         """
         after = _decode_duplicates_cursor(cursor) if cursor else None
         it = self._store._cf[SHARED].iter(ReadOptions())
-        if after is None:
-            it.seek_to_first()
-        else:
-            it.seek(after)
-            if it.valid() and it.key() == after:
-                it.next()
+        seek_after(it, after)
         groups: list[Group] = []
         last, more, scanned = None, False, 0
         while it.valid():

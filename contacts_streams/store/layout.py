@@ -114,6 +114,24 @@ def _pairs(family: Rdict, from_key: bytes | None = None) -> Iterator[tuple[bytes
     return cast(Iterator[tuple[bytes, bytes]], items)
 
 
+def seek_after(it, after: bytes | None) -> None:
+    """Put a RocksDB iterator on the first key after ``after`` (a cursor's own key was on the
+    page before), or on the first key."""
+    if after is None:
+        it.seek_to_first()
+        return
+    it.seek(after)
+    if it.valid() and it.key() == after:
+        it.next()
+
+
+def seek_before(it, before: bytes) -> None:
+    """Put a RocksDB iterator on the last key before ``before`` (paging backwards)."""
+    it.seek_for_prev(before)
+    if it.valid() and it.key() == before:
+        it.prev()
+
+
 def _keys(family: Rdict) -> Iterator[bytes]:
     return cast(Iterator[bytes], family.keys())
 

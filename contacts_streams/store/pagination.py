@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING
 from rocksdict import ReadOptions
 
 from contacts_streams import model
-from contacts_streams.store.layout import _ID_LENGTH, _NAMED, _UNNAMED, CONTACTS, NAMES, SEPARATOR, _is_id
+from contacts_streams.store.layout import (
+    _ID_LENGTH,
+    _NAMED,
+    _UNNAMED,
+    CONTACTS,
+    NAMES,
+    SEPARATOR,
+    _is_id,
+    seek_after,
+    seek_before,
+)
 
 if TYPE_CHECKING:
     from contacts_streams.store.storage import Storage
@@ -52,12 +62,7 @@ class NamePages:
         keys: list[bytes] = []
         ids: list[bytes] = []
         if direction == FORWARD:
-            if after is None:
-                it.seek_to_first()
-            else:
-                it.seek(after)
-                if it.valid() and it.key() == after:
-                    it.next()
+            seek_after(it, after)
             while it.valid() and len(keys) < page_size + 1:
                 keys.append(it.key())
                 ids.append(it.value())
@@ -67,9 +72,7 @@ class NamePages:
             more_before = after is not None and self._has_before(keys[0] if keys else after, inclusive=not keys)
         else:
             assert after is not None, "a backward page comes from a cursor"
-            it.seek_for_prev(after)
-            if it.valid() and it.key() == after:
-                it.prev()
+            seek_before(it, after)
             while it.valid() and len(keys) < page_size + 1:
                 keys.append(it.key())
                 ids.append(it.value())
