@@ -54,6 +54,10 @@ class ExactlyOnceLoop:
     # The producer opens with the loop (routers: a per-instance transactional id) or only once
     # the subclass knows it owns the work (the writer: one id for all replicas).
     producer_at_start = True
+    # The most input bytes one transaction takes (at least one record). None: BATCH_SIZE records.
+    # The writer sets it: its commands carry up to a thousand contacts each, and a transaction
+    # of every pending one could outlast the write timeout, abort and be read again whole, for ever.
+    max_batch_bytes: int | None = None
 
     def __init__(
         self,
@@ -302,6 +306,8 @@ class ExactlyOnceLoop:
                     real.append(msg)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s consumer: %s", self.name, error)
+            if self.max_batch_bytes is not None:
+                real = self._bounded(consumer, real, self.max_batch_bytes)
             partitions = {(msg.topic(), msg.partition()) for msg in real}
             if partitions:
                 self.progress.waiting(partitions, now)
@@ -323,6 +329,26 @@ class ExactlyOnceLoop:
                 except KafkaException as err:
                     raise Restart(f"cannot rewind: {err}", rejoin=True) from err
                 time.sleep(0.1)
+
+    def _bounded(self, consumer: Consumer, messages: list[Message], limit: int) -> list[Message]:
+        """The records of this transaction: the first, then as many as fit in ``limit`` bytes.
+        The consumer is sought back to the first record left over in each partition, so the
+        next transaction reads them again (seek drops what librdkafka had fetched beyond)."""
+        size = 0
+        for index, msg in enumerate(messages):
+            size += len(msg.value() or b"")
+            if index and size > limit:
+                break
+        else:
+            return messages
+        firsts: dict[tuple[str, int], int] = {}
+        for msg in messages[index:]:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is not None and partition is not None and offset is not None:
+                firsts.setdefault((topic, partition), offset)
+        for (topic, partition), offset in firsts.items():
+            consumer.seek(TopicPartition(topic, partition, offset))
+        return messages[:index]
 
     def _note_lag(self, consumer: Consumer, now: float) -> None:
         # The position (not the committed offset) counts: it steps over the marker that ends

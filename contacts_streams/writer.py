@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 OPERATION = "operation"
 CATCH_UP_TIMEOUT_S = 120.0
+WRITER_BATCH_BYTES = 256 * 1024
 # After segment.ms, the record that makes an erase's segment roll waits this much more, so the
 # broker surely finds the segment older than segment.ms.
 ROLL_MARGIN_MS = 500
@@ -154,6 +155,11 @@ class _Outcome:
 class Writer(ExactlyOnceLoop):
     name = "writer"
     producer_at_start = False
+    # About 5 auto-create commands (a thousand conversations each) or one import of a thousand
+    # contacts a transaction; single HTTP writes are far smaller, so every pending one still
+    # shares one commit. Without a bound, 200 pending auto-create commands (200,000 contacts)
+    # made one transaction that outlasted the write timeout, aborted and was read again whole.
+    max_batch_bytes = WRITER_BATCH_BYTES
 
     def __init__(
         self,

@@ -38,6 +38,34 @@ class Copy(ExactlyOnceLoop):
             self.transactions += 1
 
 
+def test_a_byte_bound_splits_what_is_pending_into_transactions_and_loses_or_repeats_nothing(make_config, new_topic, kafka):
+    """The writer's bound (max_batch_bytes): records over it wait for the next transaction (the
+    consumer is sought back to them); each record is copied once, in order, per partition."""
+    config = make_config()
+    ensure_topics(config)
+    source, target = new_topic("source", partitions=3), new_topic("target")
+    producer = Producer({"bootstrap.servers": kafka, "enable.idempotence": True, "linger.ms": 50})
+    values = [f"r{i:03d}".encode() * 25 for i in range(300)]  # 100 bytes each
+    for i, value in enumerate(values):
+        producer.produce(source, key=str(i % 7).encode(), value=value)
+    assert producer.flush(20) == 0
+
+    loop = Copy(config, Metrics(), source, target)
+    loop.max_batch_bytes = 1000  # ten records a transaction
+    loop.start()
+    try:
+        wait_for(lambda: group_done(kafka, f"{config.application_id}-copy", [source]), what="the loop to commit past every record")
+    finally:
+        loop.stop()
+    assert loop.failure is None
+    copied = [value for _key, value, _headers in read_topic(kafka, target)]
+    assert sorted(copied) == sorted(values)  # each once
+    for key in range(7):  # and in order within a key (one partition)
+        mine = [v for i, v in enumerate(values) if i % 7 == key]
+        assert [v for v in copied if v in set(mine)] == mine
+    assert loop.transactions >= 30, loop.transactions
+
+
 def test_a_batch_that_fails_is_split_until_the_record_that_fails_alone_is_dead_lettered(make_config, new_topic, kafka):
     config = make_config()
     ensure_topics(config)
