@@ -28,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaErr
 from contacts_streams.config import Config
 from contacts_streams.liveness import Progress
 from contacts_streams.metrics import Metrics, report_lag
+from contacts_streams.polling import poll_batch
 from contacts_streams.serialization import RegistryError
 from contacts_streams.topics import PRODUCER_MAX_BYTES, RECORD_OVERHEAD, dead_letter_topic, record_bytes
 from contacts_streams.transaction import Placed, Produced, Restart, Transactions, Unprocessable
@@ -284,10 +285,7 @@ class ExactlyOnceLoop:
         while not self._stopping.is_set():
             if not self._txn.active and self.producer_at_start:
                 self._txn.open()  # a broker error here rejoins (in _run)
-            # consume(n, timeout) waits for all n or the whole timeout: wait for the first
-            # record, then take what is already fetched.
-            first = consumer.poll(interval)
-            messages = [first] + consumer.consume(BATCH_SIZE - 1, 0) if first is not None else []
+            messages = poll_batch(consumer, BATCH_SIZE, interval)
             now = time.monotonic()
             if now - lag_reported > LAG_INTERVAL_S:
                 lag_reported = now

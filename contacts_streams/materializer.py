@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from contacts_streams.config import Config
 from contacts_streams.liveness import Progress
 from contacts_streams.metrics import Metrics, report_lag
+from contacts_streams.polling import poll_batch
 from contacts_streams.serialization import RegistryError
 from contacts_streams.store import Record, Store
 
@@ -214,12 +215,10 @@ class Materializer:
         return None
 
     def _poll_once(self, consumer: Consumer) -> None:
-        # consume(n, timeout) waits for all n or the timeout: wait for the first record only,
-        # then take what is already fetched, so a single write is applied at once.
-        first = consumer.poll(POLL_TIMEOUT_S)
-        if first is None:
+        # As soon as one record is there (a single write is applied at once), what is fetched.
+        messages = poll_batch(consumer, BATCH_SIZE, POLL_TIMEOUT_S)
+        if not messages:
             return
-        messages = [first] + consumer.consume(BATCH_SIZE - 1, 0)
         # Records in hand: if the store does not take them, the stall clock runs.
         self.progress.waiting({msg.partition() for msg in messages if msg.error() is None})
         records: list[Record] = []

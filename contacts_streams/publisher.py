@@ -26,6 +26,7 @@ from contacts_streams.commands import BadCommand, Command, Idempotency, Reply
 from contacts_streams.config import Config
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
+from contacts_streams.polling import poll_batch
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,7 @@ class ReplyListener:
         try:
             while not self._stopping.is_set():
                 try:
-                    # consume(n, timeout) waits out the whole timeout unless n records arrive, which
-                    # made every write wait 100 ms: wait for the first reply, then drain the rest.
-                    first = consumer.poll(0.1)
-                    batch = [first] + consumer.consume(999, 0) if first is not None else []
+                    batch = poll_batch(consumer, 1000, 0.1)
                 except KafkaException as err:  # the broker away: keep listening from where it was
                     log.warning("replies: %s", err)
                     time.sleep(0.5)

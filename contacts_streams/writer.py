@@ -33,6 +33,7 @@ from contacts_streams.events import EventCodec
 from contacts_streams.exactly_once import ExactlyOnceLoop
 from contacts_streams.materializer import Materializer
 from contacts_streams.metrics import Metrics
+from contacts_streams.polling import poll_batch
 from contacts_streams.publisher import CommandClient, megabytes
 from contacts_streams.serialization import ContactCodec, RegistryError
 from contacts_streams.store import Store, dismissed_key
@@ -339,10 +340,7 @@ class Writer(ExactlyOnceLoop):
             while len(done) < len(wanted):
                 if time.monotonic() > deadline or self._stopping.is_set():
                     raise Restart("could not read the idempotency topic", rejoin=True)
-                # consume(n, timeout) waits out the whole timeout unless n records arrive: the
-                # takeover would wait 0.5 s a round for nothing. Wait for the first, take the rest.
-                first = consumer.poll(0.5)
-                for msg in [first, *consumer.consume(999, 0)] if first is not None else []:
+                for msg in poll_batch(consumer, 1000, 0.5):
                     error, partition, offset = msg.error(), msg.partition(), msg.offset()
                     if partition is None or offset is None:
                         continue  # an error of no partition: records and their ends have both
