@@ -59,24 +59,16 @@ class NamePages:
         direction, after = self._resolve(*_decode_cursor(cursor)) if cursor else (FORWARD, None)
         names = self._store._cf[NAMES]
         it = names.iter(ReadOptions())
-        keys: list[bytes] = []
-        ids: list[bytes] = []
         if direction == FORWARD:
             seek_after(it, after)
-            while it.valid() and len(keys) < page_size + 1:
-                keys.append(it.key())
-                ids.append(it.value())
-                it.next()
+            keys, ids = _take(it, it.next, page_size + 1)
             more_after = len(keys) > page_size
             keys, ids = keys[:page_size], ids[:page_size]
             more_before = after is not None and self._has_before(keys[0] if keys else after, inclusive=not keys)
         else:
             assert after is not None, "a backward page comes from a cursor"
             seek_before(it, after)
-            while it.valid() and len(keys) < page_size + 1:
-                keys.append(it.key())
-                ids.append(it.value())
-                it.prev()
+            keys, ids = _take(it, it.prev, page_size + 1)
             more_before = len(keys) > page_size
             keys, ids = keys[:page_size][::-1], ids[:page_size][::-1]
             more_after = self._has_after(keys[-1] if keys else after, inclusive=not keys)
@@ -177,3 +169,14 @@ def _is_cursor_key(key: bytes) -> bool:
         separator = key[1 + CURSOR_NAME_BYTES : 2 + CURSOR_NAME_BYTES]
         return separator == SEPARATOR and SEPARATOR not in prefix and _is_id(contact_id)
     return False
+
+
+def _take(it, step, count: int) -> tuple[list[bytes], list[bytes]]:
+    """Up to ``count`` keys and values from where the iterator stands, moving it with ``step``."""
+    keys: list[bytes] = []
+    ids: list[bytes] = []
+    while it.valid() and len(keys) < count:
+        keys.append(it.key())
+        ids.append(it.value())
+        step()
+    return keys, ids
