@@ -211,7 +211,7 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
                 log.info("set the erase settings of %s", resource.name)
             except KafkaException as err:
                 warnings.append(f"cannot set the erase settings of {resource.name}: {err}")
-        current = _describe(admin, list(resources.values()), timeout, warnings)
+        current = _describe_applied(admin, resources, wanted, timeout, warnings)
     cadence = dict(BROKER_DEFAULTS)
     brokers = sorted(existing.brokers)
     if brokers:
@@ -238,6 +238,28 @@ def apply_erase_settings(config: Config, timeout: float = 30.0) -> EraseBound:
     overall = max(known, default=0) if len(known) == len(bounds) else None
     segments = {topic: int(current[topic]["segment.ms"]) for topic in present if "segment.ms" in current.get(topic, {})}
     return EraseBound(overall, bounds, warnings, segments)
+
+
+def _describe_applied(
+    admin: AdminClient,
+    resources: dict[str, ConfigResource],
+    wanted: dict[str, dict[str, str]],
+    timeout: float,
+    warnings: list[str],
+    settle_s: float = 5.0,
+) -> dict[str, dict[str, str]]:
+    """The settings after an alter, once the broker shows them: a KRaft broker applies an
+    accepted alter from its metadata log a moment later, and a describe in between still
+    answers the old values (seen as a bound of "no limit" right after setting one)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        scratch: list[str] = []
+        current = _describe(admin, list(resources.values()), timeout, scratch)
+        applied = all(all(current.get(t, {}).get(k) == v for k, v in wanted[t].items()) for t in resources)
+        if applied or time.monotonic() >= deadline:
+            warnings.extend(scratch)
+            return current
+        time.sleep(0.1)
 
 
 def _describe(
