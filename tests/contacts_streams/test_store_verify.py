@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from contacts_streams import model
 from contacts_streams.serialization import ContactCodec
 from contacts_streams.store import Record, Store
