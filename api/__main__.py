@@ -103,7 +103,9 @@ def main(argv: list[str]) -> int:
         return 2
     _fewer_malloc_arenas()
     logs.setup(config.log_format, config.log_level)
-    log.info("serving the Contacts API on http://localhost:%d with %s (state in %s)", config.port, config.http_server, config.state_dir)
+    log.info(
+        "serving the Contacts API on http://localhost:%d with %s (state in %s)", config.port, config.http_server, config.state_dir
+    )
     log.info("Kafka at %s: %s", config.kafka_brokers, kafka_security.describe(config.extra_kafka))
     log.info('try: curl -s localhost:%d/contacts.create -d \'{"display_name": "Grace Hopper"}\'', config.port)
     if config.http_server == "granian":

@@ -31,7 +31,7 @@ BACKLOG = 2048
 
 # granian's WSGI worker body, without the process wrapper (wrap_target: logging, the socket,
 # the app loader) that _worker below adds back around our own body.
-_wsgi_worker_body = MPServer._spawn_wsgi_worker.__wrapped__  # type: ignore[attr-defined]
+_wsgi_worker_body = MPServer._spawn_wsgi_worker.__wrapped__
 
 
 @WorkerProcess.wrap_target
