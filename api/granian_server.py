@@ -65,6 +65,15 @@ def granian_logging(level: str) -> dict:
     }
 
 
+class _NoThreadCountAdvice(logging.Filter):
+    """granian warns at every start when the blocking threads outnumber twice the cores. Here
+    they are HTTP_THREADS, the operator's choice, and most of them wait for the broker (a write
+    waits for its reply), not for the interpreter: a warning in every pod's start would be noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Configuration allows spawning up to")
+
+
 class Server(MPServer):
     def __init__(self, config: Config):
         super().__init__(
@@ -86,6 +95,7 @@ class Server(MPServer):
         )
         # granian's dictConfig above replaced the handlers: the service's format again.
         logs.setup(config.log_format, config.log_level)
+        logging.getLogger("_granian").addFilter(_NoThreadCountAdvice())
 
     def shutdown(self, exit_code=0):
         if any(worker.inner.exitcode == WORKER_BOOT_ERROR for worker in self.wrks):
