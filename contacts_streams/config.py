@@ -96,7 +96,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("HTTP_THREADS", "32", "threads serving HTTP requests"),
         Setting(
             "HTTP_SERVER",
-            "gunicorn",
+            "granian",
             "the HTTP server of `python -m api`: `gunicorn` (gthread) or `granian` (Rust HTTP, WSGI on HTTP_THREADS threads)",
         ),
         Setting("WRITE_TIMEOUT_MS", "10000", "longest a write waits for the broker before answering 503"),
@@ -143,7 +143,7 @@ class Config:
     state_dir: str = "state"
     port: int = 8080
     http_threads: int = 32
-    http_server: str = "gunicorn"
+    http_server: str = "granian"
     write_timeout_ms: int = 10000
     auto_create_enabled: bool = True
     default_phone_region: str | None = "US"

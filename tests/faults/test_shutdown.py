@@ -67,7 +67,7 @@ def test_sigterm_during_writes_loses_nothing_and_exits_0(names, spawn, tmp_path)
     log = service.log_file.read_text()
     assert "s3cret" not in log
     lines = [line for line in log.splitlines() if line.strip() and not line.startswith("=====")]
-    entries = [json.loads(line) for line in lines]  # every line, gunicorn's and librdkafka's too
+    entries = [json.loads(line) for line in lines]  # every line, the HTTP server's and librdkafka's too
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     assert any(entry["message"] == "closed" for entry in entries)
     figures("sigterm", acknowledged=len(acknowledged), refused_after_close=refused, lost=len(missing), stop_seconds=round(stopped_in, 2))

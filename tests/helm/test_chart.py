@@ -37,7 +37,7 @@ EXPECTED_ENV = {
     "AUTO_CREATE_ENABLED": "true",
     "DEFAULT_PHONE_REGION": "US",
     "LOG_FORMAT": "json",
-    "HTTP_SERVER": "gunicorn",
+    "HTTP_SERVER": "granian",
 }
 
 
@@ -302,7 +302,7 @@ def test_overrides_reach_the_objects(helm):
         "--set", "config.autoCreateEnabled=false",
         "--set", "config.contactsTopic=tenant.contacts",
         "--set", "config.contactEventsTopic=tenant.contact-events",
-        "--set", "config.httpServer=granian",
+        "--set", "config.httpServer=gunicorn",
         "--set", "persistence.size=50Gi",
         "--set", "persistence.storageClass=fast-ssd",
         "--set", "extraEnv[0].name=HTTP_THREADS",
@@ -317,7 +317,7 @@ def test_overrides_reach_the_objects(helm):
     assert env["CONTACTS_TOPIC"] == "tenant.contacts"
     assert env["CONTACT_EVENTS_TOPIC"] == "tenant.contact-events"
     assert env["HTTP_THREADS"] == "64"
-    assert env["HTTP_SERVER"] == "granian"
+    assert env["HTTP_SERVER"] == "gunicorn"
     claim = only(docs, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["resources"]["requests"]["storage"] == "50Gi"
     assert claim["storageClassName"] == "fast-ssd"
