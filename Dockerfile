@@ -1,4 +1,4 @@
-# The service image the Helm chart runs (`python -m api`: gunicorn, one worker owning RocksDB).
+# The service image the Helm chart runs (`python -m api`: HTTP_SERVER gunicorn or granian, one worker owning RocksDB).
 # Not built in CI here: this machine has no Docker engine.
 FROM python:3.11-slim
 WORKDIR /app

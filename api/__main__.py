@@ -1,7 +1,9 @@
-"""Entry point: `python -m api` serves the Contacts API with gunicorn (`--help` lists the settings).
+"""Entry point: `python -m api` serves the Contacts API (`--help` lists the settings).
 
-One gunicorn worker process owns the RocksDB store and serves HTTP with threads; SIGTERM drains
-in-flight requests, then closes the service (producer flushed, store closed) and exits 0.
+HTTP_SERVER picks the server: gunicorn (gthread) or granian (api/granian_server.py). Either way
+one worker process owns the RocksDB store and serves HTTP with HTTP_THREADS threads; SIGTERM
+drains in-flight requests, then closes the service (producer flushed, store closed) and exits 0;
+a start-up error no retry fixes ends the process with exit code 3.
 """
 
 from __future__ import annotations
@@ -101,9 +103,15 @@ def main(argv: list[str]) -> int:
         return 2
     _fewer_malloc_arenas()
     logs.setup(config.log_format, config.log_level)
-    log.info("serving the Contacts API on http://localhost:%d (state in %s)", config.port, config.state_dir)
+    log.info(
+        "serving the Contacts API on http://localhost:%d with %s (state in %s)", config.port, config.http_server, config.state_dir
+    )
     log.info("Kafka at %s: %s", config.kafka_brokers, kafka_security.describe(config.extra_kafka))
     log.info('try: curl -s localhost:%d/contacts.create -d \'{"display_name": "Grace Hopper"}\'', config.port)
+    if config.http_server == "granian":
+        from api import granian_server
+
+        return granian_server.run(config)
     Server(config).run()
     return 0
 

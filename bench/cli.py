@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 "systemToken": "",
                 "jwtSecret": "",
             }
-            service = procs.Proc("service", procs.command("gunicorn", "service"), env, port, work).start()
+            service = procs.Proc("service", procs.command("gunicorn", "service"), {**env, **procs.server_env("gunicorn", "service")}, port, work).start()
             service.wait_ready(120)
             url = f"http://127.0.0.1:{port}"
         people = work / "people.csv"

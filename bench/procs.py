@@ -38,11 +38,20 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# The servers `python -m api` itself runs (HTTP_SERVER): the service is measured as deployed.
+ENTRY_POINT_SERVERS = ("gunicorn", "granian")
+
+
 def command(server: str, app: str) -> list[str]:
     """How to run `app` (service, constant, flask-constant, asyncio) under `server`."""
-    if server == "gunicorn" and app == "service":
+    if server in ENTRY_POINT_SERVERS and app == "service":
         return [sys.executable, "-m", "api"]  # the production entry point, unchanged
     return [sys.executable, "-m", "bench.serve", "--server", server, "--app", app]
+
+
+def server_env(server: str, app: str) -> dict[str, str]:
+    """The environment `command(server, app)` needs besides the service's settings."""
+    return {"HTTP_SERVER": server} if server in ENTRY_POINT_SERVERS and app == "service" else {}
 
 
 class Proc:

@@ -158,7 +158,7 @@ class Bench:
         }
 
     def proc(self, name: str, server: str, app: str, env: dict[str, str]) -> procs.Proc:
-        return procs.Proc(name, procs.command(server, app), env, int(env["PORT"]), self.work)
+        return procs.Proc(name, procs.command(server, app), {**env, **procs.server_env(server, app)}, int(env["PORT"]), self.work)
 
     def sample(self, phase: str, proc: procs.Proc, just_started: bool = False):
         if not self.plan.profile:

@@ -94,6 +94,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("STATE_DIR", "state", "folder of the RocksDB store"),
         Setting("PORT", "8080", "HTTP port"),
         Setting("HTTP_THREADS", "32", "threads serving HTTP requests"),
+        Setting(
+            "HTTP_SERVER",
+            "granian",
+            "the HTTP server of `python -m api`: `gunicorn` (gthread) or `granian` (Rust HTTP, WSGI on HTTP_THREADS threads)",
+        ),
         Setting("WRITE_TIMEOUT_MS", "10000", "longest a write waits for the broker before answering 503"),
         Setting("AUTO_CREATE_ENABLED", "true", "create a contact for every new conversation (false: a CRM owns contacts)"),
         Setting(
@@ -138,6 +143,7 @@ class Config:
     state_dir: str = "state"
     port: int = 8080
     http_threads: int = 32
+    http_server: str = "granian"
     write_timeout_ms: int = 10000
     auto_create_enabled: bool = True
     default_phone_region: str | None = "US"
@@ -213,6 +219,7 @@ class Config:
             state_dir=required("STATE_DIR"),
             port=integer("PORT", 1, 65535),
             http_threads=integer("HTTP_THREADS", 1, 1024),
+            http_server=one_of("HTTP_SERVER", ("gunicorn", "granian"), fold=str.lower),
             write_timeout_ms=integer("WRITE_TIMEOUT_MS", 100, 600_000),
             auto_create_enabled=boolean("AUTO_CREATE_ENABLED"),
             default_phone_region=phone_region(),

@@ -300,7 +300,7 @@ _private_dir: Path | None = None
 
 def _private_folder() -> Path:
     """One 0700 folder per process for the converted files, removed when the process that made it
-    exits (a forked gunicorn worker leaves it to its master, which may fork a successor)."""
+    exits (a forked worker, gunicorn's or granian's, reuses it and leaves it to its master)."""
     global _private_dir
     with _private_dir_lock:
         if _private_dir is None or not _private_dir.exists():

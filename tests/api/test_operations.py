@@ -228,7 +228,8 @@ def test_the_commit_interval_help_says_what_the_code_does():
 
 def test_configuration_errors_name_the_variable():
     assert Config.from_env({}).port == 8080
-    for env, name in [({"PORT": "eighty"}, "PORT"), ({"AUTO_CREATE_ENABLED": "maybe"}, "AUTO_CREATE_ENABLED"), ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"KAFKA_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_SCHEMA_REGISTRY_URL"), ({"SCHEMA_REGISTRY_CHECK_MS": "soon"}, "SCHEMA_REGISTRY_CHECK_MS"), ({"CONTACTS_TOPIC": " "}, "CONTACTS_TOPIC")]:
+    assert Config.from_env({}).http_server == "granian" and Config.from_env({"HTTP_SERVER": "Gunicorn"}).http_server == "gunicorn"
+    for env, name in [({"HTTP_SERVER": "uwsgi"}, "HTTP_SERVER"), ({"PORT": "eighty"}, "PORT"), ({"AUTO_CREATE_ENABLED": "maybe"}, "AUTO_CREATE_ENABLED"), ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"KAFKA_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_SCHEMA_REGISTRY_URL"), ({"SCHEMA_REGISTRY_CHECK_MS": "soon"}, "SCHEMA_REGISTRY_CHECK_MS"), ({"CONTACTS_TOPIC": " "}, "CONTACTS_TOPIC")]:
         with pytest.raises(ConfigError, match=name):
             Config.from_env(env)
     config = Config.from_env({"systemToken": "t", "allowedOrigins": "https://a.org, https://b.org", "AUTO_CREATE_ENABLED": "false"})

@@ -1,4 +1,4 @@
-"""Helpers of the fault tests: the service as a real separate process (`python -m api`, gunicorn master + worker)
+"""Helpers of the fault tests: the service as a real separate process (`python -m api`, the HTTP server's master + worker, HTTP_SERVER)
 that the tests kill, restart, starve of its broker or damage the store of.
 
 Heavy parts scale with the environment:
@@ -74,7 +74,7 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
 
 
 class ServiceProcess:
-    """`python -m api` in a session (process group) of its own, so a kill takes the gunicorn
+    """`python -m api` in a session (process group) of its own, so a kill takes the server's
     master and its worker together, as a crash of the pod would."""
 
     def __init__(self, env: dict[str, str], log_file: Path):
@@ -148,7 +148,7 @@ class ServiceProcess:
         wait_for(lambda: not self.group_pids(), 30, "the killed service's processes to go")
 
     def stop(self, timeout: float = 45.0) -> int | None:
-        """SIGTERM (gunicorn drains, the worker closes the service and its store); SIGKILL if it hangs."""
+        """SIGTERM (the HTTP server drains, the worker closes the service and its store); SIGKILL if it hangs."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         os.killpg(self.pgid, signal.SIGTERM)

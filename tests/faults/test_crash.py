@@ -1,4 +1,4 @@
-"""Crash safety: the service process (gunicorn master and worker together) is killed with SIGKILL
+"""Crash safety: the service process (the HTTP server's master and worker together) is killed with SIGKILL
 in the middle of writes, then started again on the same state folder and INSTANCE_ID (so its
 transactional producers fence whatever transaction the dead one left open).
 

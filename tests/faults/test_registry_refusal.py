@@ -16,7 +16,7 @@ def test_the_process_exits_at_start_naming_the_subject_that_refuses_the_schema(n
 
     process = spawn(names, KAFKA_SCHEMA_REGISTRY_URL=schema_registry.url)
     wait_for(lambda: not process.running(), 90, "the service to exit")
-    assert process.proc.returncode == 3  # gunicorn's boot-error halt: the platform sees a failed start
+    assert process.proc.returncode == 3  # the boot-error halt of either server: the platform sees a failed start
     said = [line for line in process.tail(200).splitlines() if line.startswith("contacts-streams cannot start:")]
     assert said, process.tail()
     assert subject in said[0] and "incompatible" in said[0] and "409" in said[0]

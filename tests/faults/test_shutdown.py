@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 
+import pytest
 import requests
 from faultkit import figures, read_store, wait_for
+
+from contacts_streams.commands import encode_position
 
 
 def test_sigterm_during_writes_loses_nothing_and_exits_0(names, spawn, tmp_path):
@@ -63,7 +67,44 @@ def test_sigterm_during_writes_loses_nothing_and_exits_0(names, spawn, tmp_path)
     log = service.log_file.read_text()
     assert "s3cret" not in log
     lines = [line for line in log.splitlines() if line.strip() and not line.startswith("=====")]
-    entries = [json.loads(line) for line in lines]  # every line, gunicorn's and librdkafka's too
+    entries = [json.loads(line) for line in lines]  # every line, the HTTP server's and librdkafka's too
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     assert any(entry["message"] == "closed" for entry in entries)
     figures("sigterm", acknowledged=len(acknowledged), refused_after_close=refused, lost=len(missing), stop_seconds=round(stopped_in, 2))
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "granian"])
+def test_sigterm_drains_a_request_in_flight_then_closes_and_exits_0(names, spawn, server):
+    # A read that waits for a position the store has not applied is in flight for WRITE_TIMEOUT_MS
+    # and then answers 503 from the app: SIGTERM during that wait must still get it its answer.
+    service = spawn(names, HTTP_SERVER=server, LOG_FORMAT="json", WRITE_TIMEOUT_MS="4000")
+    service.wait_ready()
+    # No write first: on a loaded machine the first write after ready can outlast a short
+    # WRITE_TIMEOUT_MS. The position wait comes before the id is looked up.
+    far = encode_position({0: 10**9})
+    answers: list = []
+
+    def waiting_read() -> None:
+        try:
+            answers.append(requests.post(service.base + "/contacts.info", json={"id": str(uuid.uuid4())}, headers={"X-Contacts-Min-Position": far}, timeout=30))
+        except requests.RequestException as err:
+            answers.append(err)
+
+    reader = threading.Thread(target=waiting_read)
+    sent = time.monotonic()
+    reader.start()
+    time.sleep(1.0)  # the read is waiting in the app (it answers no sooner than 4 s after `sent`)
+    assert not answers, "the read answered before the SIGTERM: nothing was in flight"
+    code = service.stop(timeout=45)
+    reader.join(35)
+    assert code == 0, service.tail()
+    assert len(answers) == 1 and isinstance(answers[0], requests.Response), f"the in-flight read got {answers!r}"
+    answer = answers[0]
+    assert answer.status_code == 503 and answer.headers.get("Retry-After") and "X-Contacts-Min-Position" in answer.json()["message"]
+    assert answer.elapsed.total_seconds() >= 3.5 and time.monotonic() - sent >= 3.5
+
+    entries = [json.loads(line) for line in service.log_file.read_text().splitlines() if line.strip() and not line.startswith("=====")]
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any(entry["message"] == "closed" for entry in entries)
+    if server == "granian":
+        assert any(entry["logger"] == "_granian" for entry in entries), "granian's own lines in the service's format"

@@ -37,6 +37,7 @@ EXPECTED_ENV = {
     "AUTO_CREATE_ENABLED": "true",
     "DEFAULT_PHONE_REGION": "US",
     "LOG_FORMAT": "json",
+    "HTTP_SERVER": "granian",
 }
 
 
@@ -301,6 +302,7 @@ def test_overrides_reach_the_objects(helm):
         "--set", "config.autoCreateEnabled=false",
         "--set", "config.contactsTopic=tenant.contacts",
         "--set", "config.contactEventsTopic=tenant.contact-events",
+        "--set", "config.httpServer=gunicorn",
         "--set", "persistence.size=50Gi",
         "--set", "persistence.storageClass=fast-ssd",
         "--set", "extraEnv[0].name=HTTP_THREADS",
@@ -315,6 +317,7 @@ def test_overrides_reach_the_objects(helm):
     assert env["CONTACTS_TOPIC"] == "tenant.contacts"
     assert env["CONTACT_EVENTS_TOPIC"] == "tenant.contact-events"
     assert env["HTTP_THREADS"] == "64"
+    assert env["HTTP_SERVER"] == "gunicorn"
     claim = only(docs, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["resources"]["requests"]["storage"] == "50Gi"
     assert claim["storageClassName"] == "fast-ssd"
@@ -357,3 +360,9 @@ def test_certificate_auth_mounts_the_platforms_certificates(helm, rendered):
         volumes = {v["name"]: v for v in only(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
         assert volumes["kafka-config-certs"]["configMap"]["name"] == "kafka-config-certs"
         assert ("state" in volumes) == bool(extra)
+
+
+def test_an_unknown_http_server_is_refused_by_the_schema(helm):
+    proc = helm.run("template", "contacts", str(CHART), *ON, "--set", "config.httpServer=uwsgi", check=False)
+    assert proc.returncode != 0
+    assert "httpServer" in proc.stderr
