@@ -52,6 +52,7 @@ from fastavro.schema import fingerprint as _fingerprint_of
 from fastavro.schema import to_parsing_canonical_form
 
 from . import model
+from .avro_writer import compile_writer
 
 __all__ = [
     "CONTACTS_SUBJECT",
@@ -229,6 +230,8 @@ class AvroCodec:
         self.name = str(parsed.get("name", parsed.get("type")))
         self.fingerprint = _fingerprint(self.parsed)
         self._single_object_header = SINGLE_OBJECT_MAGIC + self.fingerprint
+        # The same bytes as fastavro for the records it handles (None: fastavro writes them all).
+        self._fast_writer = compile_writer(self.parsed)
         # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
         self._writers: dict[bytes, dict | None] = {self.fingerprint: None}
         for older in history:
@@ -338,15 +341,34 @@ class AvroCodec:
 
     # encode / decode
 
-    def encode(self, record: dict) -> bytes:
-        """The record's bytes: Confluent-framed with a registry, single-object without."""
+    def _header(self) -> bytes:
         if self.registry is not None:
             if self._confluent_header is None or not self._fresh(time.monotonic()):
                 self.register()
             header = self._confluent_header
             assert header is not None, "register() sets it or raises"
-        else:
-            header = self._single_object_header
+            return header
+        return self._single_object_header
+
+    def encode_fast(self, record: dict) -> bytes | None:
+        """The record's bytes as ``encode`` writes them, or None when only fastavro writes this
+        record (a value of an unusual Python type, or one that does not fit the schema)."""
+        if self._fast_writer is None:
+            return None
+        header = self._header()
+        try:
+            return header + self._fast_writer(record)
+        except Exception:  # noqa: BLE001 - fastavro decides what such a record becomes
+            return None
+
+    def encode(self, record: dict) -> bytes:
+        """The record's bytes: Confluent-framed with a registry, single-object without."""
+        header = self._header()
+        if self._fast_writer is not None:
+            try:
+                return header + self._fast_writer(record)
+            except Exception:  # noqa: BLE001 - fastavro writes it, or says why it cannot
+                pass
         out = io.BytesIO()
         out.write(header)
         try:
