@@ -108,9 +108,12 @@ def identities_of(contact: dict, region: str | None) -> list[Identity]:
     return sorted(found)
 
 
+_HEADER_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per contact record
+
+
 def encode(identities: list[Identity], tokens: list[Token]) -> str | None:
     """The ``identities`` header's value; None when it would be too large to carry."""
-    text = json.dumps([HEADER_VERSION, identities, tokens], ensure_ascii=False, separators=(",", ":"))
+    text = _HEADER_JSON.encode([HEADER_VERSION, identities, tokens])
     return text if len(text.encode("utf-8")) <= MAX_HEADER_BYTES else None
 
 
