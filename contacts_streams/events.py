@@ -50,36 +50,42 @@ def json_text(value: Any) -> str:
     return _JSON_TEXT.encode(value)
 
 
-def _paths(contact: dict | None) -> dict[str, Any]:
-    """Path -> value of everything a contact holds, map fields key by key."""
+_LAST = len(_FIELD_ORDER)
+
+
+def _paths(contact: dict | None, order: dict[str, int]) -> dict[str, Any]:
+    """Path -> value of everything a contact holds, map fields key by key; each path's place in
+    the contact's field order goes into ``order`` (that of the field the path starts with)."""
     out: dict[str, Any] = {}
     for name, value in (contact or {}).items():
+        rank = _FIELD_ORDER.get(name.partition(".")[0], _LAST)
         if name in KEYED_FIELDS and isinstance(value, dict):
             for key, item in value.items():
-                out[f"{name}.{key}"] = item
+                path = f"{name}.{key}"
+                out[path] = item
+                order[path] = rank
         elif value is not None:
             out[name] = value
+            order[name] = rank
     return out
 
 
 def diff(before: dict | None, after: dict | None) -> list[dict]:
     """The changes from ``before`` to ``after`` (None: no contact), in the contact's field order:
     ``{"path", "before", "after"}`` with JSON text values, None where the path is absent."""
-    old, new = _paths(before), _paths(after)
+    order: dict[str, int] = {}
+    old, new = _paths(before, order), _paths(after, order)
     changes = []
     paths = list(old) + [p for p in new if p not in old]
-    paths.sort(key=lambda path: _FIELD_ORDER.get(path.partition(".")[0], len(_FIELD_ORDER)))  # stable: map keys keep their order
+    paths.sort(key=order.__getitem__)  # stable: map keys keep their order
     for path in paths:
-        was, now = old.get(path), new.get(path)
-        if path in old and path in new and model.same_json(was, now):
-            continue
-        changes.append(
-            {
-                "path": path,
-                "before": json_text(was) if path in old else None,
-                "after": json_text(now) if path in new else None,
-            }
-        )
+        if path in old:
+            was = json_text(old[path]) if path not in new or not model.same_json(old[path], new[path]) else None
+            if was is None:
+                continue
+            changes.append({"path": path, "before": was, "after": json_text(new[path]) if path in new else None})
+        else:
+            changes.append({"path": path, "before": None, "after": json_text(new[path])})
     return changes
 
 
