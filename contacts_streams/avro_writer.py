@@ -16,6 +16,7 @@ cannot tell apart by type) compiles to None: the codec keeps using fastavro for 
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,9 @@ def zigzag(n: int) -> bytes:
     out.append(n)
     return bytes(out)
 
+
+# Larger longs are mostly timestamps, which the records of a batch share.
+_zigzag_cached = functools.lru_cache(maxsize=4096)(zigzag)
 
 # The lengths and small numbers most values have, encoded once.
 _SMALL_COUNT = 4096
@@ -228,7 +232,7 @@ def compile_writer(parsed: dict) -> Callable[[dict], bytes] | None:
         top = compiler.record(parsed)
     except Unsupported:
         return None
-    namespace: dict[str, Any] = {"F": Fallback, "L": _long, "S": _SMALL, "Z": zigzag, "D": _DOUBLE, "K": compiler.constants}
+    namespace: dict[str, Any] = {"F": Fallback, "L": _long, "S": _SMALL, "Z": _zigzag_cached, "D": _DOUBLE, "K": compiler.constants}
     exec(compile("\n\n".join(compiler.sources), f"<avro writer of {parsed.get('name')}>", "exec"), namespace)  # noqa: S102
     write_record = namespace[top]
 

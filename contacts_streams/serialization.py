@@ -422,8 +422,11 @@ _ENTRY_FIELDS = (_RECORD_FIELDS - {"merge_history"}) | frozenset(model.HISTORY_E
 _ADDRESS_FIELDS = frozenset(model.ADDRESS_FIELDS)
 
 
+_METADATA_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # one, not one per record
+
+
 def _metadata_text(metadata: dict) -> str:
-    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _METADATA_JSON.encode(metadata)
 
 
 def contact_to_record(contact: dict, *, entry: bool = False) -> dict:
