@@ -177,6 +177,7 @@ class EventCodec:
             registry_client=registry_client,
             history=history,
             confirm_every=confirm_every,
+            fast_reader=True,  # every replica's history reads each event
         )
 
     def encode(self, event: dict) -> bytes:

@@ -52,6 +52,7 @@ from fastavro.schema import fingerprint as _fingerprint_of
 from fastavro.schema import to_parsing_canonical_form
 
 from . import model
+from .avro_reader import compile_reader
 from .avro_writer import compile_writer
 
 __all__ = [
@@ -212,6 +213,8 @@ class AvroCodec:
     (default ``<record full name>-value``); without, single-object encoding. ``history`` lists
     older writer schemas of the same record for single-object decoding. ``confirm_every``
     (seconds; None: never) makes the first encode after that long register the schema again.
+    ``fast_reader`` reads records of the current schema with a reader compiled from it
+    (``avro_reader``) rather than fastavro's.
     """
 
     def __init__(
@@ -223,6 +226,7 @@ class AvroCodec:
         registry_client: Any = None,
         history: Iterable[Any] = (),
         confirm_every: float | None = None,
+        fast_reader: bool = False,
     ):
         self.schema = _load_schema(schema)
         self.parsed = _parse(self.schema)
@@ -232,6 +236,9 @@ class AvroCodec:
         self._single_object_header = SINGLE_OBJECT_MAGIC + self.fingerprint
         # The same bytes as fastavro for the records it handles (None: fastavro writes them all).
         self._fast_writer = compile_writer(self.parsed)
+        # Of records written with the current schema. Measured faster than fastavro's reader for
+        # records of many small records (events: ~2x), not for flat ones (contacts: even).
+        self._fast_reader = compile_reader(self.parsed) if fast_reader else None
         # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
         self._writers: dict[bytes, dict | None] = {self.fingerprint: None}
         for older in history:
@@ -398,6 +405,13 @@ class AvroCodec:
             raise DecodeError(
                 f"not a single-object (C3 01) or Confluent-framed (00) Avro record: starts with {bytes(data[:2]).hex()}"
             )
+        if writer is None and self._fast_reader is not None and type(data) is bytes:
+            try:
+                record, end = self._fast_reader(data, offset)
+                if end == size:
+                    return record
+            except Exception:  # noqa: BLE001, S110 - fastavro reads it, or says why it cannot
+                pass
         buffer = io.BytesIO(data)
         buffer.seek(offset)
         try:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
-from fastavro import parse_schema, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import CREATE_PAYLOADS as FIELDS
 
 from contacts_streams import events, model
 from contacts_streams.avro_writer import compile_writer, zigzag
-from contacts_streams.serialization import AvroCodec, ContactCodec, EncodeError, contact_to_record
+from contacts_streams.serialization import AvroCodec, ContactCodec, DecodeError, EncodeError, contact_to_record
 
 CONTACTS = ContactCodec()
 EVENTS = events.EventCodec(subject=None)
@@ -139,3 +139,51 @@ def test_zigzag_longs(n):
     out = io.BytesIO()
     schemaless_writer(out, parse_schema({"type": "record", "name": "N", "fields": [{"name": "n", "type": "long"}]}), {"n": n})
     assert zigzag(n) == out.getvalue()
+
+
+# --- the compiled reader (events use it) ---------------------------------------------------------
+
+FAST_READING = AvroCodec(EVERY_KIND.schema, fast_reader=True)
+
+
+def fastavro_read(codec: AvroCodec, data: bytes):
+    buffer = io.BytesIO(data)
+    buffer.seek(10)
+    record = schemaless_reader(buffer, codec.parsed, None)
+    assert buffer.tell() == len(data)
+    return record
+
+
+def test_events_read_fast():
+    assert EVENTS.avro._fast_reader is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.none() | merged_contacts(),
+    after=st.none() | merged_contacts(),
+    operation=st.sampled_from(["imported", "merged", "erased"]),
+)
+def test_any_event_reads_as_fastavro_reads_it(before, after, operation):
+    event = events.event_for("c", operation, before, after, actor="a", origin="http", now_ms=0, headers={"merged_from": "x"})
+    data = EVENTS.encode(event)
+    assert EVENTS.avro._fast_reader(data, 10) == (fastavro_read(EVENTS.avro, data), len(data))
+    assert EVENTS.decode(data) == event
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=st.fixed_dictionaries({"s": st.text()}, optional={name: ODD for name in FIELD_NAMES[1:]}), cut=st.integers(0, 40), noise=st.binary(max_size=6))
+def test_any_bytes_read_as_fastavro_reads_them_or_fail_alike(record, cut, noise):
+    try:
+        whole = FAST_READING.encode(record)
+    except EncodeError:
+        return
+    assert FAST_READING.decode(whole) == fastavro_read(FAST_READING, whole)
+    for data in (whole[: len(whole) - cut], whole + noise, whole[:10] + noise + whole[10:]):
+        try:
+            expected = fastavro_read(FAST_READING, data)
+        except Exception:  # noqa: BLE001 - whatever fastavro cannot read, the codec cannot either
+            with pytest.raises(DecodeError):
+                FAST_READING.decode(data)
+            continue
+        assert FAST_READING.decode(data) == expected
