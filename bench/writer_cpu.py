@@ -114,7 +114,8 @@ def decide_batch(writer: Writer, messages: list[_Message]) -> int:
 def run(kind: str, contacts: int, rounds: int, store: Store) -> list[float]:
     writer = deciding_writer(store)
     rng = random.Random(7)
-    build = (lambda: [import_message(rng, contacts, 0)]) if kind == "import" else (lambda: [auto_create_message(rng, contacts)])
+    starts = iter(range(0, 1 << 40, contacts))  # new e-mails and phone numbers every round, as in a fill
+    build = (lambda: [import_message(rng, contacts, next(starts))]) if kind == "import" else (lambda: [auto_create_message(rng, contacts)])
     decide_batch(writer, build())  # warm-up: first-use costs stay out
     per_contact = []
     for _ in range(rounds):
