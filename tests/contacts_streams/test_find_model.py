@@ -233,7 +233,7 @@ def histories(draw, payloads=PAYLOADS):
     return made
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), histories())
 def test_merge_then_unmerge_gives_both_contacts_back(destination, source):
     merged = model.merge_contacts(destination, source, T2)
