@@ -149,8 +149,8 @@ class _Compiler:
         if kind == "union":
             index = self.var()
             lines = self.long(index, i)
-            for n, branch in enumerate(schema):
-                lines.append(f"{i}{'if' if n == 0 else 'elif'} {index} == {n}:")
+            for at, branch in enumerate(schema):
+                lines.append(f"{i}{'if' if at == 0 else 'elif'} {index} == {at}:")
                 lines += self.value(branch, v, i + "    ")
             lines.append(f"{i}else: raise F")
             return lines

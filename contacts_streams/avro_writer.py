@@ -134,7 +134,10 @@ class _Compiler:
             return [f"{i}if {v} is True: a(b'\\x01')", f"{i}elif {v} is False: a(b'\\x00')", f"{i}else: raise F"]
         if kind in ("int", "long"):
             low, high = (INT_MIN, INT_MAX) if kind == "int" else (LONG_MIN, LONG_MAX)
-            return [f"{i}if type({v}) is not int or not {low} <= {v} <= {high}: raise F", f"{i}a(S[{v}] if 0 <= {v} < {_SMALL_COUNT} else Z({v}))"]
+            return [
+                f"{i}if type({v}) is not int or not {low} <= {v} <= {high}: raise F",
+                f"{i}a(S[{v}] if 0 <= {v} < {_SMALL_COUNT} else Z({v}))",
+            ]
         if kind == "double":
             return [f"{i}if type({v}) is not float: raise F", f"{i}a(D({v}))"]
         if kind == "string":
@@ -232,7 +235,14 @@ def compile_writer(parsed: dict) -> Callable[[dict], bytes] | None:
         top = compiler.record(parsed)
     except Unsupported:
         return None
-    namespace: dict[str, Any] = {"F": Fallback, "L": _long, "S": _SMALL, "Z": _zigzag_cached, "D": _DOUBLE, "K": compiler.constants}
+    namespace: dict[str, Any] = {
+        "F": Fallback,
+        "L": _long,
+        "S": _SMALL,
+        "Z": _zigzag_cached,
+        "D": _DOUBLE,
+        "K": compiler.constants,
+    }
     exec(compile("\n\n".join(compiler.sources), f"<avro writer of {parsed.get('name')}>", "exec"), namespace)  # noqa: S102
     write_record = namespace[top]
 

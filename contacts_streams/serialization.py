@@ -407,9 +407,9 @@ class AvroCodec:
             )
         if writer is None and self._fast_reader is not None and type(data) is bytes:
             try:
-                record, end = self._fast_reader(data, offset)
+                fast, end = self._fast_reader(data, offset)
                 if end == size:
-                    return record
+                    return fast
             except Exception:  # noqa: BLE001, S110 - fastavro reads it, or says why it cannot
                 pass
         buffer = io.BytesIO(data)
