@@ -132,7 +132,7 @@ def event_for(
     going away for a deleted or merged-away contact), who and how, and the other contact of a
     merge or unmerge (from the record's headers)."""
     headers = headers or {}
-    other = next((headers[name] for name in OTHER_CONTACT_HEADERS if headers.get(name)), None)
+    other = next((headers[name] for name in OTHER_CONTACT_HEADERS if headers.get(name)), None) if headers else None
     return {
         "event_id": model.random_uuid(),
         "contact_id": contact_id,
