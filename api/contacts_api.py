@@ -5,7 +5,6 @@ write to the writer (or reads the store) and answers; stream and store logic liv
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -95,7 +94,7 @@ def _with_history(contact: dict) -> dict:
 @contacts_api.post("/contacts.create")
 def create():
     fields = model.validate_create(body(), ignored())
-    payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
+    payload = {"contacts": [{"id": model.random_uuid(), "fields": fields}]}
     return written(service().contacts.write(commands.CREATE, payload, write_context()))
 
 
@@ -103,7 +102,7 @@ def create():
 def import_():
     payloads, upsert_by = model.validate_import_request(body(), ignored())
     service().metrics.import_size.observe(len(payloads))
-    payload: dict = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
+    payload: dict = {"contacts": [{"id": model.random_uuid(), "fields": fields} for fields in payloads]}
     if upsert_by:
         payload["upsert_by"] = upsert_by
     outcome = service().contacts.write(commands.IMPORT, payload, write_context(commands.ORIGIN_IMPORT))

@@ -493,6 +493,11 @@ class LayeredView:
         # contact the layers hold (contact id -> identities) and the other way round.
         self._identities_of: dict[str, set] | None = None
         self._holding: dict[tuple, set[str]] = {}
+        # The base's contacts as this view first read them: a decision, its event and the
+        # overlay's bookkeeping each ask for the same contact (a store read and a decode each).
+        # The base does not change under a view in a way the layers do not cover: the store
+        # applies only records the writer committed, and those are in the layers until it has.
+        self._base_contacts: dict[str, dict | None] = {}
 
     @property
     def phone_region(self) -> str | None:
@@ -524,7 +529,11 @@ class LayeredView:
         for layer in reversed(self._layers):
             if contact_id in layer.contacts:
                 return layer.contacts[contact_id]
-        return self._base.get(contact_id)
+        try:
+            return self._base_contacts[contact_id]
+        except KeyError:
+            contact = self._base_contacts[contact_id] = self._base.get(contact_id)
+            return contact
 
     def owner_of_conversation(self, conversation_id: str) -> str | None:
         for layer in reversed(self._layers):

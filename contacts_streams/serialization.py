@@ -52,6 +52,8 @@ from fastavro.schema import fingerprint as _fingerprint_of
 from fastavro.schema import to_parsing_canonical_form
 
 from . import model
+from .avro_reader import compile_reader
+from .avro_writer import compile_writer
 
 __all__ = [
     "CONTACTS_SUBJECT",
@@ -211,6 +213,8 @@ class AvroCodec:
     (default ``<record full name>-value``); without, single-object encoding. ``history`` lists
     older writer schemas of the same record for single-object decoding. ``confirm_every``
     (seconds; None: never) makes the first encode after that long register the schema again.
+    ``fast_reader`` reads records of the current schema with a reader compiled from it
+    (``avro_reader``) rather than fastavro's.
     """
 
     def __init__(
@@ -222,6 +226,7 @@ class AvroCodec:
         registry_client: Any = None,
         history: Iterable[Any] = (),
         confirm_every: float | None = None,
+        fast_reader: bool = False,
     ):
         self.schema = _load_schema(schema)
         self.parsed = _parse(self.schema)
@@ -229,6 +234,11 @@ class AvroCodec:
         self.name = str(parsed.get("name", parsed.get("type")))
         self.fingerprint = _fingerprint(self.parsed)
         self._single_object_header = SINGLE_OBJECT_MAGIC + self.fingerprint
+        # The same bytes as fastavro for the records it handles (None: fastavro writes them all).
+        self._fast_writer = compile_writer(self.parsed)
+        # Of records written with the current schema. Measured faster than fastavro's reader for
+        # records of many small records (events: ~2x), not for flat ones (contacts: even).
+        self._fast_reader = compile_reader(self.parsed) if fast_reader else None
         # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
         self._writers: dict[bytes, dict | None] = {self.fingerprint: None}
         for older in history:
@@ -338,15 +348,34 @@ class AvroCodec:
 
     # encode / decode
 
-    def encode(self, record: dict) -> bytes:
-        """The record's bytes: Confluent-framed with a registry, single-object without."""
+    def _header(self) -> bytes:
         if self.registry is not None:
             if self._confluent_header is None or not self._fresh(time.monotonic()):
                 self.register()
             header = self._confluent_header
             assert header is not None, "register() sets it or raises"
-        else:
-            header = self._single_object_header
+            return header
+        return self._single_object_header
+
+    def encode_fast(self, record: dict) -> bytes | None:
+        """The record's bytes as ``encode`` writes them, or None when only fastavro writes this
+        record (a value of an unusual Python type, or one that does not fit the schema)."""
+        if self._fast_writer is None:
+            return None
+        header = self._header()
+        try:
+            return header + self._fast_writer(record)
+        except Exception:  # noqa: BLE001 - fastavro decides what such a record becomes
+            return None
+
+    def encode(self, record: dict) -> bytes:
+        """The record's bytes: Confluent-framed with a registry, single-object without."""
+        header = self._header()
+        if self._fast_writer is not None:
+            try:
+                return header + self._fast_writer(record)
+            except Exception:  # noqa: BLE001 - fastavro writes it, or says why it cannot
+                pass
         out = io.BytesIO()
         out.write(header)
         try:
@@ -376,6 +405,13 @@ class AvroCodec:
             raise DecodeError(
                 f"not a single-object (C3 01) or Confluent-framed (00) Avro record: starts with {bytes(data[:2]).hex()}"
             )
+        if writer is None and self._fast_reader is not None and type(data) is bytes:
+            try:
+                fast, end = self._fast_reader(data, offset)
+                if end == size:
+                    return fast
+            except Exception:  # noqa: BLE001, S110 - fastavro reads it, or says why it cannot
+                pass
         buffer = io.BytesIO(data)
         buffer.seek(offset)
         try:
@@ -400,8 +436,11 @@ _ENTRY_FIELDS = (_RECORD_FIELDS - {"merge_history"}) | frozenset(model.HISTORY_E
 _ADDRESS_FIELDS = frozenset(model.ADDRESS_FIELDS)
 
 
+_METADATA_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # one, not one per record
+
+
 def _metadata_text(metadata: dict) -> str:
-    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _METADATA_JSON.encode(metadata)
 
 
 def contact_to_record(contact: dict, *, entry: bool = False) -> dict:

@@ -205,3 +205,61 @@ def test_changed_paths():
     assert events.changed_paths({"changes": diff(None, a)}) == ["id", "via.email", "created_at", "updated_at"]
     b = model.apply_update(a, {"title": "Dr"}, NOW + 1)
     assert events.changed_paths({"changes": diff(a, b)}) == ["title", "updated_at"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES)
+def test_json_text_is_compact_sorted_json(value):
+    assert events.json_text(value) == json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_event_ids_are_random_uuids():
+    ids = {event_for("c", "imported", None, {"id": "c"}, actor="a", origin="http", now_ms=0)["event_id"] for _ in range(200)}
+    assert len(ids) == 200
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert str(parsed) == event_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+CONTACT_C = "6b80b10c-ae6e-4995-844d-c56c4da11623"
+
+
+def _diff_as_first_written(before, after):
+    """diff as it was before it was made cheaper: the order and texts it must keep."""
+
+    def paths(contact):
+        out = {}
+        for name, value in (contact or {}).items():
+            if name in events.KEYED_FIELDS and isinstance(value, dict):
+                for key, item in value.items():
+                    out[f"{name}.{key}"] = item
+            elif value is not None:
+                out[name] = value
+        return out
+
+    old, new = paths(before), paths(after)
+    order = events._FIELD_ORDER
+    ordered = list(old) + [p for p in new if p not in old]
+    ordered.sort(key=lambda path: order.get(path.partition(".")[0], len(order)))
+    return [
+        {"path": p, "before": events.json_text(old[p]) if p in old else None, "after": events.json_text(new[p]) if p in new else None}
+        for p in ordered
+        if not (p in old and p in new and model.same_json(old[p], new[p]))
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.none() | CREATE_PAYLOADS.map(lambda f: contact(model.validate_create(f), CONTACT_C)),
+    changes=st.none() | CREATE_PAYLOADS.map(lambda f: model.validate_create(f)),
+)
+def test_diff_keeps_its_order_and_texts(before, changes):
+    after = None if changes is None else model.apply_update(before, changes, NOW + 5) if before else contact(changes, CONTACT_C)
+    assert diff(before, after) == _diff_as_first_written(before, after)

@@ -233,7 +233,7 @@ def histories(draw, payloads=PAYLOADS):
     return made
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), histories())
 def test_merge_then_unmerge_gives_both_contacts_back(destination, source):
     merged = model.merge_contacts(destination, source, T2)
@@ -282,3 +282,16 @@ def test_unmerge_of_an_old_full_snapshot_moves_conversations_back_and_keeps_the_
     restored, after = model.unmerge(merged, source["id"], T2)
     assert _timeless(restored) == _timeless(source)
     assert "conversations" not in after and after["title"] == "t" and "merge_history" not in after
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text())
+def test_digits_are_the_ascii_digits(text):
+    assert I.digits(text) == "".join(c for c in text if c.isdigit() and c.isascii())
+
+
+def test_a_normalized_number_is_the_same_from_the_cache():
+    first = I.normalize_phone("+49 170 1234567", None)
+    assert I.normalize_phone("+49 170 1234567", None) == first == "+491701234567"
+    assert I.normalize_phone("0170 1234567", "DE") == "+491701234567"
+    assert I.normalize_phone("0170 1234567", None) == "01701234567"  # no region: its digits

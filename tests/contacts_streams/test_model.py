@@ -926,3 +926,24 @@ def test_update_result_is_a_well_formed_contact(contact, payload):
     for name, value in changes.items():
         if name in model.SCALAR_FIELDS:
             assert updated.get(name) == (None if value == "" else value)
+
+
+def test_random_uuids_are_version_4_in_canonical_form():
+    ids = [model.random_uuid() for _ in range(500)]
+    assert len(set(ids)) == 500
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every one of the 122 random bits varies (none stuck by the mask).
+    bits = [uuid.UUID(text).int for text in ids]
+    varying = 0
+    for b in bits:
+        varying |= b ^ bits[0]
+    assert bin(varying).count("1") == 122
+
+
+@pytest.mark.parametrize("text", ["2021-11-16T13:21:03.580Z", "2021-11-16T14:21:03.580+01:00", "2021-11-16T13:21:03.580"])
+def test_iso_to_millis_gives_the_same_from_the_cache(text):
+    assert model.iso_to_millis(text) == model.iso_to_millis(text) == 1637068863580
+    with pytest.raises((TypeError, ValueError)):
+        model.iso_to_millis(1637068863580)
