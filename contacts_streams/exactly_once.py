@@ -137,11 +137,14 @@ class ExactlyOnceLoop:
         offsets: dict[tuple[str, int], int],
         records: list[Produced],
         then: Callable[[Placed], list[Produced]] | None = None,
+        alongside: list[Produced] | None = None,
     ) -> dict[tuple[str, int], int]:
         """``Transactions.commit`` with the consumer's offsets (or the records that carry them,
         see ``position_records``); counts the dead letters it wrote."""
         position = self.position_records(offsets)
-        written = list(records)
+        if position is not None:
+            alongside = list(alongside or []) + position
+        written = list(records) + list(alongside or [])
         more: Callable[[Placed], list[Produced]] | None = None
         if then is not None:
             after = then
@@ -153,10 +156,9 @@ class ExactlyOnceLoop:
 
             more = noted
         if position is None:
-            positions = self._txn.commit(consumer, offsets, records, more)
+            positions = self._txn.commit(consumer, offsets, records, more, alongside)
         else:
-            # The position record goes with the first records; it needs no delivery report.
-            positions = self._txn.commit(None, {}, records + position, more)
+            positions = self._txn.commit(None, {}, records, more, alongside)
             self.committed(consumer, offsets)
         for record in written:
             if record.topic == self._dead_letter_topic:
