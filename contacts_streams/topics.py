@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 HOUR_MS = 3600 * 1000
+POSITION_SEGMENT_BYTES = 8 * 1024 * 1024
 REPLIES_RETENTION_MS = HOUR_MS
 IDEMPOTENCY_RETENTION_MS = commands.IDEMPOTENCY_TTL_MS
 # Above the largest command (a 16 MiB request body and its envelope).
@@ -130,8 +131,9 @@ def erase_settings(config: Config) -> dict[str, dict[str, str]]:
         config.contacts_topic: compacted,
         conversations_topic(config): compacted,
         dismissed_topic(config): compacted,
-        # Offsets only, nothing personal; the settings keep its one key's history short.
-        writer_position_topic(config): compacted,
+        # Offsets only, nothing personal. One record a writer transaction: small segments, so
+        # the cleaner keeps the one key's history short whatever segment.ms allows.
+        writer_position_topic(config): {**compacted, "segment.bytes": str(POSITION_SEGMENT_BYTES)},
         idempotency_topic(config): {**compacted, "retention.ms": str(IDEMPOTENCY_RETENTION_MS)},
         commands_topic(config): deleted_settings(config, HOUR_MS),
         replies_topic(config): deleted_settings(config, REPLIES_RETENTION_MS),

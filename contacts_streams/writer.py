@@ -338,9 +338,10 @@ class Writer(ExactlyOnceLoop):
         futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout)
         return {tp.partition: future.result().offset for tp, future in futures.items()}
 
-    def _read_whole(self, topic: str, what: str) -> dict[bytes, bytes]:
+    def _read_whole(self, topic: str, what: str, last: int | None = None) -> dict[bytes, bytes]:
         """A compacted topic of the writer's, read to its committed end: key -> latest value
-        (a tombstone removes the key; records without a key are skipped)."""
+        (a tombstone removes the key; records without a key are skipped). With ``last``, only
+        the last that many offsets of each partition."""
         ends = self._committed_ends(topic)
         latest: dict[bytes, bytes] = {}
         wanted = {p: end for p, end in ends.items() if end > 0}
@@ -357,7 +358,7 @@ class Writer(ExactlyOnceLoop):
             )
         )
         try:
-            consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
+            consumer.assign([TopicPartition(topic, p, max(0, end - last) if last else 0) for p, end in wanted.items()])
             done: set[int] = set()
             deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
             while len(done) < len(wanted):
@@ -406,7 +407,15 @@ class Writer(ExactlyOnceLoop):
         commands_topic = topics.commands_topic(self._config)
         assignment = [TopicPartition(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic == commands_topic]
         position: dict[tuple[str, int], int] = {}
-        value = self._read_whole(self._position_topic, "position").get(POSITION_KEY)
+        # One key, written by every transaction: its last record is the one. The log holds many
+        # (its segments compact only once rolled), so read back from the end until one shows:
+        # transaction markers and aborted records take offsets too.
+        last, value = 16, None
+        while True:
+            value = self._read_whole(self._position_topic, "position", last).get(POSITION_KEY)
+            if value is not None or last >= self._committed_ends(self._position_topic).get(0, 0):
+                break
+            last *= 16
         if value is not None:
             try:
                 for name, offset in json.loads(value).items():
