@@ -338,11 +338,13 @@ class Writer(ExactlyOnceLoop):
         futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout)
         return {tp.partition: future.result().offset for tp, future in futures.items()}
 
-    def _read_whole(self, topic: str, what: str, last: int | None = None) -> dict[bytes, bytes]:
+    def _read_whole(
+        self, topic: str, what: str, last: int | None = None, ends: dict[int, int] | None = None
+    ) -> dict[bytes, bytes]:
         """A compacted topic of the writer's, read to its committed end: key -> latest value
         (a tombstone removes the key; records without a key are skipped). With ``last``, only
-        the last that many offsets of each partition."""
-        ends = self._committed_ends(topic)
+        the last that many offsets of each partition (``ends``: the committed ends, when known)."""
+        ends = self._committed_ends(topic) if ends is None else ends
         latest: dict[bytes, bytes] = {}
         wanted = {p: end for p, end in ends.items() if end > 0}
         if not wanted:
@@ -410,10 +412,11 @@ class Writer(ExactlyOnceLoop):
         # One key, written by every transaction: its last record is the one. The log holds many
         # (its segments compact only once rolled), so read back from the end until one shows:
         # transaction markers and aborted records take offsets too.
+        ends = self._committed_ends(self._position_topic)
         last, value = 16, None
-        while True:
-            value = self._read_whole(self._position_topic, "position", last).get(POSITION_KEY)
-            if value is not None or last >= self._committed_ends(self._position_topic).get(0, 0):
+        while any(ends.values()):
+            value = self._read_whole(self._position_topic, "position", last, ends).get(POSITION_KEY)
+            if value is not None or last >= max(ends.values()):
                 break
             last *= 16
         if value is not None:
