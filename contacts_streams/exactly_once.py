@@ -1,6 +1,7 @@
 """A consume-transform-produce loop with Kafka transactions: what a batch produces and the
-group's offsets for it commit together (``send_offsets_to_transaction``), one transaction per
-poll batch, so a replay, a restart or a rebalance never applies a record twice.
+group's offsets for it commit together (``send_offsets_to_transaction``; the writer carries its
+position in a record of the transaction instead), one transaction per poll batch, so a replay, a
+restart or a rebalance never applies a record twice.
 
 The writer and the conversation routers are both subclasses; the transaction itself is
 ``transaction.Transactions``. A failed transaction is aborted and the batch read again from the
@@ -136,9 +137,14 @@ class ExactlyOnceLoop:
         offsets: dict[tuple[str, int], int],
         records: list[Produced],
         then: Callable[[Placed], list[Produced]] | None = None,
+        alongside: list[Produced] | None = None,
     ) -> dict[tuple[str, int], int]:
-        """``Transactions.commit`` with the consumer's offsets; counts the dead letters it wrote."""
-        written = list(records)
+        """``Transactions.commit`` with the consumer's offsets (or the records that carry them,
+        see ``position_records``); counts the dead letters it wrote."""
+        position = self.position_records(offsets)
+        if position is not None:
+            alongside = list(alongside or []) + position
+        written = list(records) + list(alongside or [])
         more: Callable[[Placed], list[Produced]] | None = None
         if then is not None:
             after = then
@@ -149,12 +155,30 @@ class ExactlyOnceLoop:
                 return extra
 
             more = noted
-        positions = self._txn.commit(consumer, offsets, records, more)
+        if position is None:
+            positions = self._txn.commit(consumer, offsets, records, more, alongside)
+        else:
+            positions = self._txn.commit(None, {}, records, more, alongside)
+            self.committed(consumer, offsets)
         for record in written:
             if record.topic == self._dead_letter_topic:
                 source = (dict(record.headers).get(DL_TOPIC) or b"").decode("utf-8", "replace")
                 self._metrics.dead_letters.labels(stage=self.name, topic=source).inc()
         return positions
+
+    def position_records(self, offsets: dict[tuple[str, int], int]) -> list[Produced] | None:
+        """Where a transaction commits the consumer's position: None for the group's offsets
+        (``send_offsets_to_transaction``, the routers), or records that carry it inside the
+        transaction (the writer); a loop that keeps its position in records seeks there itself
+        at its start (``committed_offsets`` says where a rewind goes)."""
+        return None
+
+    def committed(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+        """After a transaction whose ``position_records`` carried these offsets committed."""
+
+    def committed_offsets(self, consumer: Consumer, assignment: list[TopicPartition]) -> list[TopicPartition]:
+        """Where a rewind goes: the position the last committed transaction holds."""
+        return consumer.committed(assignment, timeout=self._timeout)
 
     def dead_letter(self, msg: Message, err: BaseException) -> Produced:
         """The dead letter of a record: key and value as received, the error in headers. Give it
@@ -276,7 +300,7 @@ class ExactlyOnceLoop:
         assignment = consumer.assignment()
         if not assignment:
             return
-        for tp in consumer.committed(assignment, timeout=self._timeout):
+        for tp in self.committed_offsets(consumer, assignment):
             consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
 
     def _consume(self, consumer: Consumer) -> None:

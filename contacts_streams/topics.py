@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 HOUR_MS = 3600 * 1000
+POSITION_SEGMENT_BYTES = 8 * 1024 * 1024
 REPLIES_RETENTION_MS = HOUR_MS
 IDEMPOTENCY_RETENTION_MS = commands.IDEMPOTENCY_TTL_MS
 # Above the largest command (a 16 MiB request body and its envelope).
@@ -44,6 +45,12 @@ def replies_topic(config: Config) -> str:
 
 def idempotency_topic(config: Config) -> str:
     return f"{config.application_id}-idempotency"
+
+
+def writer_position_topic(config: Config) -> str:
+    """Where the writer is in the commands topic, one record committed in each of its
+    transactions (instead of the group's offsets: two round trips fewer a transaction)."""
+    return f"{config.application_id}-writer-position"
 
 
 def conversations_topic(config: Config) -> str:
@@ -124,6 +131,9 @@ def erase_settings(config: Config) -> dict[str, dict[str, str]]:
         config.contacts_topic: compacted,
         conversations_topic(config): compacted,
         dismissed_topic(config): compacted,
+        # Offsets only, nothing personal. One record a writer transaction: small segments, so
+        # the cleaner keeps the one key's history short whatever segment.ms allows.
+        writer_position_topic(config): {**compacted, "segment.bytes": str(POSITION_SEGMENT_BYTES)},
         idempotency_topic(config): {**compacted, "retention.ms": str(IDEMPOTENCY_RETENTION_MS)},
         commands_topic(config): deleted_settings(config, HOUR_MS),
         replies_topic(config): deleted_settings(config, REPLIES_RETENTION_MS),
@@ -278,8 +288,8 @@ def _describe(
 
 
 def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors | None = None) -> None:
-    """The compacted contacts topic, the change-events topic, the dead-letter topic, the writer's commands, replies and
-    idempotency and dismissed-groups topics and, with auto-create on, the join-state topic.
+    """The compacted contacts topic, the change-events topic, the dead-letter topic, the writer's commands, replies,
+    idempotency, position and dismissed-groups topics, and the join-state topic.
 
     This is the service's first call to the broker. With `errors`, what librdkafka reports
     meanwhile is judged: refused credentials or certificates raise BrokerRefused within about a
@@ -333,6 +343,13 @@ def ensure_topics(config: Config, timeout: float = 30.0, errors: StartupErrors |
             num_partitions=1,
             replication_factor=-1,
             config={"cleanup.policy": "compact,delete", **erase[idempotency_topic(config)]},
+        ),
+        # The writer's next commands offset, one key, written in each writer transaction.
+        NewTopic(
+            writer_position_topic(config),
+            num_partitions=1,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact", **erase[writer_position_topic(config)]},
         ),
         # Contact ids only: kept for good, one record per dismissed group (an erase tombstones
         # the groups naming the contact).

@@ -153,11 +153,16 @@ class Transactions:
         offsets: dict[tuple[str, int], int],
         records: list[Produced],
         then: Callable[[Placed], list[Produced]] | None = None,
+        alongside: list[Produced] | None = None,
     ) -> dict[tuple[str, int], int]:
         """Produce records and commit the consumer's offsets in one transaction; returns the
         last offset written per (topic, partition). With `then`, the records are flushed first
         and `then` gets where each landed ((topic, partition, offset) in record order) and
-        returns more records for the same transaction (the writer's replies name the offsets)."""
+        returns more records for the same transaction (the writer's replies name the offsets).
+        `alongside`: records whose place nobody asks for, produced with the first ones, before
+        the flush: their partitions join the transaction in the same AddPartitionsToTxn request
+        as the first records' (librdkafka registers the partitions added before its request goes
+        out together), instead of one more request after the flush."""
         producer = self._producer
         if producer is None:
             raise Restart("no transactional producer", replace_producer=True)
@@ -196,6 +201,8 @@ class Transactions:
                 producer.send_offsets_to_transaction(partitions, consumer.consumer_group_metadata(), self._timeout)
             for index, record in enumerate(records):
                 produce(record, index)
+            for record in alongside or ():
+                produce(record, None)
             if then is not None:
                 if records and self._flush(producer, failures) > 0 and not failures:
                     raise Restart("the broker did not take the batch in time")

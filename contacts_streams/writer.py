@@ -12,7 +12,11 @@ own changes and those of earlier batches that are committed but not yet material
 decision ever sees a state older than the writer's own last commit and the writer never waits
 for its store between batches. Contact records, one change event per contact record (the
 diff of the contact before and after, who and how), replies (status, ids, the contacts-topic
-offsets; no bodies), idempotency entries and the commands' offsets commit together.
+offsets; no bodies), idempotency entries and the writer's position in the commands topic commit
+together. The position is a record on the writer-position topic, not the group's offsets
+(``send_offsets_to_transaction`` costs two more sequential requests a transaction): a new writer
+reads it once ``init_transactions`` fenced its predecessor and seeks there. The group's offsets
+follow asynchronously after each commit, for lag tools and for a deployment from before the topic.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import logging
 import time
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from contacts_streams import commands, events, identities, model, topics
@@ -48,6 +52,7 @@ WRITER_BATCH_BYTES = 256 * 1024
 # After segment.ms, the record that makes an erase's segment roll waits this much more, so the
 # broker surely finds the segment older than segment.ms.
 ROLL_MARGIN_MS = 500
+POSITION_KEY = b"commands"
 
 
 def encode_join_state(state: dict) -> bytes:
@@ -179,9 +184,11 @@ class Writer(ExactlyOnceLoop):
             group_id=f"{config.application_id}-writer",
             topics=[topics.commands_topic(config)],
             transactional_id=f"{config.application_id}-writer",
-            # Nothing waits for where a reply or an idempotency entry landed, and neither is ever
-            # too large for its topic: a failed one aborts the batch like any other failure.
-            unreported=frozenset({topics.replies_topic(config), topics.idempotency_topic(config)}),
+            # Nothing waits for where a reply, an idempotency entry or the position landed, and
+            # none is ever too large for its topic: a failed one aborts the batch like any other failure.
+            unreported=frozenset(
+                {topics.replies_topic(config), topics.idempotency_topic(config), topics.writer_position_topic(config)}
+            ),
         )
         self._store = store
         self._base = StoreView(store)
@@ -199,6 +206,9 @@ class Writer(ExactlyOnceLoop):
         self._replies_topic = topics.replies_topic(config)
         self._idempotency_topic = topics.idempotency_topic(config)
         self._dismissed_topic = topics.dismissed_topic(config)
+        self._position_topic = topics.writer_position_topic(config)
+        # The commands' next offsets as of the last committed transaction (or the takeover).
+        self._position: dict[tuple[str, int], int] = {}
         self._takeover_needed = False
         self.holding = False
         # Committed, not yet materialized: (contacts positions, join-state positions, changes).
@@ -268,11 +278,12 @@ class Writer(ExactlyOnceLoop):
         self._takeover_needed = False
         self._txn.drop()
         self._layers = []
+        self._position = {}
         self._metrics.writer.set(0)
 
     # --- takeover ----------------------------------------------------------------------------
 
-    def _take_over(self) -> None:
+    def _take_over(self, consumer: Consumer) -> None:
         started = time.monotonic()
         self._takeover_needed = False
         self._layers = []
@@ -288,6 +299,18 @@ class Writer(ExactlyOnceLoop):
                     self._stand_down()
                     raise Restart(f"the store did not catch up with {topic}", rejoin=True)
         self._remembered = self._read_idempotency()
+        # Read only now that init_transactions fenced the previous writer and ended its open
+        # transaction: the last committed position is final.
+        self._position = self._read_position(consumer)
+        for (topic, partition), offset in self._position.items():
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as err:
+                self._stand_down()
+                raise Restart(f"cannot seek the commands partition to the writer's position: {err}", rejoin=True) from err
+        # The group's offsets may lag the position (a writer killed between its commit and the
+        # group commit after it): bring them level now, not only after this writer's first batch.
+        self._commit_group(consumer, {where: offset for where, offset in self._position.items() if offset >= 0})
         self._events_limit = topics.max_record_bytes(self._config, self._events_topic, self._timeout, self._producer_max_bytes())
         self._rolls = []
         # Erases of the last while may not have rolled their segments yet; the store knows their
@@ -301,10 +324,11 @@ class Writer(ExactlyOnceLoop):
         self.takeovers += 1
         self._metrics.writer.set(1)
         log.info(
-            "writer: took over in %.2fs (store at %s, %d idempotency keys)",
+            "writer: took over in %.2fs (store at %s, %d idempotency keys, commands from %s)",
             time.monotonic() - started,
             ends,
             len(self._remembered),
+            self._position,
         )
 
     def _committed_ends(self, topic: str) -> dict[int, int]:
@@ -314,18 +338,21 @@ class Writer(ExactlyOnceLoop):
         futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout)
         return {tp.partition: future.result().offset for tp, future in futures.items()}
 
-    def _read_idempotency(self) -> dict[bytes, Remembered]:
-        """The keys earlier writers answered, read whole at takeover (a compacted topic of
-        small entries, kept 24 h)."""
-        ends = self._committed_ends(self._idempotency_topic)
-        remembered: dict[bytes, Remembered] = {}
+    def _read_whole(
+        self, topic: str, what: str, last: int | None = None, ends: dict[int, int] | None = None
+    ) -> dict[bytes, bytes]:
+        """A compacted topic of the writer's, read to its committed end: key -> latest value
+        (a tombstone removes the key; records without a key are skipped). With ``last``, only
+        the last that many offsets of each partition (``ends``: the committed ends, when known)."""
+        ends = self._committed_ends(topic) if ends is None else ends
+        latest: dict[bytes, bytes] = {}
         wanted = {p: end for p, end in ends.items() if end > 0}
         if not wanted:
-            return remembered
+            return latest
         consumer = Consumer(
             self._config.kafka(
                 **{
-                    "group.id": f"{self._config.application_id}-idempotency-reader",
+                    "group.id": f"{self._config.application_id}-{what}-reader",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
                     "enable.partition.eof": True,
@@ -333,13 +360,12 @@ class Writer(ExactlyOnceLoop):
             )
         )
         try:
-            consumer.assign([TopicPartition(self._idempotency_topic, p, 0) for p in wanted])
+            consumer.assign([TopicPartition(topic, p, max(0, end - last) if last else 0) for p, end in wanted.items()])
             done: set[int] = set()
             deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-            horizon = model.now_ms() - commands.IDEMPOTENCY_TTL_MS
             while len(done) < len(wanted):
                 if time.monotonic() > deadline or self._stopping.is_set():
-                    raise Restart("could not read the idempotency topic", rejoin=True)
+                    raise Restart(f"could not read the {what} topic", rejoin=True)
                 for msg in poll_batch(consumer, 1000, 0.5):
                     error, partition, offset = msg.error(), msg.partition(), msg.offset()
                     if partition is None or offset is None:
@@ -349,22 +375,95 @@ class Writer(ExactlyOnceLoop):
                             done.add(partition)
                         continue
                     key, value = msg.key(), msg.value()
-                    if key is None:
-                        continue  # not an entry the writer wrote; the partition's end still ends the wait
-                    if value is None:
-                        remembered.pop(key, None)
-                        continue
-                    try:
-                        entry = Remembered.decode(value)
-                    except BadCommand:
-                        continue
-                    if entry.at_ms >= horizon:
-                        remembered[key] = entry
+                    if key is not None:  # not a record the writer wrote; the partition's end still ends the wait
+                        if value is None:
+                            latest.pop(key, None)
+                        else:
+                            latest[key] = value
                     if offset + 1 >= wanted[partition]:
                         done.add(partition)
         finally:
             consumer.close()
+        return latest
+
+    def _read_idempotency(self) -> dict[bytes, Remembered]:
+        """The keys earlier writers answered, read whole at takeover (a compacted topic of
+        small entries, kept 24 h)."""
+        remembered: dict[bytes, Remembered] = {}
+        horizon = model.now_ms() - commands.IDEMPOTENCY_TTL_MS
+        for key, value in self._read_whole(self._idempotency_topic, "idempotency").items():
+            try:
+                entry = Remembered.decode(value)
+            except BadCommand:
+                continue
+            if entry.at_ms >= horizon:
+                remembered[key] = entry
         return remembered
+
+    def _read_position(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+        """Where the last committed writer transaction left the commands topic: its position
+        record, or the group's committed offsets where they are further (a deployment from
+        before the position topic; a writer of that version in a rolling upgrade). Neither can
+        name a position no transaction committed: the writer commits the group's offsets only
+        after its transaction did, so the further of the two is the last one committed."""
+        commands_topic = topics.commands_topic(self._config)
+        assignment = [TopicPartition(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic == commands_topic]
+        position: dict[tuple[str, int], int] = {}
+        # One key, written by every transaction: its last record is the one. The log holds many
+        # (its segments compact only once rolled), so read back from the end until one shows:
+        # transaction markers and aborted records take offsets too.
+        ends = self._committed_ends(self._position_topic)
+        last, value = 16, None
+        while any(ends.values()):
+            value = self._read_whole(self._position_topic, "position", last, ends).get(POSITION_KEY)
+            if value is not None or last >= max(ends.values()):
+                break
+            last *= 16
+        if value is not None:
+            try:
+                for name, offset in json.loads(value).items():
+                    topic, _, partition = name.rpartition(":")
+                    position[(topic, int(partition))] = int(offset)
+            except (ValueError, AttributeError) as err:
+                raise Restart(f"the writer position topic holds {value!r}: {err}", rejoin=True) from err
+        for tp in consumer.committed(assignment, timeout=self._timeout) if assignment else []:
+            where = (tp.topic, tp.partition)
+            if tp.offset >= 0 and tp.offset > position.get(where, -1):
+                position[where] = tp.offset
+            position.setdefault(where, OFFSET_BEGINNING)
+        return {where: offset for where, offset in position.items() if where in {(tp.topic, tp.partition) for tp in assignment}}
+
+    # --- the position in the commands topic --------------------------------------------------
+
+    def position_records(self, offsets: dict[tuple[str, int], int]) -> list[Produced]:
+        if not offsets:
+            return []  # a transaction of the writer's own (an erase's rolls): no commands consumed
+        value = json.dumps({f"{t}:{p}": o for (t, p), o in sorted({**self._position, **offsets}.items())}, separators=(",", ":"))
+        return [Produced(self._position_topic, POSITION_KEY, value.encode(), [])]
+
+    def committed(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+        self._position.update(offsets)
+        self._commit_group(consumer, offsets)
+
+    @staticmethod
+    def _commit_group(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+        """The group's offsets too, outside the transaction and without waiting: lag tools read
+        them, and they are where a writer of an older version would start."""
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
+        except KafkaException as err:
+            log.debug("writer: group offsets not committed: %s", err)
+
+    def committed_offsets(self, consumer: Consumer, assignment: list[TopicPartition]) -> list[TopicPartition]:
+        known = [
+            TopicPartition(tp.topic, tp.partition, self._position[(tp.topic, tp.partition)])
+            for tp in assignment
+            if (tp.topic, tp.partition) in self._position
+        ]
+        unknown = [tp for tp in assignment if (tp.topic, tp.partition) not in self._position]
+        return known + (super().committed_offsets(consumer, unknown) if unknown else [])
 
     # --- a batch -----------------------------------------------------------------------------
 
@@ -381,7 +480,8 @@ class Writer(ExactlyOnceLoop):
             # have committed, exactly as at a takeover. The consumer was rewound already.
             self._takeover_needed = True
         if self._takeover_needed:
-            self._take_over()
+            self._take_over(consumer)
+            return  # what was fetched came from the group's offsets: read again from the position
         self._drop_materialized_layers()
         if self.holding and self._txn.active and self._rolls and self._rolls[0][0] <= model.now_ms():
             self._roll(consumer)
@@ -406,14 +506,22 @@ class Writer(ExactlyOnceLoop):
                 letters.append(self.dead_letter(msg, Unprocessable("; ".join(outcome.refused))))
             elif outcome.letter is not None:
                 letters.append(self.dead_letter(msg, outcome.letter))
-        # The join state of every conversation the batch taught something, whole, after the
-        # contact records (their positions are what the replies name).
+        # The join state of every conversation the batch taught something, whole.
         joined = [Produced(self._join_topic, c.encode(), encode_join_state(state), []) for c, state in top.metadata.items()]
 
         def replies(placed: list) -> list[Produced]:
-            return self._replies(outcomes, placed, now) + changes + joined + letters
+            return self._replies(outcomes, placed, now)
 
-        positions = self.commit(consumer, self.next_offsets(messages), records, then=replies)
+        # Only the replies and idempotency entries name offsets (from the flush); events, join
+        # state and dead letters go out with the contact records, so their partitions join the
+        # transaction in its first AddPartitionsToTxn, not in a request of their own after the
+        # flush. So does the replies partition, by a keyless empty record that every reply
+        # listener skips: the replies after the flush then go out at once (measured: ~1 ms of a
+        # bare ~11 ms transaction; without it, moving the rest saves nothing, one request remains).
+        early = changes + joined + letters
+        if any(self._answered(outcome) for outcome in outcomes):
+            early.append(Produced(self._replies_topic, None, b"", []))
+        positions = self.commit(consumer, self.next_offsets(messages), records, then=replies, alongside=early)
         contact_positions = {p: o for (t, p), o in positions.items() if t == self._contacts_topic}
         join_positions = {p: o for (t, p), o in positions.items() if t == self._join_topic}
         for value, contact in encoded_contacts:
@@ -676,9 +784,7 @@ class Writer(ExactlyOnceLoop):
                         if into is not None:
                             into[partition] = max(into.get(partition, -1), offset)
                     outcome.offsets = offsets
-            command = outcome.command
-            wants_reply = command is None or command.type != commands.AUTO_CREATE  # routers wait for nothing
-            if wants_reply and outcome.command_id:
+            if self._answered(outcome) and outcome.command_id:
                 d = outcome.decision
                 reply = Reply(d.status, d.ids, d.error, outcome.offsets, outcome.dismissed, d.updated)
                 out.append(Produced(self._replies_topic, outcome.command_id.encode(), reply.encode(), []))
@@ -686,6 +792,12 @@ class Writer(ExactlyOnceLoop):
                 entry = self._remembered_of(outcome, outcome.remember, now)
                 out.append(Produced(self._idempotency_topic, outcome.remember.record_key, entry.encode(), []))
         return out
+
+    @staticmethod
+    def _answered(outcome: _Outcome) -> bool:
+        """Whether a reply goes out for the command (routers wait for nothing)."""
+        command = outcome.command
+        return bool(outcome.command_id) and (command is None or command.type != commands.AUTO_CREATE)
 
     @staticmethod
     def _remembered_of(outcome: _Outcome, idempotency: Idempotency, now: int) -> Remembered:

@@ -20,7 +20,7 @@ def test_every_topic_the_service_writes_keeps_data_about_erase_within_ms_at_most
         assert set(settings) == {
             config.contacts_topic, config.events_topic, topics.commands_topic(config), topics.replies_topic(config),
             topics.idempotency_topic(config), topics.dismissed_topic(config), topics.conversations_topic(config),
-            topics.dead_letter_topic(config),
+            topics.dead_letter_topic(config), topics.writer_position_topic(config),
         }  # fmt: skip
         for topic, wanted in settings.items():
             policy = "compact" if "max.compaction.lag.ms" in wanted else "delete"
