@@ -43,7 +43,14 @@ _NO_LEADER_YET = (
 
 class Materializer:
     def __init__(
-        self, config: Config, store: Store, metrics: Metrics, topic: str | None = None, target=None, name: str = "materializer"
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        topic: str | None = None,
+        target=None,
+        name: str = "materializer",
+        after: Materializer | None = None,
     ):
         self._config = config
         # What it writes: the store's contacts part, or another part with the same methods
@@ -53,6 +60,10 @@ class Materializer:
         self._metrics = metrics
         self._topic = topic or config.contacts_topic
         self.name = name
+        # A materializer readiness does not wait for (the events one) applies nothing until
+        # this one is ready: in a cold rebuild both would share one interpreter lock, and the
+        # store the service needs would take half as long again.
+        self._after = after
         self.progress = Progress(name)
         self._applied: dict[int, int] = {}
         self._changed = threading.Condition()
@@ -99,6 +110,17 @@ class Materializer:
                 self._changed.wait(remaining)
             return True
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until ready; False on time-out or failure."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.failure is not None:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
     def wait_reached(self, ends: dict[int, int], timeout: float) -> bool:
         """Wait until every partition is read up to its end offset (its next offset) in `ends`."""
         return self.wait_applied({p: end - 1 for p, end in ends.items() if end > 0}, timeout)
@@ -131,6 +153,10 @@ class Materializer:
         )
         try:
             self._assign(consumer)
+            while self._after is not None and not self._after.wait_ready(0.2):
+                # The consumer prefetches meanwhile (queued.max.messages.kbytes).
+                if self._stopping.wait(0.2 if self._after.failure is not None else 0):
+                    return
             lag_reported = 0.0
             while not self._stopping.is_set():
                 self._poll_once(consumer)
@@ -171,7 +197,8 @@ class Materializer:
             self._applied = {p: stored.get(p, 0) for p in partitions}
             self._start_ends = {p: high for p, (_low, high) in watermarks.items()}
             self._caught_up.update(p for p in partitions if self._start_ends.get(p, 1) <= self._applied[p])
-        self._partitions = partitions
+            self._partitions = partitions
+            self._changed.notify_all()
         consumer.assign([TopicPartition(self._topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
         if self._counts_contacts:
             self._metrics.store_contacts.set(self._store.count())

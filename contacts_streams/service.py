@@ -68,7 +68,13 @@ class Service:
         # Each contact's recent change events, for contacts.history: every replica reads the
         # whole events topic. Not part of readiness: only contacts.history waits for it.
         self.events = Materializer(
-            config, self.store, self.metrics, topic=config.events_topic, target=self.store.history, name="events materializer"
+            config,
+            self.store,
+            self.metrics,
+            topic=config.events_topic,
+            target=self.store.history,
+            name="events materializer",
+            after=self.materializer,
         )
         self.history = History(config, self.store, self.events)
         self.contacts = Contacts(self.store, self.publisher, self.materializer, self.dismissed)
