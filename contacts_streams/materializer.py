@@ -246,10 +246,10 @@ class Materializer:
         messages = poll_batch(consumer, BATCH_SIZE, POLL_TIMEOUT_S)
         if not messages:
             return
-        # Records in hand: if the store does not take them, the stall clock runs.
-        self.progress.waiting({msg.partition() for msg in messages if msg.error() is None})
         records: list[Record] = []
         reached_end: list[tuple[int, int]] = []
+        # partition -> the offset after its last record here (one pass, not one per use)
+        nexts: dict[int, int] = {}
         for msg in messages:
             error, partition, offset = msg.error(), msg.partition(), msg.offset()
             if error is not None:
@@ -264,7 +264,10 @@ class Materializer:
             received = cast(list[tuple[str, bytes | None]], msg.headers() or [])
             headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in received}
             records.append(Record(partition, offset, msg.key(), msg.value(), headers, msg.timestamp()[1]))
+            nexts[partition] = offset + 1
         if records:
+            # Records in hand: if the store does not take them, the stall clock runs.
+            self.progress.waiting(nexts)
             applied = self._apply(records)
             if applied is None:
                 return
@@ -272,20 +275,17 @@ class Materializer:
             if self._counts_contacts:
                 self._metrics.records_applied.inc(applied)
                 self._metrics.store_contacts.set(self._store.count())
-            self.progress.advanced({record.partition for record in records})
+            self.progress.advanced(nexts)
         if records or reached_end:
             with self._changed:
-                for record in records:
-                    self._applied[record.partition] = record.offset + 1
+                self._applied.update(nexts)
                 # The end offset lies past transaction markers, which no record reports.
                 for partition, end in reached_end:
                     self._applied[partition] = max(self._applied.get(partition, 0), end)
                     self._caught_up.add(partition)
-                for record in records:
-                    if record.partition not in self._caught_up and self._applied[record.partition] >= self._start_ends.get(
-                        record.partition, 0
-                    ):
-                        self._caught_up.add(record.partition)
+                for partition in nexts:
+                    if partition not in self._caught_up and self._applied[partition] >= self._start_ends.get(partition, 0):
+                        self._caught_up.add(partition)
                 self._changed.notify_all()
 
     def _apply(self, records: list[Record]) -> int | None:
