@@ -23,6 +23,8 @@ from contacts_streams.store import HistoryPage, Store
 log = logging.getLogger(__name__)
 
 ENDS_TIMEOUT_S = 2.0
+# Longer, and a history read during a rebuild of the events would hold an HTTP thread.
+READY_WAIT_S = 2.0
 
 
 class History:
@@ -39,7 +41,9 @@ class History:
     def page(self, contact_id: str, cursor: str | None, page_size: int) -> HistoryPage:
         """NotFound for an id that was never a contact here (a live, merged-away or erased id with
         events is known); Unavailable while the events are not read up to the committed end."""
-        if not self._materializer.ready:
+        # It starts once the contacts store is ready (a rebuild first): a read just after
+        # that waits for it rather than answering 503 for a moment.
+        if not self._materializer.wait_ready(min(self._timeout, READY_WAIT_S)):
             raise Unavailable(f"the history is not available yet: {self._materializer.status()}")
         ends = self._committed_ends()
         if ends is not None and not self._materializer.wait_reached(ends, self._timeout):

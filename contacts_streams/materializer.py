@@ -43,7 +43,14 @@ _NO_LEADER_YET = (
 
 class Materializer:
     def __init__(
-        self, config: Config, store: Store, metrics: Metrics, topic: str | None = None, target=None, name: str = "materializer"
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        topic: str | None = None,
+        target=None,
+        name: str = "materializer",
+        after: Materializer | None = None,
     ):
         self._config = config
         # What it writes: the store's contacts part, or another part with the same methods
@@ -53,6 +60,10 @@ class Materializer:
         self._metrics = metrics
         self._topic = topic or config.contacts_topic
         self.name = name
+        # A materializer readiness does not wait for (the events one) applies nothing until
+        # this one is ready: in a cold rebuild both would share one interpreter lock, and the
+        # store the service needs would take half as long again.
+        self._after = after
         self.progress = Progress(name)
         self._applied: dict[int, int] = {}
         self._changed = threading.Condition()
@@ -99,6 +110,17 @@ class Materializer:
                 self._changed.wait(remaining)
             return True
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until ready; False on time-out or failure."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.failure is not None:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
     def wait_reached(self, ends: dict[int, int], timeout: float) -> bool:
         """Wait until every partition is read up to its end offset (its next offset) in `ends`."""
         return self.wait_applied({p: end - 1 for p, end in ends.items() if end > 0}, timeout)
@@ -131,6 +153,10 @@ class Materializer:
         )
         try:
             self._assign(consumer)
+            while self._after is not None and not self._after.wait_ready(0.2):
+                # The consumer prefetches meanwhile (queued.max.messages.kbytes).
+                if self._stopping.wait(0.2 if self._after.failure is not None else 0):
+                    return
             lag_reported = 0.0
             while not self._stopping.is_set():
                 self._poll_once(consumer)
@@ -171,7 +197,8 @@ class Materializer:
             self._applied = {p: stored.get(p, 0) for p in partitions}
             self._start_ends = {p: high for p, (_low, high) in watermarks.items()}
             self._caught_up.update(p for p in partitions if self._start_ends.get(p, 1) <= self._applied[p])
-        self._partitions = partitions
+            self._partitions = partitions
+            self._changed.notify_all()
         consumer.assign([TopicPartition(self._topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
         if self._counts_contacts:
             self._metrics.store_contacts.set(self._store.count())
@@ -219,10 +246,10 @@ class Materializer:
         messages = poll_batch(consumer, BATCH_SIZE, POLL_TIMEOUT_S)
         if not messages:
             return
-        # Records in hand: if the store does not take them, the stall clock runs.
-        self.progress.waiting({msg.partition() for msg in messages if msg.error() is None})
         records: list[Record] = []
         reached_end: list[tuple[int, int]] = []
+        # partition -> the offset after its last record here (one pass, not one per use)
+        nexts: dict[int, int] = {}
         for msg in messages:
             error, partition, offset = msg.error(), msg.partition(), msg.offset()
             if error is not None:
@@ -237,7 +264,10 @@ class Materializer:
             received = cast(list[tuple[str, bytes | None]], msg.headers() or [])
             headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in received}
             records.append(Record(partition, offset, msg.key(), msg.value(), headers, msg.timestamp()[1]))
+            nexts[partition] = offset + 1
         if records:
+            # Records in hand: if the store does not take them, the stall clock runs.
+            self.progress.waiting(nexts)
             applied = self._apply(records)
             if applied is None:
                 return
@@ -245,20 +275,17 @@ class Materializer:
             if self._counts_contacts:
                 self._metrics.records_applied.inc(applied)
                 self._metrics.store_contacts.set(self._store.count())
-            self.progress.advanced({record.partition for record in records})
+            self.progress.advanced(nexts)
         if records or reached_end:
             with self._changed:
-                for record in records:
-                    self._applied[record.partition] = record.offset + 1
+                self._applied.update(nexts)
                 # The end offset lies past transaction markers, which no record reports.
                 for partition, end in reached_end:
                     self._applied[partition] = max(self._applied.get(partition, 0), end)
                     self._caught_up.add(partition)
-                for record in records:
-                    if record.partition not in self._caught_up and self._applied[record.partition] >= self._start_ends.get(
-                        record.partition, 0
-                    ):
-                        self._caught_up.add(record.partition)
+                for partition in nexts:
+                    if partition not in self._caught_up and self._applied[partition] >= self._start_ends.get(partition, 0):
+                        self._caught_up.add(partition)
                 self._changed.notify_all()
 
     def _apply(self, records: list[Record]) -> int | None:

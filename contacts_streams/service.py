@@ -68,7 +68,13 @@ class Service:
         # Each contact's recent change events, for contacts.history: every replica reads the
         # whole events topic. Not part of readiness: only contacts.history waits for it.
         self.events = Materializer(
-            config, self.store, self.metrics, topic=config.events_topic, target=self.store.history, name="events materializer"
+            config,
+            self.store,
+            self.metrics,
+            topic=config.events_topic,
+            target=self.store.history,
+            name="events materializer",
+            after=self.materializer,
         )
         self.history = History(config, self.store, self.events)
         self.contacts = Contacts(self.store, self.publisher, self.materializer, self.dismissed)
@@ -218,8 +224,9 @@ class Service:
         while not self._watchdog.wait(interval):
             now = self.liveness_checked_at = time.monotonic()
             # While a store catches up (a rebuild), the stages that wait for it are not stuck:
-            # the materializers' own progress is what counts then.
-            catching_up = not all(m.ready for m in self._materializers())
+            # the materializers' own progress is what counts then. No stage waits for the
+            # events part (it catches up after the rebuild, while the writer works).
+            catching_up = not all(m.ready for m in self._materializers() if m is not self.events)
             watched = self._materializers() + ([] if catching_up else self._loops())
             stages = [(stage.progress, stage.progress.stalled_for(now)) for stage in watched]
             for progress, waited in stages:

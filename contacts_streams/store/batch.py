@@ -22,6 +22,7 @@ from contacts_streams.decisions import LIVE_AGAIN
 from contacts_streams.serialization import ContactCodec, DecodeError
 from contacts_streams.store.layout import (
     _I64,
+    _JSON,
     _PARTITION,
     _U64,
     CONTACT_COUNT,
@@ -97,6 +98,8 @@ def apply(
         for partition, offset in next_offsets.items():
             batch.put(OFFSETS, _PARTITION.pack(partition), _U64.pack(offset))
         batch.write()
+        if batch.holds_erased:
+            store.may_hold_erased = True
     if batch.erased:
         store.request_compaction()
     return applied
@@ -117,6 +120,8 @@ class ContactBatch:
         self._tombstone_hints: dict[str, set[bytes]] = {}
         # An erased tombstone removed something: the store compacts once the batch is written.
         self.erased = False
+        # It wrote an erased id (the store may hold some once it is written).
+        self.holds_erased = False
 
     def get(self, family: str, key: bytes) -> bytes | None:
         if (family, key) in self._pending:
@@ -291,6 +296,7 @@ class ContactBatch:
                 self._forget_merged_away(contact_id)
                 if self.get(ERASED, key) is None:  # the writer's roll writes it again: keep the first time
                     self.put(ERASED, key, _U64.pack(max(0, record.timestamp)))
+                    self.holds_erased = True
                 self.erased = self.erased or old_derived is not None
                 return
             merged_into = record.headers.get("merged_into")
@@ -301,8 +307,9 @@ class ContactBatch:
 
         assert record.value is not None  # a tombstone decodes to no contact, handled above
         self.put(CONTACTS, key, record.value)
-        self.put(DERIVED, key, json.dumps(new_derived, ensure_ascii=False, separators=(",", ":")).encode())
-        if self.get(ERASED, key) is not None:
+        self.put(DERIVED, key, _JSON.encode(new_derived).encode())
+        # Most stores never saw an erase: no read of the erased family for each record then.
+        if (self._store.may_hold_erased or (ERASED, key) in self._pending) and self.get(ERASED, key) is not None:
             self.delete(ERASED, key)  # live again: a new contact with the id (auto-create)
         if old_derived is None:
             self._add_count(1)

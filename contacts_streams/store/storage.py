@@ -31,6 +31,7 @@ from contacts_streams.store.layout import (
     CONTACT_COUNT,
     CONTACTS,
     COUNTERS,
+    ERASED,
     FAMILIES,
     FORMAT,
     FORMAT_KEY,
@@ -141,6 +142,12 @@ class Storage:
         self.read_every_block = False  # whether the open read the whole store (see _verify)
         self._open()
         self._upgrade()
+        # Whether the erased family may hold an id: only an erase writes one, and a record of a
+        # live contact then reads it (False skips that read, the store being this process's own).
+        it = self._cf[ERASED].iter(ReadOptions())
+        it.seek_to_first()
+        self.may_hold_erased = it.valid()
+        del it  # a live iterator keeps the database open (and locked) after close()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -246,6 +253,7 @@ class Storage:
                     batch.delete(key, self._handle[family])
             batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
+            self.may_hold_erased = False
 
     # --- where the materializer is in the contacts topic -----------------------------------
 

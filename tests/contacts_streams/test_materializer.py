@@ -181,3 +181,44 @@ def test_a_store_catches_up_while_its_topic_is_written_without_a_pause(make_conf
         materializer.stop()
         producer.flush(10)
         store.close()
+
+
+def test_the_events_materializer_applies_nothing_before_the_contacts_store_is_ready(make_config, start_service, tmp_path):
+    """A cold rebuild of both: the events (history) part, which readiness does not wait for,
+    starts only once the contacts part is ready, so the two do not share one interpreter lock
+    while the service is not ready; then it catches up as before."""
+    from contacts_streams.materializer import Materializer
+    from contacts_streams.metrics import Metrics
+
+    config = make_config()
+    service = start_service(config)
+    ids = write_some(service)
+    service.close()
+
+    store = Store(tmp_path / "rebuilt", ContactCodec())
+    metrics = Metrics()
+    contacts = Materializer(config, store, metrics)
+    events = Materializer(config, store, metrics, topic=config.events_topic, target=store.history, name="events materializer", after=contacts)
+    contacts_ready_at_apply: list[bool] = []
+    apply_events = store.history.apply
+
+    def recording_apply(*args, **kwargs):
+        contacts_ready_at_apply.append(contacts.ready)
+        return apply_events(*args, **kwargs)
+
+    store.history.apply = recording_apply  # type: ignore[method-assign]
+    try:
+        events.start()
+        deadline = time.monotonic() + 30
+        while "connecting" in events.status():
+            assert time.monotonic() < deadline, f"the events materializer never got its partitions: {events.status()}"
+            time.sleep(0.02)
+        contacts.start()
+        assert contacts.wait_ready(30), contacts.status()
+        assert events.wait_ready(30), events.status()
+        assert contacts_ready_at_apply and all(contacts_ready_at_apply)
+        assert store.history.page(ids["kept"], None, 10).events
+    finally:
+        events.stop()
+        contacts.stop()
+        store.close()

@@ -97,3 +97,25 @@ def test_a_contact_live_again_under_an_erased_id_is_no_longer_listed_as_erased(t
         assert store.erased() == [] and store.get(contact_id)["display_name"] == "New"
     finally:
         store.close()
+
+
+def test_an_erased_id_live_again_after_a_reopen_is_no_longer_listed_as_erased(tmp_path):
+    """The store skips the erased family's read for a live record while it holds no erased id;
+    a reopened store that holds one reads it again."""
+    contact_id = str(uuid.uuid4())
+    store = Store(tmp_path / "store", CODEC, "DE")
+    try:
+        assert not store.may_hold_erased
+        contact = model.new_contact({"display_name": "A"}, contact_id, T0)
+        store.apply("contacts", [record(contact_id, contact, "created"), record(contact_id, None, "erased")])
+    finally:
+        store.close()
+    again = Store(tmp_path / "store", CODEC, "DE")
+    try:
+        assert again.may_hold_erased and again.erased() == [(contact_id, T0)]
+        again.apply("contacts", [record(contact_id, model.new_contact({"display_name": "New"}, contact_id, T0), "auto_created")])
+        assert again.erased() == []
+        again.reset()
+        assert not again.may_hold_erased
+    finally:
+        again.close()
