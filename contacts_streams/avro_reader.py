@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from contacts_streams.avro_writer import _PRIMITIVES, INT_MAX, INT_MIN, Fallback, Unsupported, _type_name
+from contacts_streams.avro_writer import INT_MAX, INT_MIN, Fallback, SchemaCompiler, Unsupported, _type_name
 
 _DOUBLE = struct.Struct("<d").unpack_from
 _ULONG_END = 1 << 64
@@ -41,42 +41,12 @@ def _read_long(data: bytes, p: int) -> tuple[int, int]:
     return (acc >> 1) ^ -(acc & 1), p
 
 
-class _Compiler:
-    def __init__(self) -> None:
-        self.functions: dict[str, str] = {}
-        self.sources: list[str] = []
-        self.named: dict[str, dict] = {}
-        self._open: set[str] = set()
-        self._counter = 0
+class _Compiler(SchemaCompiler):
+    prefix = "r"
 
-    def var(self) -> str:
-        self._counter += 1
-        return f"v{self._counter}"
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema not in _PRIMITIVES:
-            if schema not in self.named:
-                raise Unsupported(f"unknown named type {schema}")
-            return self.named[schema]
-        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES:
-            if set(schema) - {"type"}:
-                raise Unsupported(f"a primitive with attributes: {schema}")
-            return schema["type"]
-        return schema
-
-    def record(self, schema: dict) -> str:
-        name = schema["name"]
-        if name in self.functions:
-            return self.functions[name]
-        function = f"r{len(self.functions)}"
-        self.functions[name] = function
-        self.named[name] = schema
-        self._open.add(name)
+    def record_lines(self, function: str, schema: dict) -> list[str]:
         out = self.var()
-        lines = [f"def {function}(D, p):", *self.fields(schema, out, "    "), f"    return {out}, p"]
-        self._open.discard(name)
-        self.sources.append("\n".join(lines))
-        return function
+        return [f"def {function}(D, p):", *self.fields(schema, out, "    "), f"    return {out}, p"]
 
     def fields(self, schema: dict, out: str, i: str) -> list[str]:
         lines, names = [], []

@@ -68,11 +68,16 @@ def _type_name(schema: Any) -> str:
     return schema
 
 
-class _Compiler:
+class SchemaCompiler:
+    """What the writer's and the reader's compilers share: one generated function per named
+    record (made once; a recursive record calls its own), fresh variable names, and named
+    types resolved to their schemas. Subclasses say what a record's function does."""
+
+    prefix = "f"
+
     def __init__(self) -> None:
         self.functions: dict[str, str] = {}  # record full name -> generated function name
         self.sources: list[str] = []
-        self.constants: list[Any] = []
         self.named: dict[str, dict] = {}
         self._open: set[str] = set()  # records being written out: a reference to one is recursion
         self._counter = 0
@@ -81,23 +86,48 @@ class _Compiler:
         self._counter += 1
         return f"v{self._counter}"
 
+    def record(self, schema: dict) -> str:
+        """The name of the function for this record (made once; recursive records call it)."""
+        name = schema["name"]
+        if name in self.functions:
+            return self.functions[name]
+        function = f"{self.prefix}{len(self.functions)}"
+        self.functions[name] = function
+        self.named[name] = schema
+        self._open.add(name)
+        lines = self.record_lines(function, schema)
+        self._open.discard(name)
+        self.sources.append("\n".join(lines))
+        return function
+
+    def record_lines(self, function: str, schema: dict) -> list[str]:
+        raise NotImplementedError
+
+    def resolve(self, schema: Any) -> Any:
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            if schema not in self.named:
+                raise Unsupported(f"unknown named type {schema}")
+            return self.named[schema]
+        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES:
+            if set(schema) - {"type"}:
+                raise Unsupported(f"a primitive with attributes: {schema}")
+            return schema["type"]
+        return schema
+
+
+class _Compiler(SchemaCompiler):
+    prefix = "w"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.constants: list[Any] = []
+
     def constant(self, value: Any) -> str:
         self.constants.append(value)
         return f"K[{len(self.constants) - 1}]"
 
-    def record(self, schema: dict) -> str:
-        """The name of a function writing this record (made once; recursive records call it)."""
-        name = schema["name"]
-        if name in self.functions:
-            return self.functions[name]
-        function = f"w{len(self.functions)}"
-        self.functions[name] = function
-        self.named[name] = schema
-        self._open.add(name)
-        lines = [f"def {function}(d, a):", *self.fields(schema, "d", "    ")]
-        self._open.discard(name)
-        self.sources.append("\n".join(lines))
-        return function
+    def record_lines(self, function: str, schema: dict) -> list[str]:
+        return [f"def {function}(d, a):", *self.fields(schema, "d", "    ")]
 
     def fields(self, schema: dict, d: str, i: str) -> list[str]:
         lines = [f"{i}if type({d}) is not dict: raise F"]
@@ -111,17 +141,6 @@ class _Compiler:
                 lines.append(f"{i}{value} = {d}[{key}]")
             lines += self.value(field["type"], value, i)
         return lines
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema not in _PRIMITIVES:
-            if schema not in self.named:
-                raise Unsupported(f"unknown named type {schema}")
-            return self.named[schema]
-        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES:
-            if set(schema) - {"type"}:
-                raise Unsupported(f"a primitive with attributes: {schema}")
-            return schema["type"]
-        return schema
 
     def value(self, schema: Any, v: str, indent: str) -> list[str]:
         """Lines that append the encoding of variable ``v`` to the list's append ``a``."""
