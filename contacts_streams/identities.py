@@ -130,7 +130,7 @@ def decode(text: str | None) -> tuple[list, list | None] | None:
     ``[namespace, token]`` lists; tokens None for a version 1 header; None when absent, of an
     unknown version, or malformed. The shapes inside are checked where the store uses them
     (it computes both itself from the contact when they are not pairs of strings)."""
-    if not text or "\\u0000" in text:  # U+0000 separates the parts of index keys
+    if not text:
         return None
     try:
         found = json.loads(text)
@@ -146,7 +146,15 @@ def decode(text: str | None) -> tuple[list, list | None] | None:
         identities.sort()
     except (ValueError, TypeError):
         return None
+    # U+0000 separates the parts of index keys: a header holding one is not used. JSON writes
+    # it as an escape, so the text says whether to look (a key spelled "\\u0000" says so too).
+    if "\\u0000" in text and (_holds_nul(identities) or _holds_nul(tokens or [])):
+        return None
     return identities, tokens
+
+
+def _holds_nul(pairs: list) -> bool:
+    return any(type(part) is str and "\x00" in part for pair in pairs if type(pair) is list for part in pair)
 
 
 def header(contact: dict | None, region: str | None) -> dict[str, str]:

@@ -295,3 +295,9 @@ def test_a_normalized_number_is_the_same_from_the_cache():
     assert I.normalize_phone("+49 170 1234567", None) == first == "+491701234567"
     assert I.normalize_phone("0170 1234567", "DE") == "+491701234567"
     assert I.normalize_phone("0170 1234567", None) == "01701234567"  # no region: its digits
+
+
+def test_a_via_key_spelled_like_the_nul_escape_keeps_its_header_but_a_real_nul_does_not():
+    spelled = {"id": str(uuid.uuid4()), "via": {"\\U0000": "0"}}  # case-folded to the text \u0000
+    assert I.decode(I.header(spelled, "US")[I.HEADER]) is not None
+    assert I.decode('[2,[["x\\u0000","1"]],[]]') is None

@@ -138,7 +138,11 @@ def test_three_replicas_lose_no_update_merge_no_contact_twice_and_keep_deletes(s
         for contact_id in shared:
             status, contact, _ = post(replica, "/contacts.info", {"id": contact_id}, headers=newest(tokens))
             assert status == 200, contact
-            lost += [f"{replica.env['INSTANCE_ID']} {k}" for (c, k), v in last.items() if c == contact_id and contact["via"].get(k) != v]
+            lost += [
+                f"{replica.env['INSTANCE_ID']} {k}"
+                for (c, k), v in last.items()
+                if c == contact_id and contact["via"].get(k) != v
+            ]
     assert not lost, f"{len(lost)} of {len(last) * 3} fields lost their last update: {lost[:5]}"
 
     # Merges of one source into three destinations through three replicas at once.
@@ -146,7 +150,12 @@ def test_three_replicas_lose_no_update_merge_no_contact_twice_and_keep_deletes(s
     for _ in range(RACES):
         status, body, _ = post(replicas[0], "/contacts.import", [{"display_name": n} for n in ("src", "d0", "d1", "d2")])
         source, *destinations = [c["id"] for c in body["data"]]
-        results = run_at_once([lambda i=i: post(replicas[i], "/contacts.merge", {"source_id": source, "destination_id": destinations[i]}) for i in range(3)])
+        results = run_at_once(
+            [
+                lambda i=i: post(replicas[i], "/contacts.merge", {"source_id": source, "destination_id": destinations[i]})
+                for i in range(3)
+            ]
+        )
         statuses = sorted(r[0] for r in results)
         assert statuses == [200, 404, 404], results
         winner = next(r[1]["id"] for r in results if r[0] == 200)
@@ -162,7 +171,9 @@ def test_three_replicas_lose_no_update_merge_no_contact_twice_and_keep_deletes(s
         _, other, _ = post(replicas[0], "/contacts.create", {"display_name": "claimer"})
         results = run_at_once(
             [
-                lambda: post(replicas[1], "/contacts.create", {"display_name": "creator", "conversations": {conversation: "facebook"}}),
+                lambda: post(
+                    replicas[1], "/contacts.create", {"display_name": "creator", "conversations": {conversation: "facebook"}}
+                ),
                 lambda: post(replicas[2], "/contacts.update", {"id": other["id"], "conversations": {conversation: "google"}}),
             ]
         )
@@ -260,14 +271,18 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
                     read_failures.append(status)
             time.sleep(0.02)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)] + [threading.Thread(target=reader, daemon=True)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)] + [
+        threading.Thread(target=reader, daemon=True)
+    ]
     for thread in threads:
         thread.start()
     wait_for(lambda: recorder["acked"] >= 50, 60, "writes before the kill")
     killed_at = time.monotonic()
     replicas[writer].kill()
     acked_at_kill = recorder["acked"]
-    wait_for(lambda: any(t > killed_at for t in successes) and recorder["acked"] > acked_at_kill + 100, 60, "writes after the failover")
+    wait_for(
+        lambda: any(t > killed_at for t in successes) and recorder["acked"] > acked_at_kill + 100, 60, "writes after the failover"
+    )
     stop.set()
     for thread in threads:
         thread.join(30)
@@ -302,7 +317,12 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
 
 def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     replicas = start_replicas(spawn, names, tmp_path, WRITE_TIMEOUT_MS=4000)
-    _, known, _ = post(replicas[0], "/contacts.create", {"display_name": "always readable"})
+    _, known, created = post(replicas[0], "/contacts.create", {"display_name": "always readable"})
+    # Every replica has the contact before the reads begin (a read elsewhere is eventually
+    # consistent: without this, replica-1 answered 404 while it still applied the create).
+    position = newest([created.get("X-Contacts-Position")])
+    for replica in replicas:
+        assert post(replica, "/contacts.info", {"id": known["id"]}, headers=position)[0] == 200
     up = set(range(3))
     up_lock = threading.Lock()
     stop = threading.Event()
@@ -368,7 +388,9 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     outside = [(t, s) for t, s in write_failures if not any(a - 1 <= t <= b + 10 for a, b in windows)]
     assert not outside, f"writes failed outside the restarts: {outside[:5]}"
     assert all(s == 503 for _, s in write_failures), write_failures[:5]
-    figures("rolling restart", reads=recorder["reads"], writes=recorder["writes"], write_503s=len(write_failures), read_failures=0)
+    figures(
+        "rolling restart", reads=recorder["reads"], writes=recorder["writes"], write_503s=len(write_failures), read_failures=0
+    )
 
 
 def test_auto_create_with_three_replicas_and_one_leaving_creates_every_contact_once(spawn, names, tmp_path):
@@ -387,7 +409,11 @@ def test_auto_create_with_three_replicas_and_one_leaving_creates_every_contact_o
         for conversation_id, source in first[::7] + second:
             airy.message(conversation_id, source)
     airy.flush()
-    wait_for(lambda: all(r.metric("contacts_store_contacts") == len(conversations) for r in replicas[:2]), 90, "every conversation's contact")
+    wait_for(
+        lambda: all(r.metric("contacts_store_contacts") == len(conversations) for r in replicas[:2]),
+        90,
+        "every conversation's contact",
+    )
     records = topic_records(names.kafka, names.contacts_topic)
     created = collections.Counter(key.decode() for _, _, key, _, headers in records if headers.get("operation") == "auto_created")
     assert len(created) == len(conversations) and set(created.values()) == {1}
