@@ -131,15 +131,4 @@ def compile_reader(parsed: dict) -> Callable[[bytes, int], tuple[dict, int]] | N
     """A function reading a record of this (fastavro-parsed, logical types stripped) schema from
     bytes at an offset: (record, offset after it); it raises for bytes it leaves to fastavro.
     None for a schema it does not handle."""
-    compiler = _Compiler()
-    for name, schema in (parsed.get("__named_schemas") or {}).items():
-        compiler.named.setdefault(name, schema)
-    try:
-        if _type_name(parsed) != "record":
-            raise Unsupported("not a record")
-        top = compiler.record(parsed)
-    except Unsupported:
-        return None
-    namespace: dict[str, Any] = {"F": Fallback, "RL": _read_long, "UD": _DOUBLE}
-    exec(compile("\n\n".join(compiler.sources), f"<avro reader of {parsed.get('name')}>", "exec"), namespace)  # noqa: S102
-    return namespace[top]
+    return _Compiler.build(parsed, "reader", lambda _compiler: {"F": Fallback, "RL": _read_long, "UD": _DOUBLE})

@@ -103,6 +103,23 @@ class SchemaCompiler:
     def record_lines(self, function: str, schema: dict) -> list[str]:
         raise NotImplementedError
 
+    @classmethod
+    def build(cls, parsed: dict, what: str, names: Callable[[Any], dict[str, Any]]) -> Any | None:
+        """The generated function of the top record of a fastavro-parsed schema, its source run
+        with the names ``names(compiler)`` gives; None for a schema this compiler does not handle."""
+        compiler = cls()
+        for name, schema in (parsed.get("__named_schemas") or {}).items():
+            compiler.named.setdefault(name, schema)
+        try:
+            if _type_name(parsed) != "record":
+                raise Unsupported("not a record")
+            top = compiler.record(parsed)
+        except Unsupported:
+            return None
+        namespace = names(compiler)
+        exec(compile("\n\n".join(compiler.sources), f"<avro {what} of {parsed.get('name')}>", "exec"), namespace)  # noqa: S102
+        return namespace[top]
+
     def resolve(self, schema: Any) -> Any:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
             if schema not in self.named:
@@ -245,25 +262,13 @@ class _Compiler(SchemaCompiler):
 def compile_writer(parsed: dict) -> Callable[[dict], bytes] | None:
     """A function writing a record of this (fastavro-parsed, logical types stripped) schema as
     Avro binary, raising for a record it leaves to fastavro; None for a schema it does not handle."""
-    compiler = _Compiler()
-    for name, schema in (parsed.get("__named_schemas") or {}).items():
-        compiler.named.setdefault(name, schema)
-    try:
-        if _type_name(parsed) != "record":
-            raise Unsupported("not a record")
-        top = compiler.record(parsed)
-    except Unsupported:
+    write_record = _Compiler.build(
+        parsed,
+        "writer",
+        lambda compiler: {"F": Fallback, "L": _long, "S": _SMALL, "Z": _zigzag_cached, "D": _DOUBLE, "K": compiler.constants},
+    )
+    if write_record is None:
         return None
-    namespace: dict[str, Any] = {
-        "F": Fallback,
-        "L": _long,
-        "S": _SMALL,
-        "Z": _zigzag_cached,
-        "D": _DOUBLE,
-        "K": compiler.constants,
-    }
-    exec(compile("\n\n".join(compiler.sources), f"<avro writer of {parsed.get('name')}>", "exec"), namespace)  # noqa: S102
-    write_record = namespace[top]
 
     def write(record: dict) -> bytes:
         parts: list[bytes] = []
