@@ -1,9 +1,10 @@
-"""Hypothesis strategies of valid contact payloads, shared by the model and serialization tests."""
+"""Hypothesis strategies of valid contact payloads and contacts, shared by the model and serialization tests."""
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from contacts_streams import model
 from contacts_streams.model import ADDRESS_FIELDS
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
@@ -30,3 +31,22 @@ CREATE_PAYLOADS = st.fixed_dictionaries(
         "metadata": st.dictionaries(KEYS, METADATA, max_size=4),
     },
 ).filter(lambda payload: any(v != {} for v in payload.values()))
+
+MILLIS = st.integers(-62135596800000, 253402300799999)
+NEW_CONTACTS = st.builds(
+    lambda fields, contact_id, ms: model.new_contact(model.validate_create(fields), contact_id, ms),
+    CREATE_PAYLOADS,
+    st.uuids().map(str),
+    MILLIS,
+)
+
+
+@st.composite
+def merged_contacts(draw, depth: int = 2):
+    """A contact with merges into it, sources that had merges of their own included."""
+    contact = draw(NEW_CONTACTS)
+    sources = st.lists(merged_contacts(depth - 1) if depth > 1 else NEW_CONTACTS, max_size=2)
+    for other in draw(sources):
+        if other["id"] != contact["id"] and not {e["id"] for e in other.get("merge_history", [])} & {contact["id"]}:
+            contact = model.merge_contacts(contact, other, draw(MILLIS))
+    return contact

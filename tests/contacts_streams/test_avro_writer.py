@@ -8,7 +8,7 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import CREATE_PAYLOADS as FIELDS
+from strategies import MILLIS, merged_contacts
 
 from contacts_streams import events, model
 from contacts_streams.avro_writer import compile_writer, zigzag
@@ -16,22 +16,6 @@ from contacts_streams.serialization import AvroCodec, ContactCodec, DecodeError,
 
 CONTACTS = ContactCodec()
 EVENTS = events.EventCodec(subject=None)
-MILLIS = st.integers(-62135596800000, 253402300799999)
-NEW_CONTACTS = st.builds(
-    lambda fields, contact_id, ms: model.new_contact(model.validate_create(fields), contact_id, ms),
-    FIELDS,
-    st.uuids().map(str),
-    MILLIS,
-)
-
-
-@st.composite
-def merged_contacts(draw):
-    contact = draw(NEW_CONTACTS)
-    for other in draw(st.lists(NEW_CONTACTS, max_size=2)):
-        if other["id"] != contact["id"]:
-            contact = model.merge_contacts(contact, other, draw(MILLIS))
-    return contact
 
 
 def fastavro_bytes(codec: AvroCodec, record) -> bytes:

@@ -19,7 +19,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import CREATE_PAYLOADS as FIELDS
+from strategies import merged_contacts
 from support import CONVERSATION_A
 from support import SEED_CONTACT as SEED_PAYLOAD
 
@@ -503,25 +503,6 @@ def test_confluent_kafka_serializers_interoperate(schema_registry, unique):
 
 
 # --- properties ---------------------------------------------------------------------------------
-
-MILLIS = st.integers(-62135596800000, 253402300799999)
-CONTACTS = st.builds(
-    lambda fields, contact_id, ms: model.new_contact(model.validate_create(fields), contact_id, ms),
-    FIELDS,
-    st.uuids().map(str),
-    MILLIS,
-)
-
-
-@st.composite
-def merged_contacts(draw, depth: int = 2):
-    """A contact with merges into it, sources that had merges of their own included."""
-    contact = draw(CONTACTS)
-    sources = st.lists(merged_contacts(depth - 1) if depth > 1 else CONTACTS, max_size=2)
-    for other in draw(sources):
-        if other["id"] != contact["id"] and not {e["id"] for e in other.get("merge_history", [])} & {contact["id"]}:
-            contact = model.merge_contacts(contact, other, draw(MILLIS))
-    return contact
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
