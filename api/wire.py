@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from flask import Response, current_app, g, request
 
+from contacts_streams import model
 from contacts_streams.config import Config
 from contacts_streams.service import Service
 
@@ -42,7 +43,7 @@ def config() -> Config:
 
 
 def json_response(body: Any, status: int) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status, mimetype="application/json")
+    return Response(model.compact_json(body), status=status, mimetype="application/json")
 
 
 def message(text: str, status: int, **extra: Any) -> Response:

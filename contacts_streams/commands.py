@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from contacts_streams import model
+
 # HTTP writes
 CREATE, IMPORT, UPDATE, DELETE, MERGE = "create", "import", "update", "delete", "merge"
 UNMERGE, DISMISS_DUPLICATES, ERASE = "unmerge", "dismiss_duplicates", "erase"
@@ -40,7 +42,7 @@ class BadCommand(ValueError):
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return model.compact_json(value).encode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ import unicodedata
 
 import phonenumbers
 
+from contacts_streams import model
+
 EMAIL, PHONE = "email", "phone"
 HEADER = "identities"
 # 1: [1, identities]; 2: [2, identities, search tokens].
@@ -116,12 +118,9 @@ def identities_of(contact: dict, region: str | None) -> list[Identity]:
     return sorted(found)
 
 
-_HEADER_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per contact record
-
-
 def encode(identities: list[Identity], tokens: list[Token]) -> str | None:
     """The ``identities`` header's value; None when it would be too large to carry."""
-    text = _HEADER_JSON.encode([HEADER_VERSION, identities, tokens])
+    text = model.compact_json([HEADER_VERSION, identities, tokens])
     return text if len(text.encode("utf-8")) <= MAX_HEADER_BYTES else None
 
 

@@ -342,8 +342,19 @@ def _check_json_object(obj: dict, path: str, depth: int) -> None:
             raise ValidationError(item_path, f"{item_path} must be a JSON value, not {type_name(item)}")
 
 
+# How the service writes JSON (commands, the identities header, the store's entries, webhook
+# bodies, the API's answers): compact, UTF-8 as it is. One encoder for all: json.dumps with
+# options builds a new one a call, on paths taken once per contact. Its values come from JSON or
+# from the service's own code, never cyclic.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def compact_json(value: Any) -> str:
+    return _COMPACT_JSON.encode(value)
+
+
 def _metadata_size(value: dict) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return len(compact_json(value).encode("utf-8"))
 
 
 def _check_metadata(value: Any, path: str, ignored: list[str] | None = None) -> dict:

@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contacts_streams import kafka_security, logs
+from contacts_streams import kafka_security, logs, model
 from contacts_streams.config import Config, ConfigError, bounded_int
 from contacts_streams.events import EventCodec, events_topic
 from contacts_streams.serialization import DecodeError, RegistryError
@@ -104,13 +104,9 @@ def signer(secret: str) -> Callable[[bytes, int], str]:
     return sign
 
 
-# json.dumps with options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def body_of(event: Mapping[str, Any]) -> bytes:
     """The POST body: the event as compact JSON, UTF-8 (signed byte for byte as sent)."""
-    return _ENCODER.encode(event).encode()
+    return model.compact_json(event).encode()
 
 
 # --- retry policy ----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from contacts_streams.decisions import LIVE_AGAIN
 from contacts_streams.serialization import ContactCodec, DecodeError
 from contacts_streams.store.layout import (
     _I64,
-    _JSON,
     _PARTITION,
     _U64,
     CONTACT_COUNT,
@@ -307,7 +306,7 @@ class ContactBatch:
 
         assert record.value is not None  # a tombstone decodes to no contact, handled above
         self.put(CONTACTS, key, record.value)
-        self.put(DERIVED, key, _JSON.encode(new_derived).encode())
+        self.put(DERIVED, key, model.compact_json(new_derived).encode())
         # Most stores never saw an erase: no read of the erased family for each record then.
         if (self._store.may_hold_erased or (ERASED, key) in self._pending) and self.get(ERASED, key) is not None:
             self.delete(ERASED, key)  # live again: a new contact with the id (auto-create)

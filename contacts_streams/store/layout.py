@@ -49,7 +49,6 @@ Column families (DESIGN.md, "store"):
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -90,9 +89,6 @@ FROM_HISTORY, FROM_TOMBSTONE = SEPARATOR + b"h", SEPARATOR + b"t"
 
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
-# The JSON the store writes (derived entries, history events), compact and UTF-8 as it is: one
-# encoder for every record, where json.dumps with these options built one a call.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _PARTITION = struct.Struct(">I")
 _NAMED, _UNNAMED = b"\x01", b"\x02"
 _ID_LENGTH = 36

@@ -16,7 +16,6 @@ from rocksdict import ReadOptions, WriteBatch
 from contacts_streams import model
 from contacts_streams.decisions import ERASED_AT
 from contacts_streams.store.layout import (
-    _JSON,
     _PARTITION,
     _U64,
     CONVERSATION_METADATA,
@@ -260,7 +259,7 @@ class EventHistory(_TopicPart):
                     for key in [k for k in pending if k.startswith(prefix)]:
                         pending[key] = None
                 key = prefix + _PARTITION.pack(record.partition) + _U64.pack(record.offset)
-                pending[key] = _U64.pack(max(0, at)) + _JSON.encode(event).encode()
+                pending[key] = _U64.pack(max(0, at)) + model.compact_json(event).encode()
                 touched.add(prefix)
                 applied += 1
             horizon = self._horizon()
