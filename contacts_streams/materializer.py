@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -101,20 +102,17 @@ class Materializer:
 
     def wait_applied(self, positions: dict[int, int], timeout: float) -> bool:
         """Wait until the record at each partition -> offset is in the store; False on time-out."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not all(self._applied.get(p, 0) > offset for p, offset in positions.items()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.failure is not None:
-                    return False
-                self._changed.wait(remaining)
-            return True
+        return self._wait(lambda: all(self._applied.get(p, 0) > offset for p, offset in positions.items()), timeout)
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until ready; False on time-out or failure."""
+        return self._wait(lambda: self.ready, timeout)
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` (asked again at each change); False on time-out or failure."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not self.ready:
+            while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.failure is not None:
                     return False
