@@ -431,7 +431,8 @@ class Writer(ExactlyOnceLoop):
             if tp.offset >= 0 and tp.offset > position.get(where, -1):
                 position[where] = tp.offset
             position.setdefault(where, OFFSET_BEGINNING)
-        return {where: offset for where, offset in position.items() if where in {(tp.topic, tp.partition) for tp in assignment}}
+        held = {(tp.topic, tp.partition) for tp in assignment}
+        return {where: offset for where, offset in position.items() if where in held}
 
     # --- the position in the commands topic --------------------------------------------------
 
@@ -784,7 +785,7 @@ class Writer(ExactlyOnceLoop):
                         if into is not None:
                             into[partition] = max(into.get(partition, -1), offset)
                     outcome.offsets = offsets
-            if self._answered(outcome) and outcome.command_id:
+            if self._answered(outcome) and outcome.command_id:  # the second test narrows the type
                 d = outcome.decision
                 reply = Reply(d.status, d.ids, d.error, outcome.offsets, outcome.dismissed, d.updated)
                 out.append(Produced(self._replies_topic, outcome.command_id.encode(), reply.encode(), []))

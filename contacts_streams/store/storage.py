@@ -180,8 +180,8 @@ class Storage:
             started = time.monotonic()
             self._read_every_block()
             log.info("read every block of the store's %d table files in %.1f s", len(tables), time.monotonic() - started)
+            _write_verified(self.path, tables)  # otherwise the record on disk says this already
         self._tables = tables
-        _write_verified(self.path, tables)
 
     def _read_every_block(self) -> None:
         for family in FAMILIES:
