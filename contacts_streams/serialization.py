@@ -370,14 +370,11 @@ class AvroCodec:
 
     def encode(self, record: dict) -> bytes:
         """The record's bytes: Confluent-framed with a registry, single-object without."""
-        header = self._header()
-        if self._fast_writer is not None:
-            try:
-                return header + self._fast_writer(record)
-            except Exception:  # noqa: BLE001 - fastavro writes it, or says why it cannot
-                pass
-        out = io.BytesIO()
-        out.write(header)
+        fast = self.encode_fast(record)
+        if fast is not None:
+            return fast
+        out = io.BytesIO()  # fastavro writes it, or says why it cannot
+        out.write(self._header())
         try:
             schemaless_writer(out, self.parsed, record, disable_tuple_notation=True)
         except Exception as err:  # fastavro raises ValueError, TypeError, AttributeError, ...
