@@ -36,10 +36,9 @@ def _stop_process(err) -> None:
 
 
 def _close_service(worker) -> None:
-    app = getattr(worker, "wsgi", None)
-    service = app.extensions.get("contacts_service") if app is not None else None
-    if service is not None:
-        service.close()
+    from api.app import close_service
+
+    close_service(getattr(worker, "wsgi", None))
 
 
 class JsonGunicornLogger(GunicornLogger):

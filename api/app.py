@@ -16,7 +16,7 @@ from api.wire import MAX_BODY_BYTES
 from contacts_streams.config import Config
 from contacts_streams.service import Service
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "close_service", "create_app"]
 
 
 def create_app(config: Config, service: Service | None = None, on_fatal=None) -> Flask:
@@ -38,3 +38,11 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     app.register_blueprint(operations)
     app.register_blueprint(console)
     return app
+
+
+def close_service(app: object) -> None:
+    """Close the service an app made (producer flushed, store closed): each server's worker,
+    once it has drained its requests (anything else, or no app yet: nothing to close)."""
+    service = getattr(app, "extensions", {}).get("contacts_service")
+    if service is not None:
+        service.close()

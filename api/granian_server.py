@@ -39,9 +39,9 @@ def _worker(worker_id, app, *args):
     try:
         _wsgi_worker_body(worker_id, app, *args)
     finally:
-        service = getattr(app, "extensions", {}).get("contacts_service")
-        if service is not None:
-            service.close()
+        from api.app import close_service
+
+        close_service(app)
 
 
 def _load_app(_target: str):
