@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +70,7 @@ class Command:
 
     @classmethod
     def new(cls, type_: str, payload: dict, **kwargs) -> Command:
-        return cls(id=str(uuid.uuid4()), type=type_, payload=payload, **kwargs)
+        return cls(id=model.random_uuid(), type=type_, payload=payload, **kwargs)
 
     def encode(self) -> bytes:
         value = {

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import builtins
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from contacts_streams import commands
+from contacts_streams import commands, model
 from contacts_streams.commands import Idempotency, Reply
 from contacts_streams.decisions import Conflict, NotFound
 from contacts_streams.materializer import Materializer
@@ -177,13 +176,13 @@ class Contacts:
     # Shorthands (tests, tools): the body, as before commands existed.
 
     def create(self, fields: dict, context: WriteContext | None = None) -> dict:
-        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields}]}
+        payload = {"contacts": [{"id": model.random_uuid(), "fields": fields}]}
         return self.write(commands.CREATE, payload, context).body
 
     def import_(
         self, payloads: Sequence[dict], context: WriteContext | None = None
     ) -> builtins.list[dict]:  # in this class `list` is the method
-        payload = {"contacts": [{"id": str(uuid.uuid4()), "fields": fields} for fields in payloads]}
+        payload = {"contacts": [{"id": model.random_uuid(), "fields": fields} for fields in payloads]}
         return self.write(commands.IMPORT, payload, context).body
 
     def update(self, contact_id: str, changes: dict, context: WriteContext | None = None) -> None:

@@ -942,6 +942,46 @@ def test_random_uuids_are_version_4_in_canonical_form():
     assert bin(varying).count("1") == 122
 
 
+def _ids_in_child(conn):
+    conn.send([model.random_uuid() for _ in range(3)])
+    conn.close()
+
+
+def test_random_uuids_differ_between_a_parent_and_its_forked_child():
+    # The ids come from a per-thread pool of random bytes: a worker forked after the parent drew
+    # its pool (gunicorn forks after importing the app) must not hand out the parent's next ids.
+    import multiprocessing
+
+    model.random_uuid()  # the parent's pool is drawn
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_ids_in_child, args=(child_end,))
+    child.start()
+    assert parent_end.poll(30), "the forked child did not answer"
+    child_ids = parent_end.recv()
+    child.join(30)
+    parent_ids = [model.random_uuid() for _ in range(3)]
+    assert not set(child_ids) & set(parent_ids)
+
+
+def test_random_uuids_stay_unique_across_many_pool_refills_and_threads():
+    import threading
+
+    per_thread = 2_000  # 16 refills of a 256-id pool each
+    results: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(out: list[str]) -> None:
+        out.extend(model.random_uuid() for _ in range(per_thread))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ids = [i for out in results for i in out]
+    assert len(ids) == 4 * per_thread and len(set(ids)) == len(ids)
+
+
 @pytest.mark.parametrize("text", ["2021-11-16T13:21:03.580Z", "2021-11-16T14:21:03.580+01:00", "2021-11-16T13:21:03.580"])
 def test_iso_to_millis_gives_the_same_from_the_cache(text):
     assert model.iso_to_millis(text) == model.iso_to_millis(text) == 1637068863580
