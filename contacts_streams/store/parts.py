@@ -215,9 +215,13 @@ class EventHistory(_TopicPart):
     def _horizon(self) -> int:
         return model.now_ms() - self.retention_ms if self.retention_ms else -1
 
-    def _keys_of(self, prefix: bytes, older_than: int | None = None) -> list[bytes]:
-        """The stored keys of one contact (those older than a time only: they come first)."""
-        it = self._store._cf[HISTORY].iter(ReadOptions())
+    def _keys_of(self, prefix: bytes, older_than: int | None = None, it=None) -> list[bytes]:
+        """The stored keys of one contact (those older than a time only: they come first).
+        `it`: an iterator of the family to seek with, so a batch makes one instead of one a
+        contact (making one showed at 4% of the service's time under creates)."""
+        own = it is None
+        if own:
+            it = self._store._cf[HISTORY].iter(ReadOptions())
         it.seek(prefix)
         found = []
         while it.valid() and it.key().startswith(prefix):
@@ -225,7 +229,8 @@ class EventHistory(_TopicPart):
                 break
             found.append(it.key())
             it.next()
-        del it
+        if own:
+            del it
         return found
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
@@ -263,10 +268,14 @@ class EventHistory(_TopicPart):
                 touched.add(prefix)
                 applied += 1
             horizon = self._horizon()
-            if horizon > 0:
+            if horizon > 0 and touched:
+                # One iterator for the batch: it sees the stored state, as one a contact would
+                # (this batch's writes are in `pending` until the write below).
+                it = store._cf[HISTORY].iter(ReadOptions())
                 for prefix in touched:
-                    for key in self._keys_of(prefix, older_than=horizon):
+                    for key in self._keys_of(prefix, older_than=horizon, it=it):
                         pending[key] = None
+                del it
             batch = WriteBatch(raw_mode=True)
             batch.put(HISTORY_TOPIC_KEY, topic.encode(), store._handle[META])
             handle = store._handle[HISTORY]

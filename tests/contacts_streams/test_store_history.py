@@ -1,0 +1,53 @@
+"""The history family on the real RocksDB: a contact's events older than the events topic's
+retention go when its next event comes, in a batch that touches many contacts at once (one
+iterator serves the whole batch), while other contacts' events stay."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+from contacts_streams import events, model
+from contacts_streams.serialization import ContactCodec
+from contacts_streams.store import Record, Store
+
+DAY_MS = 86_400_000
+_offsets = itertools.count()
+
+
+def event_record(store: Store, contact_id: str, at_ms: int) -> Record:
+    event = events.event_for(contact_id, "updated", None, {"display_name": "x"}, actor="a", origin="http", now_ms=at_ms)
+    return Record(contact_id_partition(contact_id), next(_offsets), contact_id.encode(), store.event_codec.encode(event), {})
+
+
+def contact_id_partition(contact_id: str) -> int:
+    return int(contact_id[:2], 16) % 3
+
+
+def operations_kept(store: Store, contact_id: str) -> list[str]:
+    return [e["time"] for e in store.history.page(contact_id, None, 100).events]
+
+
+def test_events_past_the_retention_go_with_the_next_batch_and_only_those(tmp_path):
+    store = Store(tmp_path / "store", ContactCodec(), "DE")
+    try:
+        now = model.now_ms()
+        store.history.retention_ms = 7 * DAY_MS
+        old, fresh = now - 10 * DAY_MS, now - DAY_MS
+        touched = [str(uuid.uuid4()) for _ in range(40)]
+        untouched = [str(uuid.uuid4()) for _ in range(10)]
+        # Old and fresh events of every contact, written while no retention applies yet.
+        store.history.retention_ms = None
+        store.history.apply("events", [event_record(store, c, at) for c in touched + untouched for at in (old, fresh)])
+        store.history.retention_ms = 7 * DAY_MS
+        # One batch with a new event for each touched contact: their old events go.
+        store.history.apply("events", [event_record(store, c, now) for c in touched])
+        for contact_id in touched:
+            assert operations_kept(store, contact_id) == [model.millis_to_iso(now), model.millis_to_iso(fresh)]
+        # Never touched again: the old ones remain stored (the page hides them by time).
+        for contact_id in untouched:
+            prefix = contact_id.encode() + b"\x00"
+            assert len(store.history._keys_of(prefix)) == 2
+            assert operations_kept(store, contact_id) == [model.millis_to_iso(fresh)]
+    finally:
+        store.close()
