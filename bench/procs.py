@@ -16,6 +16,44 @@ REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("gunicorn", "waitress", "granian")
 
 
+def tree(root: int) -> list[int]:
+    """A process and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root: int | None) -> float:
+    """User plus system CPU time of a process and its descendants (0 for None or a gone one):
+    /proc/<pid>/stat fields 14 and 15, every thread included."""
+    if root is None:
+        return 0.0
+    total = 0.0
+    for pid in tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,22 +148,11 @@ class Proc:
 
     def tree(self) -> list[int]:
         """This process and its descendants."""
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-        out, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo.extend(children.get(pid, []))
-        return out
+        return tree(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of this process and its descendants so far."""
+        return cpu_seconds(self.pid)
 
     def rss(self) -> dict[str, float]:
         """VmRSS (MB) of the whole process tree and of its largest process (the one owning the store)."""

@@ -116,6 +116,7 @@ class Bench:
         self.ceiling: dict[str, dict[str, float]] = {}
         self.produce: dict[str, float] = {}
         self.single_replica_create_rate: float | None = None
+        self.broker_pid: int | None = None  # the embedded broker's process (None for an external one)
         self.curves: dict[str, list[dict]] = {}  # series of points for the charts, e.g. the page cost along the list
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -188,6 +189,22 @@ class Bench:
             self.notes.append(f"{what or 'a load'}: {bad} unexpected answers of {result.count} (statuses {result.statuses}, "
                               f"connection errors {result.errors})")
         return result
+
+    def cpu_now(self, services: list[procs.Proc]) -> tuple[float, float, float]:
+        """CPU seconds so far: the services' process trees, the broker (0 if external), and this
+        process (the load generator: its asyncio clients and nothing else run here meanwhile)."""
+        own = os.times()
+        return sum(svc.cpu_seconds() for svc in services), procs.cpu_seconds(self.broker_pid), own.user + own.system
+
+    def add_cpu(self, key: str, section: str, label: str, size, before, after, count: int, rate_target: float, target_text: str) -> None:
+        """CPU per request of a load, split by process, against what two cores give per request
+        at the target rate: where a latency or rate target is beyond this machine, this says so."""
+        service, broker, loader = ((b - a) * 1000.0 / max(1, count) for a, b in zip(before, after))
+        budget = (os.cpu_count() or 1) * 1000.0 / rate_target
+        broker_text = f"broker {broker:.2f} ms" if self.broker_pid else "broker not counted (external)"
+        self.add(key, section, label, size, service + broker + loader, "ms",
+                 f"CPU time per request at {target_text} ({os.cpu_count()} cores)", budget, "ms",
+                 note=f"service {service:.2f} ms, {broker_text}, load generator {loader:.2f} ms")
 
     # --- baselines independent of the size --------------------------------------------------------
 
@@ -553,8 +570,15 @@ class Bench:
                 expect = (202,)
             phase = f"{operation}-c{concurrency}-n{n}"
             sampler = self.sample(phase, svc) if concurrency > 1 and reference else None
+            cpu_before = self.cpu_now([svc])
             result = self.timed(port, requests, concurrency=concurrency, expect=expect, what=f"/contacts.{operation} c{concurrency} at {n}")
+            cpu_after = self.cpu_now([svc])
             self.unsample(sampler)
+            if reference and concurrency > 1 and operation == "create":
+                # 16 clients at 15 ms each (#9's p50) is 1,067 creates/s.
+                self.add_cpu(f"cpu.create.c{concurrency}", "writes", f"CPU per create, {concurrency} clients (service, broker, load generator)",
+                             n, cpu_before, cpu_after, result.count, concurrency / 0.015,
+                             f"{concurrency} clients / 15 ms = {concurrency / 0.015:,.0f} creates/s")
             clients = "one client" if concurrency == 1 else f"{concurrency} clients"
             suffix, under = ("", "") if reference else (f".{server}", f", {server}")
             # #9: < 15 / 50 ms with one client and with 16; #13: < 10 / 30 ms with 16.
@@ -661,11 +685,13 @@ class Bench:
             holder = self._the_writer(svcs) if plan.profile else 0
             samplers = [self.sample("ceiling-writer", svcs[holder]), self.sample("ceiling-other", svcs[(holder + 1) % REPLICAS])]
             started = time.monotonic()
+            cpu_before = self.cpu_now(svcs)
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.monotonic() - started
+            cpu_after = self.cpu_now(svcs)
             for sampler in samplers:
                 self.unsample(sampler)
             acknowledged = sum(r.ok(201) for r in results)
@@ -678,6 +704,9 @@ class Bench:
                      target=f"> {WRITER_CEILING_TARGET:,} commands/s", passed=rate > WRITER_CEILING_TARGET,
                      note=f"{acknowledged:,} acknowledged in {elapsed:.1f} s, worst replica p99 {p99:.1f} ms, "
                           f"statuses {[r.statuses for r in results]}")
+            self.add_cpu("cpu.ceiling", "replicas", f"CPU per create in the writer ceiling ({REPLICAS} services, broker, load generator)",
+                         None, cpu_before, cpu_after, sum(r.count for r in results), WRITER_CEILING_TARGET,
+                         f"{WRITER_CEILING_TARGET:,} commands/s")
 
             # Failover: creates through the two others, kill -9 of the writer's process group.
             writer = self._the_writer(svcs)
@@ -776,6 +805,7 @@ def main(plan: Plan, out_dir: Path, brokers: str | None = None, keep: bool = Fal
         kafka_version = embedded_kafka.KAFKA_VERSION if broker.kind == "kraft" else f"{broker.kind} broker"
     log.info("broker %s, work folder %s", brokers, work)
     bench = Bench(plan, brokers, kafka_version, work)
+    bench.broker_pid = broker.pid if broker is not None else None
     try:
         bench.run()
         results = bench.results()

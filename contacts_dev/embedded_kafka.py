@@ -48,6 +48,7 @@ class Broker:
     kind: str  # "external", "testcontainers" or "kraft"
     log_file: Path | None = None
     _stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    pid: int | None = None  # the broker's own process, when this module started it (the bench counts its CPU)
 
     def stop(self) -> None:
         self._stop()
@@ -358,7 +359,7 @@ def start_kraft(log_dir: Path | None = None, data_dir: Path | None = None) -> Br
     except BaseException:
         broker.close()
         raise
-    return Broker(broker.bootstrap_servers, "kraft", broker.log_file, broker.close)
+    return Broker(broker.bootstrap_servers, "kraft", broker.log_file, broker.close, broker._proc.pid if broker._proc else None)
 
 
 def _wait_ready(bootstrap: str, proc: subprocess.Popen | None, log_file: Path | None, timeout: float = START_TIMEOUT_S) -> None:
