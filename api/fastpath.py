@@ -94,10 +94,14 @@ class FastReads:
             or environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() not in _JSON_TYPES
         ):
             return self.wsgi_app(environ, start_response)
-        origin = environ.get("HTTP_ORIGIN")
-        extra = self._vary if origin is None else self._cors.get(origin)
-        if extra is None:
-            return self.wsgi_app(environ, self._learning(origin, start_response))
+        origin: str | None = environ.get("HTTP_ORIGIN")
+        if origin is None:
+            extra = self._vary
+        else:
+            kept = self._cors.get(origin)
+            if kept is None:
+                return self.wsgi_app(environ, self._learning(origin, start_response))
+            extra = kept
         started = time.perf_counter()
         length = environ.get("CONTENT_LENGTH") or "0"
         if not length.isdigit() or int(length) > MAX_FAST_BODY_BYTES:

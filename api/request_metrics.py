@@ -39,7 +39,9 @@ def register(app: Flask, metrics: Metrics) -> RequestMetrics:
     def count(response: Response) -> Response:
         # The rule, not the path: console pages take ids in their paths (one series per rule).
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        counter.observe(endpoint, request.method, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
+        counter.observe(
+            endpoint, request.method, response.status_code, time.perf_counter() - g.get("started", time.perf_counter())
+        )
         return response
 
     app.before_request(start)

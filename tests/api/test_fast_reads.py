@@ -55,7 +55,9 @@ class Pair:
 
         self.fast_app.wsgi_app.wsgi_app = spy
 
-    def compare(self, method: str, path: str, data: bytes | None = None, headers: dict | None = None, content_type="application/json"):
+    def compare(
+        self, method: str, path: str, data: bytes | None = None, headers: dict | None = None, content_type="application/json"
+    ):
         """Both answers, asserted equal; returns (the answer, whether the fast path answered)."""
         before = self.handed_on
         kwargs = dict(data=data, headers=headers or {}, content_type=content_type)
@@ -212,7 +214,9 @@ def test_the_fast_path_answers_as_flask_does_on_an_open_api(world):
 
 
 def test_the_fast_path_answers_as_flask_does_with_auth_and_cors(world):
-    config = Config(**{**world["config"].__dict__, "system_token": "system-token", "jwt_secret": JWT_SECRET, "allowed_origins": (INBOX,)})
+    config = Config(
+        **{**world["config"].__dict__, "system_token": "system-token", "jwt_secret": JWT_SECRET, "allowed_origins": (INBOX,)}
+    )
     pair = Pair(config, world["service"])
     now = int(time.time())
     credentials = {
@@ -254,7 +258,11 @@ def test_min_position_waits_alike(world):
     applied = world["position"]
     future = commands.encode_position({0: 10**12})
     for token in (applied, future, "garbage", commands.encode_position({})):
-        for path, body in [("/contacts.info", {"id": world["ada"]}), ("/contacts.list", {}), ("/contacts.search", {"query": "ada"})]:
+        for path, body in [
+            ("/contacts.info", {"id": world["ada"]}),
+            ("/contacts.list", {}),
+            ("/contacts.search", {"query": "ada"}),
+        ]:
             answer, fast = _post(pair, path, body, {"X-Contacts-Min-Position": token})
             if token == future and path != "/contacts.search":  # search takes no position
                 assert answer.status_code == 503 and not fast
@@ -277,7 +285,11 @@ def test_not_ready_is_flasks_503(make_config):
     service = Service(make_config())  # made, not started: its store has not caught up
     try:
         pair = Pair(service.config, service)
-        for path, body in [("/contacts.info", {"id": str(uuid.uuid4())}), ("/contacts.list", {}), ("/contacts.search", {"query": "x"})]:
+        for path, body in [
+            ("/contacts.info", {"id": str(uuid.uuid4())}),
+            ("/contacts.list", {}),
+            ("/contacts.search", {"query": "x"}),
+        ]:
             answer, fast = _post(pair, path, body)
             assert answer.status_code == 503 and not fast and answer.headers["Retry-After"]
     finally:
