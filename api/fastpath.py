@@ -104,7 +104,7 @@ class FastReads:
             extra = kept
         started = time.perf_counter()
         length = environ.get("CONTENT_LENGTH") or "0"
-        if not length.isdigit() or int(length) > MAX_FAST_BODY_BYTES:
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_FAST_BODY_BYTES:
             return self.wsgi_app(environ, start_response)
         data = environ["wsgi.input"].read(int(length)) if length != "0" else b""
         answer = self._answer(read, environ, data)
