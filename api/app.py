@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import errors, request_metrics, security
+from api import errors, reads, request_metrics, security
 from api.console import console
 from api.contacts_api import contacts_api
+from api.fastpath import FastReads
 from api.operations import operations
 from api.wire import MAX_BODY_BYTES
 from contacts_streams.config import Config
@@ -19,9 +20,10 @@ from contacts_streams.service import Service
 __all__ = ["MAX_BODY_BYTES", "close_service", "create_app"]
 
 
-def create_app(config: Config, service: Service | None = None, on_fatal=None) -> Flask:
+def create_app(config: Config, service: Service | None = None, on_fatal=None, fast_reads: bool = True) -> Flask:
     """Build the app from a config; without a service, one is made and started in the background
-    (`on_fatal` is called if its start meets a FatalError)."""
+    (`on_fatal` is called if its start meets a FatalError). `fast_reads=False` leaves out the
+    fast path for hot reads (api/fastpath.py): the bare Flask app, which the tests compare it with."""
     if service is None:
         service = Service(config, on_fatal=on_fatal).start()
     app = Flask(__name__)
@@ -29,14 +31,17 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None) ->
     app.extensions["contacts_service"] = service
     app.extensions["contacts_config"] = config
     app.extensions["contacts_guard"] = security.Guard(config)
+    app.extensions["contacts_json"] = reads.ContactJson(service.store.codec.decode_contact)
     # Hooks run in this order: the timer starts first, a preflight is answered before the
     # Contacts API's gate (registered with its blueprint) asks for a token.
-    request_metrics.register(app, service.metrics)
+    app.extensions["contacts_request_metrics"] = request_metrics.register(app, service.metrics)
     security.allow_origins(app, config.allowed_origins)
     errors.register(app)
     app.register_blueprint(contacts_api)
     app.register_blueprint(operations)
     app.register_blueprint(console)
+    if fast_reads:
+        app.wsgi_app = FastReads(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

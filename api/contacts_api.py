@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
+from api import reads
 from api.wire import (
     IDEMPOTENCY_KEY,
     MIN_POSITION,
@@ -25,7 +26,7 @@ from api.wire import (
     unavailable,
 )
 from contacts_streams import commands, model
-from contacts_streams.commands import BadPosition, Idempotency
+from contacts_streams.commands import Idempotency
 from contacts_streams.contacts import WriteContext
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -78,17 +79,25 @@ def written(outcome, answer: Any = None, empty: bool = False) -> Response:
     return response
 
 
+# Set by the fast path (api/fastpath.py) when it already waited the whole timeout for the
+# request's X-Contacts-Min-Position and handed the request on: answer it without a second wait.
+MIN_POSITION_TIMED_OUT = "contacts.min_position_timed_out"
+
+
 def wait_for_min_position() -> None:
-    token = request.headers.get(MIN_POSITION)
-    if token is not None:
-        try:
-            service().contacts.wait_for_position(token, config().write_timeout_ms / 1000)
-        except BadPosition as err:
-            raise model.ValidationError(MIN_POSITION, f"{MIN_POSITION}: {err}") from None
+    reads.wait_for_min_position(
+        service(),
+        request.headers.get(MIN_POSITION),
+        config().write_timeout_ms / 1000,
+        timed_out=request.environ.get(MIN_POSITION_TIMED_OUT, False),
+    )
 
 
-def _with_history(contact: dict) -> dict:
-    return {**contact, "merge_history": contact.get("merge_history", [])}
+def read_answer(text: bytes) -> Response:
+    return Response(text, status=200, mimetype="application/json")
+
+
+_with_history = reads.with_history
 
 
 @contacts_api.post("/contacts.create")
@@ -114,19 +123,13 @@ def import_():
 
 @contacts_api.post("/contacts.list")
 def list_():
-    cursor, page_size = model.validate_list(body(), ignored())
-    wait_for_min_position()
-    page = service().contacts.list(cursor, page_size)
-    return paged(page.contacts, page.next_cursor, page.previous_cursor, total=page.total)
+    return read_answer(reads.list_(service(), body(), ignored(), wait_for_min_position))
 
 
 @contacts_api.post("/contacts.info")
 def info():
-    kind, value = model.validate_info(body(), ignored())
-    wait_for_min_position()
-    contacts = service().contacts
-    contact = contacts.info(value) if kind == "id" else contacts.info_by_conversation(value)
-    return json_response(_with_history(contact), 200)
+    cache = current_app.extensions["contacts_json"]
+    return read_answer(reads.info(service(), cache, body(), ignored(), wait_for_min_position))
 
 
 @contacts_api.post("/contacts.update")
@@ -177,14 +180,12 @@ def history():
 
 @contacts_api.post("/contacts.lookup")
 def lookup():
-    return json_response({"data": service().finder.lookup(model.validate_lookup(body(), ignored()))}, 200)
+    return read_answer(reads.lookup(service(), body(), ignored()))
 
 
 @contacts_api.post("/contacts.search")
 def search():
-    query, cursor, page_size = model.validate_search(body(), ignored())
-    page = service().finder.search(query, cursor, page_size)
-    return paged(page.contacts, page.next_cursor, page.previous_cursor, total=page.total)
+    return read_answer(reads.search(service(), body(), ignored()))
 
 
 @contacts_api.post("/contacts.duplicates")

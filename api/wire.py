@@ -56,11 +56,13 @@ def unavailable(text: str) -> Response:
     return response
 
 
-def paged(data: Any, next_cursor: str | None, previous_cursor: str | None = None, **extra: Any) -> Response:
+def paged_body(data: Any, next_cursor: str | None, previous_cursor: str | None = None, **extra: Any) -> dict:
     """The list shape: `{"data", "pagination_data": {"previous_cursor", "next_cursor", ...}}`."""
-    return json_response(
-        {"data": data, "pagination_data": {"previous_cursor": previous_cursor, "next_cursor": next_cursor, **extra}}, 200
-    )
+    return {"data": data, "pagination_data": {"previous_cursor": previous_cursor, "next_cursor": next_cursor, **extra}}
+
+
+def paged(data: Any, next_cursor: str | None, previous_cursor: str | None = None, **extra: Any) -> Response:
+    return json_response(paged_body(data, next_cursor, previous_cursor, **extra), 200)
 
 
 def body() -> Any:

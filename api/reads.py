@@ -1,0 +1,115 @@
+"""The hot reads (`contacts.info`, `.list`, `.search`, `.lookup`) as functions of the parsed
+body: each validates with `model`, reads the store and returns the JSON text of its 200 answer,
+or raises what the error handlers answer (a ValidationError, NotFound, BadCursor, Unavailable).
+The Flask views and the fast path (`fastpath`) both call them, so an answer is computed one way.
+
+`ContactJson` keeps the JSON of recently served contacts keyed by the bytes the store holds for
+them: the same bytes always decode to the same contact, so a hot contact skips the Avro decode
+and the JSON encode, and a changed contact (other bytes) can never be served stale.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from api.wire import MIN_POSITION, paged_body
+from contacts_streams import model
+from contacts_streams.commands import BadPosition
+from contacts_streams.service import Service
+
+# What the cache may hold (its keys and values, plus a rough per-entry overhead). The service's
+# RSS budget is tight at a million contacts (#13): 16 MB keeps ~10,000 typical contacts.
+CONTACT_JSON_BYTES = 16 * 1024 * 1024
+# A contact larger than this is encoded each time: a few huge contacts would evict many small ones.
+MAX_CACHED_CONTACT_BYTES = 64 * 1024
+_ENTRY_OVERHEAD = 160  # two bytes objects' headers and the dict slot
+
+
+class ContactJson:
+    """A bounded map from a contact's stored bytes to the JSON of its info answer.
+
+    Reads take no lock (a dict lookup is atomic); inserts evict the oldest entries first. An
+    entry is never wrong, only possibly absent, so the order of racing inserts does not matter.
+    """
+
+    def __init__(self, decode: Callable[[bytes], dict], max_bytes: int = CONTACT_JSON_BYTES):
+        self._decode = decode
+        self._max_bytes = max_bytes
+        self._entries: dict[bytes, bytes] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def json(self, raw: bytes) -> bytes:
+        """The info answer's JSON (UTF-8) of the contact these stored bytes hold."""
+        text = self._entries.get(raw)
+        if text is not None:
+            return text
+        text = model.compact_json(with_history(self._decode(raw))).encode()
+        size = len(raw) + len(text) + _ENTRY_OVERHEAD
+        if size <= MAX_CACHED_CONTACT_BYTES and self._max_bytes > 0:
+            with self._lock:
+                if raw not in self._entries:
+                    self._entries[raw] = text
+                    self._bytes += size
+                    while self._bytes > self._max_bytes:
+                        old = next(iter(self._entries))
+                        self._bytes -= len(old) + len(self._entries.pop(old)) + _ENTRY_OVERHEAD
+        return text
+
+
+def with_history(contact: dict) -> dict:
+    return {**contact, "merge_history": contact.get("merge_history", [])}
+
+
+def wait_for_min_position(service: Service, token: str | None, timeout_s: float, timed_out: bool = False) -> None:
+    """Return once this replica applied the write `token` names (no token: at once).
+    `timed_out`: the fast path already waited the whole timeout for it; answer without a second wait."""
+    if token is None:
+        return
+    try:
+        service.contacts.wait_for_position(token, 0.0 if timed_out else timeout_s)
+    except BadPosition as err:
+        raise model.ValidationError(MIN_POSITION, f"{MIN_POSITION}: {err}") from None
+
+
+def info(service: Service, cache: ContactJson, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
+    kind, value = model.validate_info(payload, ignored)
+    wait()
+    store = service.store
+    contact_id = value if kind == "id" else store.contact_id_for_conversation(value)
+    raw = store.get_bytes(contact_id) if contact_id else None
+    if raw is None:  # the errors as Contacts names them (NotFound, with merged_into)
+        contacts = service.contacts
+        contact = contacts.info(value) if kind == "id" else contacts.info_by_conversation(value)
+        return model.compact_json(with_history(contact)).encode()  # it appeared meanwhile
+    return cache.json(raw)
+
+
+def list_(service: Service, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
+    cursor, page_size = model.validate_list(payload, ignored)
+    wait()
+    page = service.contacts.list(cursor, page_size)
+    return _json(paged_body(page.contacts, page.next_cursor, page.previous_cursor, total=page.total))
+
+
+def search(service: Service, payload: Any, ignored: list[str]) -> bytes:
+    query, cursor, page_size = model.validate_search(payload, ignored)
+    page = service.finder.search(query, cursor, page_size)
+    return _json(paged_body(page.contacts, page.next_cursor, page.previous_cursor, total=page.total))
+
+
+def lookup(service: Service, payload: Any, ignored: list[str]) -> bytes:
+    return _json({"data": service.finder.lookup(model.validate_lookup(payload, ignored))})
+
+
+def _json(value: Any) -> bytes:
+    return model.compact_json(value).encode()
