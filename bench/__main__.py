@@ -21,7 +21,7 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--size", choices=sorted(PRESETS), default="small", help="preset of sizes and request counts [small]")
     parser.add_argument("--sizes", help="contacts per step, comma-separated, overriding the preset (e.g. 2000,20000)")
     parser.add_argument("--servers", help="servers tried for the service, first is the reference "
-                        "[default: gunicorn plus those of waitress, granian that are installed]")
+                        "[default: granian (the production default), then gunicorn and waitress, those installed]")
     parser.add_argument("--only", help=f"sections to run (the import fill always runs): {','.join(SECTIONS)}")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the preset's request counts (longer, steadier loads)")
     parser.add_argument("--threads", type=int, default=32, help="HTTP_THREADS of the service and the baselines [32]")
@@ -46,8 +46,11 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
             parser.error(f"not installed: {missing}")
     else:
         servers = [s for s in procs.SERVERS if procs.server_available(s)]
-    # `python -m api` (gunicorn) is the reference every other server is compared with.
-    servers = ["gunicorn"] + [s for s in servers if s != "gunicorn"]
+    # The reference every other server is compared with: what `python -m api` runs by default
+    # (granian), or gunicorn where granian is missing, unless --servers names the first.
+    if not args.servers:
+        reference = "granian" if "granian" in servers else "gunicorn"
+        servers = [reference] + [s for s in servers if s != reference]
     sections = set(SECTIONS) if not args.only else {s for s in args.only.split(",") if s}
     if sections - set(SECTIONS):
         parser.error(f"unknown sections {sorted(sections - set(SECTIONS))}")

@@ -118,6 +118,9 @@ class Bench:
         self.single_replica_create_rate: float | None = None
         self.broker_pid: int | None = None  # the embedded broker's process (None for an external one)
         self.curves: dict[str, list[dict]] = {}  # series of points for the charts, e.g. the page cost along the list
+        # The server every figure is measured under unless it names another: the production
+        # default (`python -m api` runs granian unless HTTP_SERVER says otherwise).
+        self.reference = plan.servers[0]
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -215,7 +218,7 @@ class Bench:
         requests = [body] * plan.info_requests
         for server in plan.servers + ["flask", "asyncio"]:
             if server == "flask":
-                name, app, run_as = "flask-constant", "flask-constant", "gunicorn"
+                name, app, run_as = "flask-constant", "flask-constant", plan.servers[0]
             elif server == "asyncio":
                 name, app, run_as = "asyncio-constant", "constant", "asyncio"
             else:
@@ -281,13 +284,13 @@ class Bench:
         state = self.work / f"state-{tag}"
         port = procs.free_port()
         env = self.service_env(tag, port, state, contacts_topic)
-        svc = self.proc(f"service-{tag}", "gunicorn", "service", env).start()
+        svc = self.proc(f"service-{tag}", self.reference, "service", env).start()
         try:
             ready_empty = svc.wait_ready(plan.ready_timeout)
             rss_empty = svc.rss()["total"]
             ids = self.fill(n, port, svc, tag)
             if "info" in plan.sections:
-                self.info(n, port, ids, "gunicorn", svc)
+                self.info(n, port, ids, self.reference, svc)
             if "list" in plan.sections:
                 self.listing(n, port)
             if "find" in plan.sections:
@@ -304,7 +307,7 @@ class Bench:
             svc.stop()
 
         if "restart" in plan.sections:
-            svc = self.proc(f"service-{tag}-restart", "gunicorn", "service", env).start()
+            svc = self.proc(f"service-{tag}-restart", self.reference, "service", env).start()
             try:
                 ready = svc.wait_ready(plan.ready_timeout)
                 self.add("restart.ready", "restart", "ready after restart (no replay)", n, ready, "s",
@@ -332,7 +335,7 @@ class Bench:
 
         if "rebuild" in plan.sections:
             shutil.rmtree(state)
-            svc = self.proc(f"service-{tag}-rebuild", "gunicorn", "service", env).start()
+            svc = self.proc(f"service-{tag}-rebuild", self.reference, "service", env).start()
             sampler = self.sample(f"rebuild-{tag}", svc, just_started=True)
             try:
                 seconds, applying = self.watch_rebuild(svc, port)
@@ -474,7 +477,7 @@ class Bench:
             {"size": n, "position": pos, "total": total, "requests": r.count, "p50": _ms(r.percentile(50)), "p99": _ms(r.percentile(99))}
             for pos, r in sorted(points.items()))
         start = timed["start"][1]
-        ceiling = self.ceiling["gunicorn"]
+        ceiling = self.ceiling[self.reference]
         for name, (pos, result) in timed.items():
             p50, p99 = _ms(result.percentile(50)), _ms(result.percentile(99))
             where = f"at contact {pos:,} of {total:,}"
@@ -534,7 +537,7 @@ class Bench:
             if start_p50 is None:
                 start_p50 = p50
                 self.add("find.search.start.p50", "find", "/contacts.search page of 20 at the start, p50", n, p50, "ms",
-                         "HTTP round trip, constant body, one client", self.ceiling["gunicorn"]["single_p50"], "ms", note=where,
+                         "HTTP round trip, constant body, one client", self.ceiling[self.reference]["single_p50"], "ms", note=where,
                          target="< 1 ms (#13)", passed=p50 < 1.0)
             else:
                 self.add(f"find.search.{name}.p50", "find", f"/contacts.search page of 20 {'in the' if name == 'middle' else 'at the'} {name}, p50",
@@ -552,11 +555,12 @@ class Bench:
                      n, _ms(result.percentile(50)), "ms", "/contacts.info by id p50, one client", info_p50, "ms",
                      note=f"p99 {_ms(result.percentile(99)):.2f} ms")
 
-    def writes(self, n: int, port: int, ids: list[bytes], svc: procs.Proc, server: str = "gunicorn") -> None:
+    def writes(self, n: int, port: int, ids: list[bytes], svc: procs.Proc, server: str | None = None) -> None:
         """Create and update latency; under another server than the reference only the create
         with concurrent clients (what the server changes)."""
         plan = self.plan
-        reference = server == "gunicorn"
+        server = server or self.reference
+        reference = server == self.reference
         rng = random.Random(f"writes-{server}")
         cases = [(op, c, k) for op in ("create", "update") for c, k in ((1, plan.write_single), (plan.concurrency, plan.write_concurrent))]
         if not reference:
@@ -607,7 +611,7 @@ class Bench:
         port = procs.free_port()
         env = self.service_env(tag, port, self.work / f"state-{tag}", contacts_topic, auto_create=True,
                                messages_topic=messages_topic, metadata_topic=metadata_topic)
-        svc = self.proc(f"service-{tag}", "gunicorn", "service", env).start()
+        svc = self.proc(f"service-{tag}", self.reference, "service", env).start()
         target = len(conversations)
         sampler = self.sample(f"auto-create-n{n}", svc, just_started=True)
         try:
@@ -660,7 +664,7 @@ class Bench:
         for i in range(REPLICAS):
             port = procs.free_port()
             env = self.service_env(tag, port, self.work / f"state-{tag}-{i}", contacts_topic) | {"INSTANCE_ID": f"bench-{i}"}
-            svcs.append(self.proc(f"service-{tag}-{i}", "gunicorn", "service", env).start())
+            svcs.append(self.proc(f"service-{tag}-{i}", self.reference, "service", env).start())
         try:
             for svc in svcs:
                 svc.wait_ready(plan.ready_timeout)
