@@ -32,6 +32,9 @@ def create_app(config: Config, service: Service | None = None, on_fatal=None, fa
     app.extensions["contacts_config"] = config
     app.extensions["contacts_guard"] = security.Guard(config)
     app.extensions["contacts_json"] = reads.ContactJson(service.store.codec.decode_contact)
+    app.extensions["contacts_page_json"] = reads.ContactJson(
+        service.store.codec.decode_contact, reads.PAGE_ITEM_JSON_BYTES, shape=reads.page_item
+    )
     # Hooks run in this order: the timer starts first, a preflight is answered before the
     # Contacts API's gate (registered with its blueprint) asks for a token.
     app.extensions["contacts_request_metrics"] = request_metrics.register(app, service.metrics)

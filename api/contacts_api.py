@@ -123,7 +123,8 @@ def import_():
 
 @contacts_api.post("/contacts.list")
 def list_():
-    return read_answer(reads.list_(service(), body(), ignored(), wait_for_min_position))
+    items = current_app.extensions["contacts_page_json"]
+    return read_answer(reads.list_(service(), items, body(), ignored(), wait_for_min_position))
 
 
 @contacts_api.post("/contacts.info")
@@ -185,7 +186,7 @@ def lookup():
 
 @contacts_api.post("/contacts.search")
 def search():
-    return read_answer(reads.search(service(), body(), ignored()))
+    return read_answer(reads.search(service(), current_app.extensions["contacts_page_json"], body(), ignored()))
 
 
 @contacts_api.post("/contacts.duplicates")

@@ -71,6 +71,7 @@ class FastReads:
         service = app.extensions["contacts_service"]
         config = app.extensions["contacts_config"]
         cache = app.extensions["contacts_json"]
+        items = app.extensions["contacts_page_json"]
         self._service = service
         self._guard = app.extensions["contacts_guard"]
         self._metrics: RequestMetrics = app.extensions["contacts_request_metrics"]
@@ -80,8 +81,8 @@ class FastReads:
         self._cors: dict[str, list[tuple[str, str]]] = {}  # an allowed origin -> Flask's headers
         self._reads: dict[str, Callable[[Any, list[str], Callable[[], None]], bytes]] = {
             "/contacts.info": lambda payload, ignored, wait: reads.info(service, cache, payload, ignored, wait),
-            "/contacts.list": lambda payload, ignored, wait: reads.list_(service, payload, ignored, wait),
-            "/contacts.search": lambda payload, ignored, _wait: reads.search(service, payload, ignored),
+            "/contacts.list": lambda payload, ignored, wait: reads.list_(service, items, payload, ignored, wait),
+            "/contacts.search": lambda payload, ignored, _wait: reads.search(service, items, payload, ignored),
             "/contacts.lookup": lambda payload, ignored, _wait: reads.lookup(service, payload, ignored),
         }
 

@@ -18,24 +18,32 @@ from api.wire import MIN_POSITION, paged_body
 from contacts_streams import model
 from contacts_streams.commands import BadPosition
 from contacts_streams.service import Service
+from contacts_streams.store import Page
 
 # What the cache may hold (its keys and values, plus a rough per-entry overhead). The service's
 # RSS budget is tight at a million contacts (#13): 16 MB keeps ~10,000 typical contacts.
 CONTACT_JSON_BYTES = 16 * 1024 * 1024
+# The same for the contacts of list and search pages (their JSON has no merge_history default):
+# the pages people read again and again (an inbox's first page, a search being typed) are few.
+PAGE_ITEM_JSON_BYTES = 8 * 1024 * 1024
 # A contact larger than this is encoded each time: a few huge contacts would evict many small ones.
 MAX_CACHED_CONTACT_BYTES = 64 * 1024
 _ENTRY_OVERHEAD = 160  # two bytes objects' headers and the dict slot
 
 
 class ContactJson:
-    """A bounded map from a contact's stored bytes to the JSON of its info answer.
+    """A bounded map from a contact's stored bytes to the JSON of its info answer (or, with
+    `shape`, of another answer's view of the contact: a page's items have no history default).
 
     Reads take no lock (a dict lookup is atomic); inserts evict the oldest entries first. An
     entry is never wrong, only possibly absent, so the order of racing inserts does not matter.
     """
 
-    def __init__(self, decode: Callable[[bytes], dict], max_bytes: int = CONTACT_JSON_BYTES):
+    def __init__(
+        self, decode: Callable[[bytes], dict], max_bytes: int = CONTACT_JSON_BYTES, shape: Callable[[dict], dict] | None = None
+    ):
         self._decode = decode
+        self._shape = shape or with_history
         self._max_bytes = max_bytes
         self._entries: dict[bytes, bytes] = {}
         self._bytes = 0
@@ -53,7 +61,7 @@ class ContactJson:
         text = self._entries.get(raw)
         if text is not None:
             return text
-        text = model.compact_json(with_history(self._decode(raw))).encode()
+        text = model.compact_json(self._shape(self._decode(raw))).encode()
         size = len(raw) + len(text) + _ENTRY_OVERHEAD
         if size <= MAX_CACHED_CONTACT_BYTES and self._max_bytes > 0:
             with self._lock:
@@ -94,17 +102,27 @@ def info(service: Service, cache: ContactJson, payload: Any, ignored: list[str],
     return cache.json(raw)
 
 
-def list_(service: Service, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
+def page_item(contact: dict) -> dict:
+    return contact
+
+
+def list_(service: Service, items: ContactJson, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
     cursor, page_size = model.validate_list(payload, ignored)
     wait()
-    page = service.contacts.list(cursor, page_size)
-    return _json(paged_body(page.contacts, page.next_cursor, page.previous_cursor, total=page.total))
+    return _page_json(service.contacts.list(cursor, page_size, decode=items.json))
 
 
-def search(service: Service, payload: Any, ignored: list[str]) -> bytes:
+def search(service: Service, items: ContactJson, payload: Any, ignored: list[str]) -> bytes:
     query, cursor, page_size = model.validate_search(payload, ignored)
-    page = service.finder.search(query, cursor, page_size)
-    return _json(paged_body(page.contacts, page.next_cursor, page.previous_cursor, total=page.total))
+    return _page_json(service.finder.search(query, cursor, page_size, decode=items.json))
+
+
+def _page_json(page: Page) -> bytes:
+    """`paged_body`'s JSON from the contacts' JSON texts: the same bytes as encoding the page
+    whole (compact JSON of a list is its items' compact JSON joined by commas), without decoding
+    and encoding contacts whose stored bytes the cache has seen."""
+    pagination = paged_body(None, page.next_cursor, page.previous_cursor, total=page.total)["pagination_data"]
+    return b'{"data":[' + b",".join(page.contacts) + b'],"pagination_data":' + _json(pagination) + b"}"
 
 
 def lookup(service: Service, payload: Any, ignored: list[str]) -> bytes:

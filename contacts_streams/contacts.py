@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,8 +85,9 @@ class Contacts:
             raise NotFound(f"no contact has conversation {conversation_id}")
         return contact
 
-    def list(self, cursor: str | None, page_size: int) -> Page:
-        return self._store.page(cursor, page_size)
+    def list(self, cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None) -> Page:
+        """`decode`: what to make of each contact's stored bytes (default: the contact dict)."""
+        return self._store.page(cursor, page_size, decode)
 
     def wait_for_position(self, token: str, timeout: float) -> None:
         """Return once this replica has applied the write a position token names (BadPosition

@@ -6,6 +6,9 @@ query side of each normalizes as the writer did (``identities``), with the store
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from contacts_streams import identities, model
 from contacts_streams.contacts import NotFound
 from contacts_streams.store import Page, Store
@@ -22,8 +25,9 @@ class Finder:
             return []  # a blank value is no identity: nothing is indexed under it
         return self._store.lookup(wanted)
 
-    def search(self, query: str, cursor: str | None, page_size: int) -> Page:
-        return self._store.search(identities.query_terms(query), cursor, page_size)
+    def search(self, query: str, cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None) -> Page:
+        """`decode`: what to make of each found contact's stored bytes (default: the contact dict)."""
+        return self._store.search(identities.query_terms(query), cursor, page_size, decode)
 
     def duplicates(self, contact_id: str | None, cursor: str | None, page_size: int) -> tuple[list[dict], str | None]:
         """Groups of live contacts sharing identities, and the next page's cursor; with an id,

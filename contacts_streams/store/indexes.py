@@ -8,8 +8,9 @@ import base64
 import itertools
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rocksdict import ReadOptions
 
@@ -134,7 +135,9 @@ class Indexes:
         found = [c for c in (self._store.get(contact_id) for contact_id in sorted(candidates or ())) if c is not None]
         return sorted(found, key=model.sort_key)
 
-    def search(self, terms: list[tuple[str, str]], cursor: str | None, page_size: int) -> Page:
+    def search(
+        self, terms: list[tuple[str, str]], cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None
+    ) -> Page:
         """A page of the contacts that match every term by prefix (``identities.query_terms``).
 
         The store walks the first term's entries of the search family from the cursor: that
@@ -149,6 +152,7 @@ class Indexes:
         """
         if not terms:
             return Page([], None, None, 0)
+        decode = decode or self._store.codec.decode_contact
         namespace, term = terms[0]
         term = term[: ids_module.MAX_TOKEN_CHARS]
         prefix = search_prefix(namespace, term)
@@ -186,9 +190,9 @@ class Indexes:
                     for other_ns, other in terms[1:]
                 ):
                     continue
-            contact = self._store.get(contact_id)
-            if contact is not None:
-                found.append(contact)
+            raw = self._store.get_bytes(contact_id)
+            if raw is not None:
+                found.append(decode(raw))
         if total is None:
             total = self._search_total(prefix, len(term))
         next_cursor = _encode_search_cursor(last, total) if more and last is not None else None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rocksdict import ReadOptions
 
@@ -42,7 +43,7 @@ class BadCursor(ValueError):
 
 @dataclass(frozen=True)
 class Page:
-    contacts: list[dict]
+    contacts: list[Any]  # the contact dicts, or what a page's `decode` made of their bytes
     previous_cursor: str | None
     next_cursor: str | None
     total: int
@@ -54,8 +55,10 @@ class NamePages:
     def __init__(self, store: Storage):
         self._store = store
 
-    def page(self, cursor: str | None, page_size: int) -> Page:
-        """A page of contacts in name order; the cost does not grow with the page's position."""
+    def page(self, cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None) -> Page:
+        """A page of contacts in name order; the cost does not grow with the page's position.
+        `decode`: what to make of each contact's stored bytes (default: the contact dict)."""
+        decode = decode or self._store.codec.decode_contact
         direction, after = self._resolve(*_decode_cursor(cursor)) if cursor else (FORWARD, None)
         names = self._store._cf[NAMES]
         it = names.iter(ReadOptions())
@@ -77,7 +80,7 @@ class NamePages:
         for contact_id in ids:
             raw = self._store._cf[CONTACTS].get(contact_id)
             if raw is not None:
-                contacts.append(self._store.codec.decode_contact(raw))
+                contacts.append(decode(raw))
         return Page(
             contacts=contacts,
             previous_cursor=_encode_cursor(BACKWARD, keys[0]) if keys and more_before else None,

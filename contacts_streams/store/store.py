@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from contacts_streams.events import EventCodec
 from contacts_streams.serialization import ContactCodec
@@ -47,9 +48,10 @@ class Store(Storage):
 
     # --- reads -----------------------------------------------------------------------------
 
-    def page(self, cursor: str | None, page_size: int) -> Page:
-        """A page of contacts in name order; the cost does not grow with the page's position."""
-        return self._pages.page(cursor, page_size)
+    def page(self, cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None) -> Page:
+        """A page of contacts in name order; the cost does not grow with the page's position.
+        `decode`: what to make of each contact's stored bytes (default: the contact dict)."""
+        return self._pages.page(cursor, page_size, decode)
 
     def contact_id_for_conversation(self, conversation_id: str) -> str | None:
         """The live contact that has this conversation, if any."""
@@ -73,9 +75,11 @@ class Store(Storage):
         """The live contacts that have every one of these normalized identities."""
         return self._indexes.lookup(identities, limit)
 
-    def search(self, terms: list[tuple[str, str]], cursor: str | None, page_size: int) -> Page:
+    def search(
+        self, terms: list[tuple[str, str]], cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None
+    ) -> Page:
         """A page of the contacts that match every term by prefix (``Indexes.search``)."""
-        return self._indexes.search(terms, cursor, page_size)
+        return self._indexes.search(terms, cursor, page_size, decode)
 
     def duplicates(self, cursor: str | None, page_size: int) -> tuple[list[Group], str | None]:
         """A page of duplicate groups (one per shared identity) and the next page's cursor."""
