@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch
 
 from contacts_streams.events import EventCodec
 from contacts_streams.serialization import ContactCodec
@@ -69,6 +69,23 @@ def _options() -> Options:
     # One memtable budget for all column families, or each would take 64 MB of its own.
     options.set_db_write_buffer_size(WRITE_BUFFERS_BYTES)
     options.set_max_manifest_file_size(MANIFEST_ROLL_BYTES)
+    return options
+
+
+# Bits of the Bloom filter a key: about 1% false positives.
+BLOOM_BITS_PER_KEY = 10
+
+
+def _family_options() -> Options:
+    """A column family's options: a whole-key Bloom filter in every table file, so a point read
+    of a key the store does not hold (a rebuild reads the derived entry of every new contact, the
+    erased family holds almost nothing) skips the files without reading their index and data
+    blocks. Seeks (the index families' prefix scans) do not use it. Table files written before
+    have no filter until a compaction rewrites them: the format of what they hold is the same."""
+    table = BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+    options = Options(raw_mode=True)
+    options.set_block_based_table_factory(table)
     return options
 
 
@@ -154,7 +171,7 @@ class Storage:
     def _open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = Rdict(str(self.path), options=_options(), column_families={f: Options(raw_mode=True) for f in FAMILIES})
+            self._db = Rdict(str(self.path), options=_options(), column_families={f: _family_options() for f in FAMILIES})
         except Exception as err:  # rocksdict raises plain Exception on corruption and lock errors
             if "lock" in str(err).lower():
                 raise StoreLocked(f"another process holds the store at {self.path}: {err}") from err
