@@ -30,11 +30,15 @@ from contacts_streams.store.layout import (
     _U64,
     CONTACT_COUNT,
     CONTACTS,
+    CONVERSATION_METADATA,
     COUNTERS,
+    DERIVED,
+    DISMISSED,
     ERASED,
     FAMILIES,
     FORMAT,
     FORMAT_KEY,
+    JOIN_STATE,
     META,
     OFFSETS,
     TOPIC_KEY,
@@ -76,16 +80,22 @@ def _options() -> Options:
 BLOOM_BITS_PER_KEY = 10
 
 
-def _family_options() -> Options:
-    """A column family's options: a whole-key Bloom filter in every table file, so a point read
-    of a key the store does not hold (a rebuild reads the derived entry of every new contact, the
-    erased family holds almost nothing) skips the files without reading their index and data
-    blocks. Seeks (the index families' prefix scans) do not use it. Table files written before
-    have no filter until a compaction rewrites them: the format of what they hold is the same."""
-    table = BlockBasedOptions()
-    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+# The families read by key (get): the others are only ever scanned from a seek, which a
+# whole-key filter does not serve, and they hold most of the keys (search tokens, identities).
+POINT_READ = frozenset((CONTACTS, DERIVED, ERASED, COUNTERS, META, JOIN_STATE, CONVERSATION_METADATA, DISMISSED))
+
+
+def _family_options(family: str) -> Options:
+    """A column family's options. The families read by key get a whole-key Bloom filter in
+    every table file, so a read of a key the store does not hold (a rebuild reads the derived
+    entry of every new contact) skips the files without reading their index and data blocks.
+    Table files written before have none until a compaction rewrites them; what they hold and
+    how is the same, so an older store opens as it is."""
     options = Options(raw_mode=True)
-    options.set_block_based_table_factory(table)
+    if family in POINT_READ:
+        table = BlockBasedOptions()
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+        options.set_block_based_table_factory(table)
     return options
 
 
@@ -171,7 +181,7 @@ class Storage:
     def _open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = Rdict(str(self.path), options=_options(), column_families={f: _family_options() for f in FAMILIES})
+            self._db = Rdict(str(self.path), options=_options(), column_families={f: _family_options(f) for f in FAMILIES})
         except Exception as err:  # rocksdict raises plain Exception on corruption and lock errors
             if "lock" in str(err).lower():
                 raise StoreLocked(f"another process holds the store at {self.path}: {err}") from err
