@@ -31,10 +31,6 @@ from contacts_streams.store import Record, Store
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
-# While not ready nobody waits for a single record: larger write batches, fewer commits and
-# fewer of each batch's fixed costs (offsets, counter, the identities iterator). The consumer's
-# prefetch (queued.min.messages) holds this many.
-REBUILD_BATCH_SIZE = 10_000
 POLL_TIMEOUT_S = 0.05
 LAG_INTERVAL_S = 1.0
 _NO_LEADER_YET = (
@@ -245,7 +241,7 @@ class Materializer:
 
     def _poll_once(self, consumer: Consumer) -> None:
         # As soon as one record is there (a single write is applied at once), what is fetched.
-        messages = poll_batch(consumer, BATCH_SIZE if self.ready else REBUILD_BATCH_SIZE, POLL_TIMEOUT_S)
+        messages = poll_batch(consumer, BATCH_SIZE, POLL_TIMEOUT_S)
         if not messages:
             return
         records: list[Record] = []
