@@ -227,8 +227,9 @@ class ContactBatch:
         identities, tokens, name, conversations, merged = derived
         contact_id = key.decode()
         entries = {(NAMES, model.sort_key({"id": contact_id, "display_name": name})): key}
+        key_tail = SEPARATOR + key
         for kind, value in identities:
-            entries[(IDENTITIES, kind.encode() + SEPARATOR + value.encode() + SEPARATOR + key)] = b""
+            entries[(IDENTITIES, (kind + "\x00" + value).encode() + key_tail)] = b""
         tail = SEPARATOR + search_name({"display_name": name}) + SEPARATOR + key
         previous_namespace, previous = None, ""
         for namespace, token in tokens:
@@ -276,13 +277,19 @@ class ContactBatch:
                 if family == IDENTITIES:
                     changes.setdefault(entry_key[: -len(key)], {})[key] = False
                 batch.delete(entry_key, handles[family])
-        for entry, value in new_entries.items():
-            if old_entries and old_entries.get(entry) == value:
-                continue  # unchanged: no write
-            family, entry_key = entry
-            if family == IDENTITIES:
-                changes.setdefault(entry_key[: -len(key)], {})[key] = True
-            batch.put(entry_key, value, handles[family])
+        if old_entries:
+            for entry, value in new_entries.items():
+                if old_entries.get(entry) == value:
+                    continue  # unchanged: no write
+                family, entry_key = entry
+                if family == IDENTITIES:
+                    changes.setdefault(entry_key[: -len(key)], {})[key] = True
+                batch.put(entry_key, value, handles[family])
+        else:  # a new contact (every record of a cold rebuild but the repeated ones)
+            for (family, entry_key), value in new_entries.items():
+                if family == IDENTITIES:
+                    changes.setdefault(entry_key[: -len(key)], {})[key] = True
+                batch.put(entry_key, value, handles[family])
 
         if new is None:
             if old_derived is not None:
@@ -305,7 +312,8 @@ class ContactBatch:
             return
 
         assert record.value is not None  # a tombstone decodes to no contact, handled above
-        self.put(CONTACTS, key, record.value)
+        # Nothing reads the contacts family back within a batch: no pending entry for it.
+        batch.put(key, record.value, handles[CONTACTS])
         self.put(DERIVED, key, model.compact_json(new_derived).encode())
         # Most stores never saw an erase: no read of the erased family for each record then.
         if (self._store.may_hold_erased or (ERASED, key) in self._pending) and self.get(ERASED, key) is not None:

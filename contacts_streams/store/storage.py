@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch
 
 from contacts_streams.events import EventCodec
 from contacts_streams.serialization import ContactCodec
@@ -30,11 +30,15 @@ from contacts_streams.store.layout import (
     _U64,
     CONTACT_COUNT,
     CONTACTS,
+    CONVERSATION_METADATA,
     COUNTERS,
+    DERIVED,
+    DISMISSED,
     ERASED,
     FAMILIES,
     FORMAT,
     FORMAT_KEY,
+    JOIN_STATE,
     META,
     OFFSETS,
     TOPIC_KEY,
@@ -69,6 +73,29 @@ def _options() -> Options:
     # One memtable budget for all column families, or each would take 64 MB of its own.
     options.set_db_write_buffer_size(WRITE_BUFFERS_BYTES)
     options.set_max_manifest_file_size(MANIFEST_ROLL_BYTES)
+    return options
+
+
+# Bits of the Bloom filter a key: about 1% false positives.
+BLOOM_BITS_PER_KEY = 10
+
+
+# The families read by key (get): the others are only ever scanned from a seek, which a
+# whole-key filter does not serve, and they hold most of the keys (search tokens, identities).
+POINT_READ = frozenset((CONTACTS, DERIVED, ERASED, COUNTERS, META, JOIN_STATE, CONVERSATION_METADATA, DISMISSED))
+
+
+def _family_options(family: str) -> Options:
+    """A column family's options. The families read by key get a whole-key Bloom filter in
+    every table file, so a read of a key the store does not hold (a rebuild reads the derived
+    entry of every new contact) skips the files without reading their index and data blocks.
+    Table files written before have none until a compaction rewrites them; what they hold and
+    how is the same, so an older store opens as it is."""
+    options = Options(raw_mode=True)
+    if family in POINT_READ:
+        table = BlockBasedOptions()
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+        options.set_block_based_table_factory(table)
     return options
 
 
@@ -154,7 +181,7 @@ class Storage:
     def _open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = Rdict(str(self.path), options=_options(), column_families={f: Options(raw_mode=True) for f in FAMILIES})
+            self._db = Rdict(str(self.path), options=_options(), column_families={f: _family_options(f) for f in FAMILIES})
         except Exception as err:  # rocksdict raises plain Exception on corruption and lock errors
             if "lock" in str(err).lower():
                 raise StoreLocked(f"another process holds the store at {self.path}: {err}") from err
