@@ -173,6 +173,7 @@ class ContactBatch:
             current = _I64.unpack(raw)[0] if raw is not None else 0
             self.put(COUNTERS, CONTACT_COUNT, _I64.pack(current + self._count_delta))
         self._store._db.write(self._batch)
+        self._store.generation += 1
 
     def _recount(self, it, prefix: bytes, changes: dict[bytes, bool]) -> None:
         """Keep the shared family in step with the identities family for one identity: it holds

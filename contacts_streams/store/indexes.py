@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 SEARCH_SCAN = 5000
 SEARCH_COUNT = 1000
+# Search totals kept between writes (see Indexes._search_total): a popular query's first page
+# is asked again and again while it is typed and paged; a write batch forgets them all.
+SEARCH_TOTALS_KEPT = 1024
 DUPLICATES_SCAN = 1000
 MAX_GROUP = 100
 MAX_LOOKUP = 1000
@@ -68,6 +71,7 @@ class Indexes:
     def __init__(self, store: Storage, dismissed: DismissedGroups):
         self._store = store
         self._dismissed = dismissed
+        self._totals: dict[tuple[bytes, int], tuple[int, int]] = {}  # (prefix, length) -> (generation, total)
 
     def _claimants(self, family: str, key: str) -> list[str]:
         prefix = key.encode() + SEPARATOR
@@ -201,12 +205,24 @@ class Indexes:
     def _search_total(self, prefix: bytes, term_length: int) -> int:
         """The contacts among the first SEARCH_COUNT entries of a term: each contact has one
         entry whose value (the characters shared with the contact's token before it) is
-        shorter than the term, its first match."""
+        shorter than the term, its first match.
+
+        Counting reads up to SEARCH_COUNT entries (most of a start page's time at 1M): the total
+        is kept until the store's next write. The generation is read before the count, so a
+        write during it leaves a total that is never served."""
+        generation = self._store.generation
+        kept = self._totals.get((prefix, term_length))
+        if kept is not None and kept[0] == generation:
+            return kept[1]
         options = ReadOptions()
         # 0xFF never occurs in UTF-8: every key that starts with the prefix sorts before this.
         options.set_iterate_upper_bound(prefix + b"\xff")
         values = self._store._cf[SEARCH].values(from_key=prefix, read_opt=options)
-        return sum(1 for value in itertools.islice(values, SEARCH_COUNT) if value[0] < term_length)
+        total = sum(1 for value in itertools.islice(values, SEARCH_COUNT) if value[0] < term_length)
+        if len(self._totals) >= SEARCH_TOTALS_KEPT:
+            self._totals.clear()
+        self._totals[(prefix, term_length)] = (generation, total)
+        return total
 
     def duplicates(self, cursor: str | None, page_size: int) -> tuple[list[Group], str | None]:
         """A page of duplicate groups (one per shared identity) and the next page's cursor.

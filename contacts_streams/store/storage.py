@@ -158,6 +158,10 @@ class Storage:
         self.phone_region = phone_region
         self.upgraded_from: str | None = None
         self._write_lock = threading.Lock()
+        # Bumped (under the write lock) after every write of the contacts topic's families: a
+        # read that keeps something it derived from them (a search's total) serves it only while
+        # this has not moved.
+        self.generation = 0
         # compact_personal runs on a thread of its own (an erase's apply never waits for it);
         # requests that come while it runs are served by one more run.
         self._compaction = threading.Condition()
@@ -280,6 +284,7 @@ class Storage:
                     batch.delete(key, self._handle[family])
             batch.delete(TOPIC_KEY, self._handle[META])
             self._db.write(batch)
+            self.generation += 1
             self.may_hold_erased = False
 
     # --- where the materializer is in the contacts topic -----------------------------------

@@ -289,3 +289,21 @@ def test_later_search_pages_take_the_total_from_the_cursor_and_old_cursors_still
     old = base64.urlsafe_b64encode(b"s" + raw[1:-4]).decode().rstrip("=")
     page = store.search(I.query_terms("carry"), old, 2)
     assert page.total == 7 and [c["display_name"] for c in page.contacts] == ["Carry 02", "Carry 03"]
+
+
+def test_a_search_total_follows_every_write_though_it_is_kept_between_them(store):
+    # The first page's total is kept between writes (it reads up to SEARCH_COUNT entries); each
+    # write batch must make the next first page count again, deletes and renames included.
+    graces = [new(display_name=f"Grace {i}") for i in range(5)]
+    store.apply("contacts", [record(c) for c in graces])
+    terms = I.query_terms("grace")
+    assert store.search(terms, None, 2).total == 5
+    assert store.search(terms, None, 2).total == 5  # kept: the same answer
+    store.apply("contacts", [record(new(display_name="Grace Hopper"))])
+    assert store.search(terms, None, 2).total == 6
+    store.apply("contacts", [record(None, graces[0]["id"], operation="deleted")])
+    assert store.search(terms, None, 2).total == 5
+    renamed = model.apply_update(graces[1], {"display_name": "Ada"}, T0 + 1)
+    store.apply("contacts", [record(renamed)])
+    assert store.search(terms, None, 2).total == 4
+    assert store.search(I.query_terms("ada"), None, 2).total == 1
