@@ -91,13 +91,7 @@ class _Compiler(SchemaCompiler):
                 f"{i}p += {n}",
             ]
         if kind == "record":
-            if schema["name"] in self._open:
-                return [f"{i}{v}, p = {self.record(schema)}(D, p)"]
-            self.named.setdefault(schema["name"], schema)
-            self._open.add(schema["name"])
-            lines = self.fields(schema, v, i)
-            self._open.discard(schema["name"])
-            return lines
+            return self.inline_record(schema, v, i, lambda function: f"{i}{v}, p = {function}(D, p)")
         if kind in ("array", "map"):
             count, item, key = self.var(), self.var(), self.var()
             lines = [

@@ -103,6 +103,23 @@ class SchemaCompiler:
     def record_lines(self, function: str, schema: dict) -> list[str]:
         raise NotImplementedError
 
+    def fields(self, schema: dict, value: str, i: str) -> list[str]:
+        """The lines that handle a record's fields in place, `value` the record's variable."""
+        raise NotImplementedError
+
+    def inline_record(self, schema: dict, value: str, i: str, call: Callable[[str], str]) -> list[str]:
+        """A record's fields in place (no call per record: a list of events' field changes, an
+        address); a record inside itself gets its function, and `call` makes the line that
+        calls it from the function's name."""
+        name = schema["name"]
+        if name in self._open:
+            return [call(self.record(schema))]
+        self.named.setdefault(name, schema)
+        self._open.add(name)
+        lines = self.fields(schema, value, i)
+        self._open.discard(name)
+        return lines
+
     @classmethod
     def build(cls, parsed: dict, what: str, names: Callable[[Any], dict[str, Any]]) -> Any | None:
         """The generated function of the top record of a fastavro-parsed schema, its source run
@@ -189,14 +206,7 @@ class _Compiler(SchemaCompiler):
         if kind == "bytes":
             return [f"{i}if type({v}) is not bytes: raise F", f"{i}a(L(len({v})))", f"{i}a({v})"]
         if kind == "record":
-            if schema["name"] in self._open:
-                return [f"{i}{self.record(schema)}({v}, a)"]
-            # Inline (no call per record): a list of events' field changes, an address.
-            self.named.setdefault(schema["name"], schema)
-            self._open.add(schema["name"])
-            lines = self.fields(schema, v, i)
-            self._open.discard(schema["name"])
-            return lines
+            return self.inline_record(schema, v, i, lambda function: f"{i}{function}({v}, a)")
         if kind == "array":
             item = self.var()
             return [
