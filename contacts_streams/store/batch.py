@@ -278,19 +278,13 @@ class ContactBatch:
                 if family == IDENTITIES:
                     changes.setdefault(entry_key[: -len(key)], {})[key] = False
                 batch.delete(entry_key, handles[family])
-        if old_entries:
-            for entry, value in new_entries.items():
-                if old_entries.get(entry) == value:
-                    continue  # unchanged: no write
-                family, entry_key = entry
-                if family == IDENTITIES:
-                    changes.setdefault(entry_key[: -len(key)], {})[key] = True
-                batch.put(entry_key, value, handles[family])
-        else:  # a new contact (every record of a cold rebuild but the repeated ones)
-            for (family, entry_key), value in new_entries.items():
-                if family == IDENTITIES:
-                    changes.setdefault(entry_key[: -len(key)], {})[key] = True
-                batch.put(entry_key, value, handles[family])
+        for entry, value in new_entries.items():
+            if old_entries and old_entries.get(entry) == value:
+                continue  # unchanged: no write
+            family, entry_key = entry
+            if family == IDENTITIES:
+                changes.setdefault(entry_key[: -len(key)], {})[key] = True
+            batch.put(entry_key, value, handles[family])
 
         if new is None:
             if old_derived is not None:
