@@ -97,9 +97,6 @@ def read_answer(text: bytes) -> Response:
     return Response(text, status=200, mimetype="application/json")
 
 
-_with_history = reads.with_history
-
-
 @contacts_api.post("/contacts.create")
 def create():
     fields = model.validate_create(body(), ignored())
@@ -156,11 +153,11 @@ def merge():
     source_id, destination_id, dry_run = model.validate_merge_request(body(), ignored())
     if dry_run:
         preview = service().finder.merge_preview(source_id, destination_id)
-        return json_response({**preview, "destination": _with_history(preview["destination"])}, 200)
+        return json_response({**preview, "destination": reads.with_history(preview["destination"])}, 200)
     outcome = service().contacts.write(
         commands.MERGE, {"source_id": source_id, "destination_id": destination_id}, write_context()
     )
-    return written(outcome, _with_history(outcome.body))
+    return written(outcome, reads.with_history(outcome.body))
 
 
 @contacts_api.post("/contacts.unmerge")
@@ -169,7 +166,7 @@ def unmerge():
     outcome = service().contacts.write(
         commands.UNMERGE, {"destination_id": destination_id, "source_id": source_id}, write_context()
     )
-    return written(outcome, {name: _with_history(contact) for name, contact in outcome.body.items()})
+    return written(outcome, {name: reads.with_history(contact) for name, contact in outcome.body.items()})
 
 
 @contacts_api.post("/contacts.history")

@@ -107,8 +107,9 @@ class FastReads:
         length = environ.get("CONTENT_LENGTH") or "0"
         if not (length.isascii() and length.isdigit()) or int(length) > MAX_FAST_BODY_BYTES:
             return self.wsgi_app(environ, start_response)
-        data = environ["wsgi.input"].read(int(length)) if length != "0" else b""
-        answer = self._answer(read, environ, data)
+        size = int(length)
+        data = environ["wsgi.input"].read(size) if size else b""
+        answer = self._answer(read, environ, data, size)
         if answer is None:
             environ["wsgi.input"] = io.BytesIO(data)  # Flask reads the body as it came
             return self.wsgi_app(environ, start_response)
@@ -133,12 +134,13 @@ class FastReads:
 
         return keep
 
-    def _answer(self, read: Callable, environ: dict, data: bytes) -> tuple[bytes, list[str]] | None:
-        """The 200 answer's body and the ignored field paths, or None: Flask answers instead."""
+    def _answer(self, read: Callable, environ: dict, data: bytes, size: int) -> tuple[bytes, list[str]] | None:
+        """The 200 answer's body and the ignored field paths, or None: Flask answers instead.
+        `size`: the body's length as the request declared it."""
         denied, _caller = self._guard.check(_Request(environ))
         if denied or not self._service.materializer.ready:
             return None
-        if len(data) != int(environ.get("CONTENT_LENGTH") or 0):
+        if len(data) != size:
             return None  # a short body: Flask's stream decides what that is
         try:
             payload = json.loads(data) if data else {}

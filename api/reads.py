@@ -57,7 +57,7 @@ class ContactJson:
         return len(self._entries)
 
     def json(self, raw: bytes) -> bytes:
-        """The info answer's JSON (UTF-8) of the contact these stored bytes hold."""
+        """The JSON (UTF-8) of the contact these stored bytes hold, in this cache's shape."""
         text = self._entries.get(raw)
         if text is not None:
             return text
