@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import client, data, procs, raw, report
+from bench import broker_profile, client, data, procs, raw, report
 from bench.client import post
 from bench.profile import Sampler
 from contacts_dev import embedded_kafka
@@ -169,16 +169,23 @@ class Bench:
             return None
         if just_started:
             time.sleep(0.5)  # py-spy needs a running interpreter to attach to
-        return (phase, Sampler(proc.pid, self.work / "profiles" / f"{phase}.txt"))
+        broker = broker_profile.Snapshot.take(self.broker_pid) if self.broker_pid else None
+        return (phase, Sampler(proc.pid, self.work / "profiles" / f"{phase}.txt"), broker)
 
-    def unsample(self, sampler) -> None:
+    def unsample(self, sampler, operations: int | None = None, unit: str = "request") -> None:
+        """The phase's py-spy summary and, with the embedded broker, the broker's side of it
+        (requests by type and CPU by thread, per operation when the phase counts them)."""
         if sampler is None:
             return
-        phase, s = sampler
+        phase, s, broker = sampler
         summary = s.stop()
         if summary:
             self.profiles[phase] = summary
             log.info("profile %s:\n%s", phase, summary)
+        if broker is not None and operations:
+            text = broker_profile.describe(broker, broker_profile.Snapshot.take(self.broker_pid, ending=True), operations, unit)
+            self.profiles[f"broker {phase}"] = text
+            log.info("profile broker %s:\n%s", phase, text)
 
     def timed(self, port: int, requests, *, concurrency: int, expect: tuple[int, ...], total: int | None = None, on_response=None,
               time_limit: float | None = None, strict: bool = False, what: str = "") -> client.LoadResult:
@@ -339,7 +346,7 @@ class Bench:
             sampler = self.sample(f"rebuild-{tag}", svc, just_started=True)
             try:
                 seconds, applying = self.watch_rebuild(svc, port)
-                self.unsample(sampler)
+                self.unsample(sampler, total, "contact")
                 self.check_total(port, total, "after the rebuild")
             finally:
                 svc.stop()
@@ -411,7 +418,7 @@ class Bench:
         sampler = self.sample(f"import-{tag}", svc)
         result = self.timed(port, bodies, concurrency=1, expect=(201,), on_response=lambda i, s, b: ids.extend(ID.findall(b)),
                             time_limit=plan.fill_limit, strict=True)
-        self.unsample(sampler)
+        self.unsample(sampler, n, "contact")
         del bodies
         if len(ids) != n:
             raise RuntimeError(f"imported {len(ids)} of {n} contacts")
@@ -577,7 +584,7 @@ class Bench:
             cpu_before = self.cpu_now([svc])
             result = self.timed(port, requests, concurrency=concurrency, expect=expect, what=f"/contacts.{operation} c{concurrency} at {n}")
             cpu_after = self.cpu_now([svc])
-            self.unsample(sampler)
+            self.unsample(sampler, result.count, operation)
             if reference and concurrency > 1 and operation == "create":
                 # 16 clients at 15 ms each (#9's p50) is 1,067 creates/s.
                 self.add_cpu(f"cpu.create.c{concurrency}", "writes", f"CPU per create, {concurrency} clients (service, broker, load generator)",
@@ -640,7 +647,7 @@ class Bench:
                     break
                 time.sleep(0.01)
         finally:
-            self.unsample(sampler)
+            self.unsample(sampler, target, "conversation")
             svc.stop()
         start = t_ready if t_ready is not None and t_ready <= t_first else t_first
         made = target - (first_count if start == t_first else 0)
@@ -697,7 +704,8 @@ class Bench:
             elapsed = time.monotonic() - started
             cpu_after = self.cpu_now(svcs)
             for sampler in samplers:
-                self.unsample(sampler)
+                # The broker is one: its profile goes with the writer's phase.
+                self.unsample(sampler, sum(r.count for r in results) if sampler is samplers[0] else None, "create")
             acknowledged = sum(r.ok(201) for r in results)
             rate = acknowledged / elapsed
             p99 = _ms(max(r.percentile(99) for r in results))
