@@ -63,7 +63,7 @@ def test_a_store_written_without_filters_opens_as_it_is_and_reads_the_same(tmp_p
     folder = tmp_path / "store"
     first, second = records(300), records(50)
     # As the version before the filters built its families.
-    monkeypatch.setattr(storage, "_family_options", lambda _family: Options(raw_mode=True))
+    monkeypatch.setattr(storage, "_family_options", lambda _family, _cache: Options(raw_mode=True))
     old = Store(folder, CODEC, "DE")
     old.apply("contacts", first)
     tables = flushed(old)[DERIVED]
@@ -84,5 +84,24 @@ def test_a_store_written_without_filters_opens_as_it_is_and_reads_the_same(tmp_p
         for record in first + second:
             assert store.get_bytes(record.key.decode()) == record.value
         assert store.get_bytes(str(uuid.uuid4())) is None
+    finally:
+        store.close()
+
+
+def test_every_family_reads_through_one_bounded_block_cache(tmp_path, monkeypatch):
+    """The memory a store's reads keep is one cache's, however many families they touch (each
+    family had a 32 MB cache of its own, which at 1M contacts held most of the service's RSS)."""
+    monkeypatch.setattr(storage, "BLOCK_CACHE_BYTES", 256 * 1024)
+    store = Store(tmp_path / "store", CODEC, "DE")
+    try:
+        store.apply("contacts", records(3000))
+        flushed(store)  # reads now come from table files, through the cache
+        for family in (CONTACTS, DERIVED, SEARCH):
+            for _ in store._cf[family].items():
+                pass
+        usage = {family: store._cf[family].property_int_value("rocksdb.block-cache-usage") for family in (CONTACTS, DERIVED, SEARCH)}
+        # One cache: every family reports the same usage, and it stays within the bound.
+        assert len(set(usage.values())) == 1, usage
+        assert 0 < usage[CONTACTS] <= 256 * 1024 * 1.1, usage
     finally:
         store.close()
