@@ -222,3 +222,59 @@ def test_the_events_materializer_applies_nothing_before_the_contacts_store_is_re
         events.stop()
         contacts.stop()
         store.close()
+
+
+def test_each_waiter_wakes_when_its_own_record_is_in_the_store(make_config, kafka):
+    """Every write's HTTP thread waits for its record: a waiter returns once its own record is
+    applied (and can read it), one for a record never written times out, and many waiters on
+    different records all get their answer."""
+    import threading
+
+    from confluent_kafka import Producer
+
+    from contacts_streams.materializer import Materializer
+    from contacts_streams.metrics import Metrics
+    from contacts_streams.topics import ensure_topics
+
+    config = make_config(contacts_partitions=1)
+    ensure_topics(config)
+    codec = ContactCodec()
+    store = Store(Path(config.state_dir), codec)
+    materializer = Materializer(config, store, Metrics())
+    producer = Producer({"bootstrap.servers": kafka, "transactional.id": f"waiters-{uuid.uuid4()}", "linger.ms": 0})
+    producer.init_transactions()
+    try:
+        materializer.start()
+        assert materializer.wait_ready(30), materializer.status()
+        ids = [str(uuid.uuid4()) for _ in range(12)]
+        offsets: dict[str, int] = {}
+        seen: dict[str, object] = {}
+
+        def wait_then_read(contact_id: str) -> None:
+            while contact_id not in offsets:  # the offset is known once its transaction committed
+                time.sleep(0.001)
+            ok = materializer.wait_applied({0: offsets[contact_id]}, 30)
+            seen[contact_id] = store.get(contact_id) if ok else None
+
+        threads = [threading.Thread(target=wait_then_read, args=(i,), daemon=True) for i in ids]
+        for t in threads:
+            t.start()
+        for n, contact_id in enumerate(ids):
+            placed = []
+            producer.begin_transaction()
+            value = codec.encode_contact({"id": contact_id, "display_name": f"waited {n}", "created_at": "2026-11-30T10:00:00.000Z"})
+            producer.produce(config.contacts_topic, key=contact_id.encode(), value=value, headers=[("operation", b"created")],
+                             on_delivery=lambda err, msg: placed.append(msg.offset()))
+            producer.commit_transaction()
+            offsets[contact_id] = placed[0]
+        for t in threads:
+            t.join(40)
+        assert {i: (seen[i] or {}).get("display_name") for i in ids} == {i: f"waited {n}" for n, i in enumerate(ids)}
+        # Past every offset written: nothing wakes it but its deadline.
+        started = time.monotonic()
+        assert materializer.wait_applied({0: max(offsets.values()) + 10}, 0.3) is False
+        assert time.monotonic() - started >= 0.3
+    finally:
+        materializer.stop()
+        producer.flush(10)
+        store.close()
