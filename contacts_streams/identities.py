@@ -25,7 +25,6 @@ computes both itself. A change of how identities or tokens are derived bumps the
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
 
@@ -120,8 +119,8 @@ def identities_of(contact: dict, region: str | None) -> list[Identity]:
 
 def encode(identities: list[Identity], tokens: list[Token]) -> str | None:
     """The ``identities`` header's value; None when it would be too large to carry."""
-    text = model.compact_json([HEADER_VERSION, identities, tokens])
-    return text if len(text.encode("utf-8")) <= MAX_HEADER_BYTES else None
+    raw = model.json_bytes([HEADER_VERSION, identities, tokens])  # strings only: the same bytes as json.dumps
+    return raw.decode("utf-8") if len(raw) <= MAX_HEADER_BYTES else None
 
 
 def decode(text: str | None) -> tuple[list, list | None] | None:
@@ -132,7 +131,7 @@ def decode(text: str | None) -> tuple[list, list | None] | None:
     if not text:
         return None
     try:
-        found = json.loads(text)
+        found = model.json_loads(text)
         if type(found) is not list or not found:
             return None
         if found[0] == 1 and len(found) == 2 and type(found[1]) is list:

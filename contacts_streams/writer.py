@@ -498,10 +498,11 @@ class Writer(ExactlyOnceLoop):
         outcomes: list[_Outcome] = []
         pending_keys: dict[bytes, _Outcome] = {}
         encoded_contacts: list[tuple[bytes, dict]] = []
+        encoded_events: list[tuple[bytes, dict]] = []
         letters: list[Produced] = []
         changes: list[Produced] = []  # the events, one per contact record
         for msg in messages:
-            outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts, changes)
+            outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts, changes, encoded_events)
             outcomes.append(outcome)
             if outcome.refused:
                 letters.append(self.dead_letter(msg, Unprocessable("; ".join(outcome.refused))))
@@ -527,6 +528,8 @@ class Writer(ExactlyOnceLoop):
         join_positions = {p: o for (t, p), o in positions.items() if t == self._join_topic}
         for value, contact in encoded_contacts:
             self._store.remember(value, contact)
+        for value, event in encoded_events:
+            self._store.history.remember(value, event)
         if top:
             self._layers.append((contact_positions, join_positions, top))
         for outcome in outcomes:
@@ -603,6 +606,7 @@ class Writer(ExactlyOnceLoop):
         pending_keys: dict,
         encoded_contacts: list,
         changes: list,
+        encoded_events: list,
     ) -> _Outcome:
         key = msg.key()
         command_id = key.decode("utf-8", "replace") if key else None
@@ -649,6 +653,7 @@ class Writer(ExactlyOnceLoop):
             produced: list[tuple[Produced, dict | None]] = []
             kept: list[Change] = []
             happened: list[Produced] = []
+            made_events: list[tuple[bytes, dict]] = []
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
                 # Identities normalized once, here, and carried to every replica's indexes in a header.
@@ -682,6 +687,7 @@ class Writer(ExactlyOnceLoop):
                     decision = error(413, message, "source_id" if command.type == commands.MERGE else None)
                     produced, kept, happened = [], [], []
                     break
+                made_events.append((encoded, event))
                 produced.append((Produced(self._contacts_topic, change.contact_id.encode(), value, headers), change.contact))
                 happened.append(Produced(self._events_topic, change.contact_id.encode(), encoded, []))
                 kept.append(change)
@@ -714,6 +720,8 @@ class Writer(ExactlyOnceLoop):
         elif decision.conversation_metadata:
             top.metadata.update(decision.conversation_metadata)
         changes.extend(happened)
+        if happened:
+            encoded_events.extend(made_events)
         start = len(records)
         for record, contact in produced:
             records.append(record)
