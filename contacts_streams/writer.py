@@ -729,7 +729,7 @@ class Writer(ExactlyOnceLoop):
                 encoded_contacts.append((record.value, contact))
         forget: list[bytes] = []
         if decision.ok:
-            marker = json.dumps({"v": 1, "at": now}).encode()
+            marker = json.dumps({"v": 1, "at": now}).encode() if decision.dismissed else b""
             for group in decision.dismissed:
                 records.append(Produced(self._dismissed_topic, dismissed_key(group), marker, []))
             for key in decision.undismissed:
