@@ -370,6 +370,41 @@ def json_bytes(value: Any) -> bytes:
         return _COMPACT_JSON.encode(value).encode("utf-8")
 
 
+_MAX_WALK = 100_000
+
+
+def holds_float(value: Any) -> bool:
+    """Whether a JSON value holds a float anywhere (where orjson and json.dumps may differ), or a
+    value of any other type than JSON's, or more than MAX_WALK values (then too the stdlib
+    decides, which also tells a cyclic value apart)."""
+    pending = [value]
+    budget = _MAX_WALK
+    while pending:
+        budget -= 1
+        if budget < 0:
+            return True
+        item = pending.pop()
+        kind = type(item)
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list or kind is tuple:
+            pending.extend(item)
+        elif not (kind is str or kind is int or kind is bool or item is None):
+            return True
+    return False
+
+
+def exact_json_bytes(value: Any) -> bytes:
+    """``compact_json(value).encode()``, byte for byte, whatever the value: orjson when it holds
+    no float (a walk over a small value costs less than the stdlib's encode), else the stdlib."""
+    if not holds_float(value):
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass
+    return _COMPACT_JSON.encode(value).encode("utf-8")
+
+
 def json_loads(raw: bytes) -> Any:
     """``json.loads(raw)`` for the service's own formats (commands, replies, headers, store
     entries), mostly through orjson: the same value, or the same error. What orjson does not
@@ -383,7 +418,7 @@ def json_loads(raw: bytes) -> Any:
 
 
 def _metadata_size(value: dict) -> int:
-    return len(compact_json(value).encode("utf-8"))
+    return len(exact_json_bytes(value))
 
 
 def _check_metadata(value: Any, path: str, ignored: list[str] | None = None) -> dict:

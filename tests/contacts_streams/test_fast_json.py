@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contacts_streams import model
+from contacts_streams import model, serialization
 
 # Any text, lone surrogates and NUL included; keys too.
 TEXT = st.text(st.characters(codec=None, min_codepoint=0), max_size=12)
@@ -112,3 +112,38 @@ def test_loads_answers_bad_and_odd_text_as_json_loads(raw):
             model.json_loads(raw)
         return
     assert same(model.json_loads(raw), expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY)
+def test_exact_bytes_are_the_stdlib_encoders_whatever_the_value(value):
+    """Where the bytes are seen (a contact's metadata text on the contacts topic, the metadata
+    size limit): the stdlib's bytes, floats included."""
+    try:
+        expected = stdlib_bytes(value)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            model.exact_json_bytes(value)
+        return
+    assert model.exact_json_bytes(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(TEXT, ANY | st.floats(), max_size=5))
+def test_a_contacts_metadata_text_is_what_the_stdlib_wrote(metadata):
+    stdlib = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        expected = stdlib.encode(metadata)
+    except ValueError as err:  # NaN, infinities: refused the same way
+        with pytest.raises(type(err)):
+            serialization._metadata_text(metadata)
+        return
+    assert serialization._metadata_text(metadata) == expected
+
+
+def test_a_cyclic_value_is_left_to_the_stdlib():
+    cyclic: dict = {"a": "b"}
+    cyclic["self"] = cyclic
+    assert model.holds_float(cyclic)
+    with pytest.raises(ValueError, match="Circular"):
+        serialization._metadata_text(cyclic)
