@@ -101,7 +101,7 @@ def _e164_of_plus_digits(text: str) -> str | None:
     country_code, national = _pnu._extract_country_code(digits)
     if country_code == 0:
         return None
-    metadata = _pnu.PhoneMetadata.metadata_for_region_or_calling_code(
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
         country_code, _pnu.region_code_for_country_code(country_code)
     )
     if metadata is None or len(national) < _pnu._MIN_LENGTH_FOR_NSN:

@@ -405,7 +405,7 @@ def exact_json_bytes(value: Any) -> bytes:
     return _COMPACT_JSON.encode(value).encode("utf-8")
 
 
-def json_loads(raw: bytes) -> Any:
+def json_loads(raw: bytes | str) -> Any:
     """``json.loads(raw)`` for the service's own formats (commands, replies, headers, store
     entries), mostly through orjson: the same value, or the same error. What orjson does not
     read (NaN, numbers past float range, lone surrogates, bytes that are not UTF-8) is read by

@@ -25,6 +25,7 @@ import heapq
 import json
 import logging
 import time
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -214,6 +215,7 @@ class Writer(ExactlyOnceLoop):
         # Committed, not yet materialized: (contacts positions, join-state positions, changes).
         self._layers: list[tuple[dict[int, int], dict[int, int], Overlay]] = []
         self._remembered: dict[bytes, Remembered] = {}
+        self._command_counters: dict[tuple[str, int], Any] = {}
         self.takeovers = 0
         # Records an erase wrote to compacted topics, to be written again once segment.ms has
         # passed (a partition with no appends never rolls its active segment, and the cleaner
@@ -819,7 +821,11 @@ class Writer(ExactlyOnceLoop):
         self._metrics.writer_batch_seconds.observe(seconds)
         for outcome in outcomes:
             kind = outcome.command.type if outcome.command is not None else "unreadable"
-            self._metrics.commands.labels(type=kind, status=str(outcome.decision.status)).inc()
+            status = outcome.decision.status
+            counter = self._command_counters.get((kind, status))
+            if counter is None:  # labels() once a kind and status, not once a command
+                counter = self._command_counters[(kind, status)] = self._metrics.commands.labels(type=kind, status=str(status))
+            counter.inc()
             if kind == commands.AUTO_CREATE and outcome.same_as is None:
                 created = sum(1 for change in outcome.decision.changes if change.operation == "auto_created")
                 self._metrics.auto_created.inc(created)
