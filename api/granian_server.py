@@ -46,12 +46,12 @@ def _worker(worker_id, app, *args):
 
 def _load_app(_target: str):
     """Runs in the worker: the only process that opens the store and the Kafka clients."""
-    from api.__main__ import _stop_process
+    from api.__main__ import _stop_process, collect_less
     from api.app import create_app
 
     config = Config.from_env()
     logs.setup(config.log_format, config.log_level)
-    return create_app(config, on_fatal=_stop_process)
+    return collect_less(create_app(config, on_fatal=_stop_process))
 
 
 def granian_logging(level: str) -> dict:

@@ -41,7 +41,9 @@ class BadCommand(ValueError):
 
 
 def _dumps(value: Any) -> bytes:
-    return model.compact_json(value).encode("utf-8")
+    # A float in a payload (metadata, timezone) may be spelled otherwise than json.dumps would
+    # (model.json_bytes): the writer reads the same value back, nothing compares the bytes.
+    return model.json_bytes(value)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Command:
         if raw is None:
             raise BadCommand("undecodable command: no value (a tombstone)")
         try:
-            value = json.loads(raw)
+            value = model.json_loads(raw)
             if not isinstance(value, dict) or value.get("v") != VERSION:
                 raise BadCommand(f"not a version {VERSION} command")
             type_ = value["type"]
@@ -178,7 +180,7 @@ class Reply:
         if raw is None:
             raise BadCommand("undecodable reply: no value (a tombstone)")
         try:
-            value = json.loads(raw)
+            value = model.json_loads(raw)
             return cls(**_answer_of(value), dismissed=_positions(value.get("dismissed")))
         except _UNDECODABLE as err:
             raise BadCommand(f"undecodable reply: {err!r}"[:300]) from None
@@ -216,7 +218,7 @@ class Remembered:
     @classmethod
     def decode(cls, raw: bytes) -> Remembered:
         try:
-            value = json.loads(raw)
+            value = model.json_loads(raw)
             return cls(**_answer_of(value), body_hash=str(value["hash"]), at_ms=int(value["at"]))
         except _UNDECODABLE as err:
             raise BadCommand(f"undecodable idempotency entry: {err!r}"[:300]) from None

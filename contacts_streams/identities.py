@@ -25,11 +25,11 @@ computes both itself. A change of how identities or tokens are derived bumps the
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
 
 import phonenumbers
+from phonenumbers import phonenumberutil
 
 from contacts_streams import model
 
@@ -78,12 +78,61 @@ def digits(value: str) -> str:
     return _NOT_ASCII_DIGITS.sub("", value)
 
 
+# What _e164_of_plus_digits reads of phonenumbers beyond its public API (phonenumbers<10, the
+# pin in pyproject.toml; tests/contacts_streams/test_phone_fast_path.py holds it to parse).
+_pnu = phonenumberutil
+_NOT_STRIPPED = (
+    _pnu.ValidationResult.TOO_SHORT,
+    _pnu.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    _pnu.ValidationResult.INVALID_LENGTH,
+)
+_POSSIBLE = (_pnu.ValidationResult.IS_POSSIBLE, _pnu.ValidationResult.IS_POSSIBLE_LOCAL_ONLY)
+
+
+def _e164_of_plus_digits(text: str) -> str | None:
+    """``normalize_phone`` of ``+`` and ASCII digits, the spelling most numbers arrive in, with
+    the steps ``phonenumbers.parse`` takes for it and none of those it takes for any spelling
+    (finding the number in the text, extensions, Unicode digits, a PhoneNumber object, the
+    formatting): a third of its cost. None where it would take another branch (no known
+    country code, too short or too long, all zeros): parse decides those."""
+    digits = text[1:]
+    if not (3 <= len(digits) <= 20 and text[0] == "+" and digits.isdigit() and digits.isascii()):
+        return None
+    country_code, national = _pnu._extract_country_code(digits)
+    if country_code == 0:
+        return None
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        country_code, _pnu.region_code_for_country_code(country_code)
+    )
+    if metadata is None or len(national) < _pnu._MIN_LENGTH_FOR_NSN:
+        return None
+    # A national prefix after the country code goes when what remains still has a possible length.
+    _carrier, stripped, _ = _pnu._maybe_strip_national_prefix_carrier_code(national, metadata)
+    if _pnu._test_number_length(stripped, metadata) not in _NOT_STRIPPED:
+        national = stripped
+    if not _pnu._MIN_LENGTH_FOR_NSN <= len(national) <= _pnu._MAX_LENGTH_FOR_NSN or not national.strip("0"):
+        return None
+    # parse keeps leading zeros (Italian numbers) beside the integer: the national significant
+    # number is the digits as they are.
+    if _pnu._test_number_length(national, metadata) in _POSSIBLE:
+        return f"+{country_code}{national}"
+    return text  # not a possible number: its digits with the +, as below
+
+
 @functools.lru_cache(maxsize=16384)
 def normalize_phone(value: str, region: str | None) -> str:
     """E.164 when the number parses (in ``region`` when it has no country code), else its digits.
     Cached: parsing costs tens of microseconds, and a contact's number is normalized again at
     every write of the contact (its identities header) and at every upsert that looks it up."""
     text = value.strip()
+    fast = _e164_of_plus_digits(text)
+    if fast is not None:
+        return fast
+    return _parse_phone(text, region)
+
+
+def _parse_phone(text: str, region: str | None) -> str:
+    """``normalize_phone`` through ``phonenumbers.parse``, for any spelling."""
     try:
         number = phonenumbers.parse(text, (region or None) if not text.startswith("+") else None)
         if phonenumbers.is_possible_number(number):
@@ -120,8 +169,8 @@ def identities_of(contact: dict, region: str | None) -> list[Identity]:
 
 def encode(identities: list[Identity], tokens: list[Token]) -> str | None:
     """The ``identities`` header's value; None when it would be too large to carry."""
-    text = model.compact_json([HEADER_VERSION, identities, tokens])
-    return text if len(text.encode("utf-8")) <= MAX_HEADER_BYTES else None
+    raw = model.json_bytes([HEADER_VERSION, identities, tokens])  # strings only: the same bytes as json.dumps
+    return raw.decode("utf-8") if len(raw) <= MAX_HEADER_BYTES else None
 
 
 def decode(text: str | None) -> tuple[list, list | None] | None:
@@ -132,7 +181,7 @@ def decode(text: str | None) -> tuple[list, list | None] | None:
     if not text:
         return None
     try:
-        found = json.loads(text)
+        found = model.json_loads(text)
         if type(found) is not list or not found:
             return None
         if found[0] == 1 and len(found) == 2 and type(found[1]) is list:

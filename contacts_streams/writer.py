@@ -25,6 +25,7 @@ import heapq
 import json
 import logging
 import time
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -218,6 +219,7 @@ class Writer(ExactlyOnceLoop):
         # Committed, not yet materialized: (contacts positions, join-state positions, changes).
         self._layers: list[tuple[dict[int, int], dict[int, int], Overlay]] = []
         self._remembered: dict[bytes, Remembered] = {}
+        self._command_counters: dict[tuple[str, int], Any] = {}
         self.takeovers = 0
         # Records an erase wrote to compacted topics, to be written again once segment.ms has
         # passed (a partition with no appends never rolls its active segment, and the cleaner
@@ -518,10 +520,11 @@ class Writer(ExactlyOnceLoop):
         outcomes: list[_Outcome] = []
         pending_keys: dict[bytes, _Outcome] = {}
         encoded_contacts: list[tuple[bytes, dict]] = []
+        encoded_events: list[tuple[bytes, dict]] = []
         letters: list[Produced] = []
         changes: list[Produced] = []  # the events, one per contact record
         for msg in messages:
-            outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts, changes)
+            outcome = self._decide_one(msg, view, top, now, records, pending_keys, encoded_contacts, changes, encoded_events)
             outcomes.append(outcome)
             if outcome.refused:
                 letters.append(self.dead_letter(msg, Unprocessable("; ".join(outcome.refused))))
@@ -547,6 +550,8 @@ class Writer(ExactlyOnceLoop):
         join_positions = {p: o for (t, p), o in positions.items() if t == self._join_topic}
         for value, contact in encoded_contacts:
             self._store.remember(value, contact)
+        for value, event in encoded_events:
+            self._store.history.remember(value, event)
         if top:
             self._layers.append((contact_positions, join_positions, top))
         for outcome in outcomes:
@@ -623,6 +628,7 @@ class Writer(ExactlyOnceLoop):
         pending_keys: dict,
         encoded_contacts: list,
         changes: list,
+        encoded_events: list,
     ) -> _Outcome:
         key = msg.key()
         command_id = key.decode("utf-8", "replace") if key else None
@@ -669,6 +675,7 @@ class Writer(ExactlyOnceLoop):
             produced: list[tuple[Produced, dict | None]] = []
             kept: list[Change] = []
             happened: list[Produced] = []
+            made_events: list[tuple[bytes, dict]] = []
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
                 # Identities normalized once, here, and carried to every replica's indexes in a header.
@@ -702,6 +709,7 @@ class Writer(ExactlyOnceLoop):
                     decision = error(413, message, "source_id" if command.type == commands.MERGE else None)
                     produced, kept, happened = [], [], []
                     break
+                made_events.append((encoded, event))
                 produced.append((Produced(self._contacts_topic, change.contact_id.encode(), value, headers), change.contact))
                 happened.append(Produced(self._events_topic, change.contact_id.encode(), encoded, []))
                 kept.append(change)
@@ -734,6 +742,8 @@ class Writer(ExactlyOnceLoop):
         elif decision.conversation_metadata:
             top.metadata.update(decision.conversation_metadata)
         changes.extend(happened)
+        if happened:
+            encoded_events.extend(made_events)
         start = len(records)
         for record, contact in produced:
             records.append(record)
@@ -741,7 +751,7 @@ class Writer(ExactlyOnceLoop):
                 encoded_contacts.append((record.value, contact))
         forget: list[bytes] = []
         if decision.ok:
-            marker = json.dumps({"v": 1, "at": now}).encode()
+            marker = json.dumps({"v": 1, "at": now}).encode() if decision.dismissed else b""
             for group in decision.dismissed:
                 records.append(Produced(self._dismissed_topic, dismissed_key(group), marker, []))
             for key in decision.undismissed:
@@ -831,7 +841,11 @@ class Writer(ExactlyOnceLoop):
         self._metrics.writer_batch_seconds.observe(seconds)
         for outcome in outcomes:
             kind = outcome.command.type if outcome.command is not None else "unreadable"
-            self._metrics.commands.labels(type=kind, status=str(outcome.decision.status)).inc()
+            status = outcome.decision.status
+            counter = self._command_counters.get((kind, status))
+            if counter is None:  # labels() once a kind and status, not once a command
+                counter = self._command_counters[(kind, status)] = self._metrics.commands.labels(type=kind, status=str(status))
+            counter.inc()
             if kind == commands.AUTO_CREATE and outcome.same_as is None:
                 created = sum(1 for change in outcome.decision.changes if change.operation == "auto_created")
                 self._metrics.auto_created.inc(created)

@@ -9,7 +9,6 @@ them differently) never changes the result; lookups pick the claimant that is st
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 
@@ -53,23 +52,30 @@ log = logging.getLogger(__name__)
 KNOWN_LIMIT = 50_000
 
 
-class KnownContacts:
-    """Contacts this process just encoded, by their bytes: applying them needs no decode."""
+class KnownValues:
+    """Records this process just encoded, by their bytes: applying them needs no decode."""
 
-    def __init__(self, codec: ContactCodec):
-        self._codec = codec
+    def __init__(self, decode: Callable[[bytes], dict]):
+        self._decode = decode
         self._known: dict[bytes, dict] = {}
 
-    def remember(self, value: bytes, contact: dict) -> None:
+    def remember(self, value: bytes, decoded: dict) -> None:
         """Tell the store what bytes about to be published decode to (the caller keeps the
         dict unchanged); identical bytes decode identically, so apply can skip the decode."""
         if len(self._known) > KNOWN_LIMIT:  # writes that never came back (failed, timed out)
             self._known.clear()
-        self._known[value] = contact
+        self._known[value] = decoded
 
     def decode(self, value: bytes) -> dict:
         known = self._known.pop(value, None)
-        return known if known is not None else self._codec.decode_indexable(value)
+        return known if known is not None else self._decode(value)
+
+
+class KnownContacts(KnownValues):
+    """Contacts this process just encoded."""
+
+    def __init__(self, codec: ContactCodec):
+        super().__init__(codec.decode_indexable)
 
 
 def apply(
@@ -269,7 +275,7 @@ class ContactBatch:
         if new is not None and new.get("id") != contact_id:
             raise ValueError(f"record key {contact_id} does not match its contact id {new.get('id')}")
         new_derived, new_entries = self._derive(key, new, record.headers) if new is not None else (None, {})
-        old_entries = self._entries(key, json.loads(old_derived)) if old_derived is not None else {}
+        old_entries = self._entries(key, model.json_loads(old_derived)) if old_derived is not None else {}
 
         handles, batch, changes = self._store._handle, self._batch, self._identity_changes
         if old_entries:
@@ -309,7 +315,7 @@ class ContactBatch:
         assert record.value is not None  # a tombstone decodes to no contact, handled above
         # Nothing reads the contacts family back within a batch: no pending entry for it.
         batch.put(key, record.value, handles[CONTACTS])
-        self.put(DERIVED, key, model.compact_json(new_derived).encode())
+        self.put(DERIVED, key, model.json_bytes(new_derived))
         # Most stores never saw an erase: no read of the erased family for each record then.
         if (self._store.may_hold_erased or (ERASED, key) in self._pending) and self.get(ERASED, key) is not None:
             self.delete(ERASED, key)  # live again: a new contact with the id (auto-create)
