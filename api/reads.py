@@ -10,12 +10,13 @@ and the JSON encode, and a changed contact (other bytes) can never be served sta
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from api.wire import MIN_POSITION, paged_body
-from contacts_streams import model
+from contacts_streams import model, shapes
 from contacts_streams.commands import BadPosition
 from contacts_streams.service import Service
 from contacts_streams.store import Page
@@ -92,6 +93,26 @@ def wait_for_min_position(service: Service, token: str | None, timeout_s: float,
 def info(service: Service, cache: ContactJson, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
     kind, value = model.validate_info(payload, ignored)
     wait()
+    return info_json(service, cache, kind, value)
+
+
+# The body nearly every info call sends, `{"id": "<uuid>"}` (JSON whitespace allowed around
+# the tokens), matched on the bytes: what json.loads and validate_info make of it, without them.
+_WS = rb"[ \t\n\r]*"
+_INFO_BY_ID = re.compile(
+    _WS + rb'\{' + _WS + rb'"id"' + _WS + rb":" + _WS + rb'"(' + shapes.UUID_PATTERN[1:-1].encode() + rb')"' + _WS + rb"\}" + _WS + rb"\Z"
+)
+
+
+def info_id(body: bytes) -> str | None:
+    """The contact id of an info body that is exactly `{"id": "<uuid>"}`, as validate_info gives
+    it (lowercase, no ignored fields); None for any other body (validate it whole instead)."""
+    match = _INFO_BY_ID.match(body)
+    return match.group(1).decode().lower() if match is not None else None
+
+
+def info_json(service: Service, cache: ContactJson, kind: str, value: str) -> bytes:
+    """The info answer for a validated ("id" or "conversation_id", value)."""
     store = service.store
     contact_id = value if kind == "id" else store.contact_id_for_conversation(value)
     raw = store.get_bytes(contact_id) if contact_id else None
