@@ -213,7 +213,7 @@ def _histogram_samples(family: Metric, endpoint: str, values: list | None, creat
     values = values or [0] * (len(bounds) + 1)
     labels = {"endpoint": endpoint}
     acc = 0.0
-    for bound, count in zip(bounds, values):
+    for bound, count in zip(bounds, values[:-1], strict=True):
         acc += count
         family.add_sample(HTTP_LATENCY + "_bucket", {**labels, "le": floatToGoString(bound)}, acc)
     family.add_sample(HTTP_LATENCY + "_count", labels, acc)
