@@ -102,6 +102,7 @@ class FastReads:
         if content_type != _JSON and content_type.partition(";")[0].strip().lower() not in _JSON_TYPES:
             return self.wsgi_app(environ, start_response)
         origin: str | None = environ.get("HTTP_ORIGIN")
+        extra: list[tuple[str, str]] | None
         if origin is None:
             extra = self._vary
         else:

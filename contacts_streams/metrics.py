@@ -179,7 +179,7 @@ class HttpSeries:
                 requests.add_sample(HTTP_REQUESTS + "_total", labels, float(totals.series.get(key, (0,))[0]))
                 if _use_created:
                     requests.add_sample(HTTP_REQUESTS + "_created", labels, created[key])
-            else:
+            elif isinstance(key, str):
                 _histogram_samples(latency, key, totals.latency.get(key), created[key], self._bounds)
         return [requests, latency]
 
