@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Callable, Iterable
+from time import perf_counter
 from typing import Any
 
 from flask import Flask
@@ -41,6 +41,9 @@ MAX_ORIGINS = 64
 # What the fast path writes itself; any other header of Flask's answer came from its hooks.
 _OWN_HEADERS = frozenset({"content-type", "content-length", "x-contacts-ignored-fields"})
 _METHOD = "POST"
+_JSON = "application/json"
+_INFO = "/contacts.info"
+_NONE_IGNORED: list[str] = []  # never appended to: an info body by id has no other fields
 _OK = "200 OK"
 
 
@@ -74,7 +77,11 @@ class FastReads:
         items = app.extensions["contacts_page_json"]
         self._service = service
         self._guard = app.extensions["contacts_guard"]
-        self._metrics: RequestMetrics = app.extensions["contacts_request_metrics"]
+        self._guarded = self._guard.enabled
+        self._materializer = service.materializer
+        self._cache = cache
+        metrics: RequestMetrics = app.extensions["contacts_request_metrics"]
+        self._observe = metrics.observe
         self._timeout_s = config.write_timeout_ms / 1000
         # security._vary adds it to every answer once origins are configured.
         self._vary = [("Vary", "Origin")] if config.allowed_origins else []
@@ -87,39 +94,39 @@ class FastReads:
         }
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        read = self._reads.get(environ.get("PATH_INFO", ""))
-        if (
-            read is None
-            or environ.get("REQUEST_METHOD") != _METHOD
-            or "HTTP_TRANSFER_ENCODING" in environ
-            or environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() not in _JSON_TYPES
-        ):
+        path = environ.get("PATH_INFO", "")
+        read = self._reads.get(path)
+        if read is None or environ.get("REQUEST_METHOD") != _METHOD or "HTTP_TRANSFER_ENCODING" in environ:
+            return self.wsgi_app(environ, start_response)
+        content_type = environ.get("CONTENT_TYPE", "")
+        if content_type != _JSON and content_type.partition(";")[0].strip().lower() not in _JSON_TYPES:
             return self.wsgi_app(environ, start_response)
         origin: str | None = environ.get("HTTP_ORIGIN")
+        extra: list[tuple[str, str]] | None
         if origin is None:
             extra = self._vary
         else:
-            kept = self._cors.get(origin)
-            if kept is None:
+            extra = self._cors.get(origin)
+            if extra is None:
                 return self.wsgi_app(environ, self._learning(origin, start_response))
-            extra = kept
-        started = time.perf_counter()
+        started = perf_counter()
         length = environ.get("CONTENT_LENGTH") or "0"
         if not (length.isascii() and length.isdigit()) or int(length) > MAX_FAST_BODY_BYTES:
             return self.wsgi_app(environ, start_response)
         size = int(length)
         data = environ["wsgi.input"].read(size) if size else b""
-        answer = self._answer(read, environ, data, size)
+        answer = self._answer(path, read, environ, data, size)
         if answer is None:
             environ["wsgi.input"] = io.BytesIO(data)  # Flask reads the body as it came
             return self.wsgi_app(environ, start_response)
         text, ignored = answer
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(text)))]
+        headers = [("Content-Type", _JSON), ("Content-Length", str(len(text)))]
         if ignored:
             headers.append((IGNORED_FIELDS_HEADER, ignored_fields_header(ignored)))
-        headers.extend(extra)
+        if extra:
+            headers.extend(extra)
         start_response(_OK, headers)
-        self._metrics.observe(environ["PATH_INFO"], _METHOD, 200, time.perf_counter() - started)
+        self._observe(path, _METHOD, 200, perf_counter() - started)
         return [text]
 
     def _learning(self, origin: str, start_response: Callable) -> Callable:
@@ -134,21 +141,34 @@ class FastReads:
 
         return keep
 
-    def _answer(self, read: Callable, environ: dict, data: bytes, size: int) -> tuple[bytes, list[str]] | None:
+    def _answer(self, path: str, read: Callable, environ: dict, data: bytes, size: int) -> tuple[bytes, list[str]] | None:
         """The 200 answer's body and the ignored field paths, or None: Flask answers instead.
         `size`: the body's length as the request declared it."""
-        denied, _caller = self._guard.check(_Request(environ))
-        if denied or not self._service.materializer.ready:
+        if self._guarded and self._guard.check(_Request(environ))[0]:
             return None
-        if len(data) != size:
-            return None  # a short body: Flask's stream decides what that is
+        if not self._materializer.ready or len(data) != size:
+            return None  # not ready, or a short body: Flask's answer decides what that is
+        token = environ.get("HTTP_X_CONTACTS_MIN_POSITION")
+        wait = _no_wait if token is None else self._waiting(environ, token)
+        if path == _INFO:
+            contact_id = reads.info_id(data)
+            if contact_id is not None:  # the common body: no JSON parse, no validation
+                try:
+                    wait()
+                    return reads.info_json(self._service, self._cache, "id", contact_id), _NONE_IGNORED
+                except Exception:  # noqa: BLE001 - see below
+                    return None
         try:
             payload = json.loads(data) if data else {}
         except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         ignored: list[str] = []
-        token = environ.get("HTTP_X_CONTACTS_MIN_POSITION")
+        try:
+            return read(payload, ignored, wait), ignored
+        except Exception:  # noqa: BLE001 - every error is answered by the Flask app, the one place errors are shaped
+            return None
 
+    def _waiting(self, environ: dict, token: str) -> Callable[[], None]:
         def wait() -> None:
             try:
                 reads.wait_for_min_position(self._service, token, self._timeout_s)
@@ -156,7 +176,8 @@ class FastReads:
                 environ[MIN_POSITION_TIMED_OUT] = True  # Flask answers the 503 without waiting again
                 raise
 
-        try:
-            return read(payload, ignored, wait), ignored
-        except Exception:  # noqa: BLE001 - every error is answered by the Flask app, the one place errors are shaped
-            return None
+        return wait
+
+
+def _no_wait() -> None:
+    pass

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api import reads
 from api.app import create_app
 from api.reads import ContactJson
-from contacts_streams import commands
+from contacts_streams import commands, model
 from contacts_streams.config import Config
 from contacts_streams.service import Service
 
@@ -68,6 +69,19 @@ class Pair:
         assert fast.get_data() == bare.get_data(), seen
         assert _headers(fast) == _headers(bare), seen
         return fast, self.handed_on == before
+
+
+def _info_bodies(contact_id: str) -> list[bytes]:
+    """Info bodies by id in the forms clients send, which the fast path reads without json.loads."""
+    return [
+        b'{"id":"' + contact_id.encode() + b'"}',
+        b'{"id": "' + contact_id.upper().encode() + b'"}',
+        b' \r\n{\t"id" :\n "' + contact_id.encode() + b'" }\n',
+        b'{"id":"' + contact_id.encode() + b'"}\x0c',  # not JSON whitespace: Flask's 400
+        b'{"id":"' + contact_id.encode() + b'","id":"' + contact_id.encode() + b'"}',
+        b'{"id":"' + contact_id.encode() + b'" "x"}',
+        b'{"\\u0069d":"' + contact_id.encode() + b'"}',  # "id" escaped
+    ]
 
 
 def _headers(response) -> list[tuple[str, str]]:
@@ -204,6 +218,10 @@ def test_the_fast_path_answers_as_flask_does_on_an_open_api(world):
         assert (expected[0], json.dumps(expected[1])) in fast_answers, expected
     # Errors are never its own.
     assert ("/contacts.info", json.dumps({"id": 7})) not in fast_answers
+    for contact_id in (world["ada"], world["merged_away"], str(uuid.uuid4())):
+        for body in _info_bodies(contact_id):
+            answer, fast = _post(pair, "/contacts.info", body)
+            assert fast == (answer.status_code == 200), body
     assert _follow_cursors(pair, "/contacts.list", {"page_size": 2}) >= 3
     assert _follow_cursors(pair, "/contacts.search", {"query": "a", "page_size": 1}) >= 2
     # Odd lengths are Flask's to judge ("²" is a digit to str.isdigit, not to int).
@@ -323,6 +341,38 @@ def test_generated_bodies_answer_alike(world, path, body, use_known_id):
         body["id"] = world["ada"]
     pair = _generated_pair(world)
     _post(pair, path, body)
+
+
+_JSON_SPACE = st.text(" \t\n\r", max_size=2)
+_ID_TEXT = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.text("0123456789abcdefABCDEF-xg ", min_size=30, max_size=40),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    parts=st.lists(_JSON_SPACE, min_size=6, max_size=6),
+    key=st.sampled_from(['"id"', '"ID"', '"conversation_id"', '"\\u0069d"', "id"]),
+    value=_ID_TEXT,
+    tail=st.sampled_from(["", ',"x":1', '"', "\x0c", "\u00a0"]),
+)
+def test_the_info_id_shortcut_reads_what_validate_info_reads(parts, key, value, tail):
+    """reads.info_id, which spares the common info body json.loads and validation, gives an id
+    only where they give ("id", that id) with no field ignored, and for every {"id": "<uuid>"}."""
+    a, b, c, d, e, f = parts
+    body = f'{a}{{{b}{key}{c}:{d}"{value}"{e}}}{f}{tail}'.encode()
+    shortcut = reads.info_id(body)
+    try:
+        ignored: list[str] = []
+        validated = model.validate_info(json.loads(body), ignored)
+    except (ValueError, model.ValidationError):
+        validated = None
+    if shortcut is not None:
+        assert validated == ("id", shortcut) and ignored == []
+    elif validated is not None and validated[0] == "id" and ignored == [] and key == '"id"':
+        raise AssertionError(f"the shortcut missed a plain id body: {body!r}")
 
 
 _PAIRS: dict[int, Pair] = {}
