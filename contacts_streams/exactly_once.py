@@ -131,6 +131,10 @@ class ExactlyOnceLoop:
     def on_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
         pass
 
+    def before_handing_over(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions leave this member in good order (a rebalance, or the consumer's close):
+        the last moment this consumer may commit for them."""
+
     def commit(
         self,
         consumer: Consumer,
@@ -287,6 +291,7 @@ class ExactlyOnceLoop:
             self._assigned.set()
 
         def revoked(_consumer, partitions):
+            self.before_handing_over(consumer, partitions)
             self.on_revoke(partitions, lost=False)
 
         def lost(_consumer, partitions):

@@ -274,6 +274,16 @@ class Writer(ExactlyOnceLoop):
         if any(tp.topic == topics.commands_topic(self._config) for tp in partitions):
             self._takeover_needed = True
 
+    def before_handing_over(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group's offsets level with the last transaction before another member (or none)
+        holds the commands partition: a clean stop leaves no lag behind."""
+        if self._group_behind and any(tp.topic == topics.commands_topic(self._config) for tp in partitions):
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self._group_behind.items()], asynchronous=False)
+            except KafkaException as err:
+                log.info("writer: the group's offsets not committed at hand-over: %s", err)
+            self._group_behind = {}
+
     def on_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
         if any(tp.topic == topics.commands_topic(self._config) for tp in partitions):
             log.info("writer: the commands partition was %s; standing by", "lost" if lost else "revoked")
