@@ -14,17 +14,17 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import procs
+
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("BrokerRequests.java")
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def requests(pid: int) -> dict[str, tuple[int, float]]:
@@ -46,11 +46,10 @@ def threads(pid: int) -> tuple[dict[str, float], float, float]:
     user = system = 0.0
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            u, s = procs.stat_times(task / "stat")
             name = (task / "comm").read_text().strip()
         except OSError:
             continue
-        u, s = int(fields[11]) / _TICK, int(fields[12]) / _TICK
         groups[re.sub(r"\d+", "N", name)] += u + s
         user += u
         system += s

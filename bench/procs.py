@@ -39,18 +39,24 @@ def tree(root: int) -> list[int]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_times(stat: Path) -> tuple[float, float]:
+    """User and system CPU seconds of a process or a thread: fields 14 and 15 of its
+    `/proc/<pid>/stat` (or `/proc/<pid>/task/<tid>/stat`). Raises OSError once it is gone."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
 def cpu_seconds(root: int | None) -> float:
-    """User plus system CPU time of a process and its descendants (0 for None or a gone one):
-    /proc/<pid>/stat fields 14 and 15, every thread included."""
+    """User plus system CPU time of a process and its descendants (0 for None or a gone one),
+    every thread included."""
     if root is None:
         return 0.0
     total = 0.0
     for pid in tree(root):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(stat_times(Path(f"/proc/{pid}/stat")))
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / _TICK
     return total
 
 

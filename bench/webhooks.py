@@ -31,9 +31,9 @@ TARGET = 2000
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU time of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    from bench import procs
+
+    return procs.stat_times(Path(f"/proc/{pid}/stat"))
 
 
 def process_tree_cpu(pid: int) -> float:
