@@ -278,10 +278,7 @@ class Writer(ExactlyOnceLoop):
         """The group's offsets level with the last transaction before another member (or none)
         holds the commands partition: a clean stop leaves no lag behind."""
         if self._group_behind and any(tp.topic == topics.commands_topic(self._config) for tp in partitions):
-            try:
-                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self._group_behind.items()], asynchronous=False)
-            except KafkaException as err:
-                log.info("writer: the group's offsets not committed at hand-over: %s", err)
+            self._commit_group(consumer, self._group_behind, wait=True)
             self._group_behind = {}
 
     def on_revoke(self, partitions: list[TopicPartition], lost: bool) -> None:
@@ -478,15 +475,20 @@ class Writer(ExactlyOnceLoop):
             self._group_committed_at = now
 
     @staticmethod
-    def _commit_group(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
-        """The group's offsets too, outside the transaction and without waiting: lag tools read
-        them, and they are where a writer of an older version would start."""
+    def _commit_group(consumer: Consumer, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
+        """The group's offsets too, outside the transaction and without waiting (unless `wait`:
+        at a hand-over, the last chance): lag tools read them, and they are where a writer of an
+        older version would start."""
         if not offsets:
             return
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
+            if wait:
+                consumer.commit(offsets=partitions, asynchronous=False)
+            else:
+                consumer.commit(offsets=partitions, asynchronous=True)
         except KafkaException as err:
-            log.debug("writer: group offsets not committed: %s", err)
+            log.log(logging.INFO if wait else logging.DEBUG, "writer: group offsets not committed: %s", err)
 
     def committed_offsets(self, consumer: Consumer, assignment: list[TopicPartition]) -> list[TopicPartition]:
         known = [
@@ -684,8 +686,7 @@ class Writer(ExactlyOnceLoop):
             limit = self._publisher.record_limit
             produced: list[tuple[Produced, dict | None]] = []
             kept: list[Change] = []
-            happened: list[Produced] = []
-            made_events: list[tuple[bytes, dict]] = []
+            happened: list[tuple[Produced, dict]] = []  # each event record with the event it encodes
             for change in decision.changes:
                 value = self._codec.encode_contact(change.contact) if change.contact is not None else None
                 # Identities normalized once, here, and carried to every replica's indexes in a header.
@@ -719,9 +720,8 @@ class Writer(ExactlyOnceLoop):
                     decision = error(413, message, "source_id" if command.type == commands.MERGE else None)
                     produced, kept, happened = [], [], []
                     break
-                made_events.append((encoded, event))
                 produced.append((Produced(self._contacts_topic, change.contact_id.encode(), value, headers), change.contact))
-                happened.append(Produced(self._events_topic, change.contact_id.encode(), encoded, []))
+                happened.append((Produced(self._events_topic, change.contact_id.encode(), encoded, []), event))
                 kept.append(change)
             if refused:
                 # The refused contacts stay as they were, and their conversations' join state
@@ -751,9 +751,9 @@ class Writer(ExactlyOnceLoop):
             view.record(decision, top)
         elif decision.conversation_metadata:
             top.metadata.update(decision.conversation_metadata)
-        changes.extend(happened)
-        if happened:
-            encoded_events.extend(made_events)
+        for record, event in happened:
+            changes.append(record)
+            encoded_events.append((record.value, event))
         start = len(records)
         for record, contact in produced:
             records.append(record)
