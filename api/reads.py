@@ -148,12 +148,8 @@ def _page_json(page: Page) -> bytes:
     whole (compact JSON of a list is its items' compact JSON joined by commas), without decoding
     and encoding contacts whose stored bytes the cache has seen."""
     pagination = paged_body(None, page.next_cursor, page.previous_cursor, total=page.total)["pagination_data"]
-    return b'{"data":[' + b",".join(page.contacts) + b'],"pagination_data":' + _json(pagination) + b"}"
+    return b'{"data":[' + b",".join(page.contacts) + b'],"pagination_data":' + contact_json(pagination) + b"}"
 
 
 def lookup(service: Service, payload: Any, ignored: list[str]) -> bytes:
-    return _json({"data": service.finder.lookup(model.validate_lookup(payload, ignored))})
-
-
-def _json(value: Any) -> bytes:
-    return contact_json(value)
+    return contact_json({"data": service.finder.lookup(model.validate_lookup(payload, ignored))})
