@@ -230,8 +230,7 @@ class EventHistory(_TopicPart):
         """The stored keys of one contact (those older than a time only: they come first).
         `it`: an iterator of the family to seek with, so a batch makes one instead of one a
         contact (making one showed at 4% of the service's time under creates)."""
-        own = it is None
-        if own:
+        if it is None:  # its own, dropped with this frame
             it = self._store._cf[HISTORY].iter(ReadOptions())
         it.seek(prefix)
         found = []
@@ -240,8 +239,6 @@ class EventHistory(_TopicPart):
                 break
             found.append(it.key())
             it.next()
-        if own:
-            del it
         return found
 
     def apply(self, topic: str, records: Iterable[Record], on_poison: Callable[[Record, Exception], None] | None = None) -> int:
