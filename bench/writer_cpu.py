@@ -27,7 +27,6 @@ instead.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import random
 import statistics
@@ -63,10 +62,6 @@ class _Message:
 
     def topic(self) -> str:
         return "commands"
-
-
-# The same bench runs on code from before the writer handed its events to the history.
-_KNOWS_EVENTS = "encoded_events" in inspect.signature(Writer._decide_one).parameters
 
 
 class _Limits:
@@ -152,9 +147,7 @@ def decide_batch(writer: Writer, messages: list[_Message]) -> tuple[list, list]:
     events_: list = []
     outcomes = []
     for msg in messages:
-        outcome = writer._decide_one(
-            msg, view, top, now, records, pending, encoded, changes, *([events_] if _KNOWS_EVENTS else [])
-        )
+        outcome = writer._decide_one(msg, view, top, now, records, pending, encoded, changes, events_)
         assert outcome.decision.ok, outcome.decision.error
         outcomes.append(outcome)
     placed = [(r.topic, 0, n) for n, r in enumerate(records)]
