@@ -152,6 +152,7 @@ def erase():
 def merge():
     source_id, destination_id, dry_run = model.validate_merge_request(body(), ignored())
     if dry_run:
+        wait_for_min_position()
         preview = service().finder.merge_preview(source_id, destination_id)
         return json_response({**preview, "destination": reads.with_history(preview["destination"])}, 200)
     outcome = service().contacts.write(
@@ -178,12 +179,14 @@ def history():
 
 @contacts_api.post("/contacts.lookup")
 def lookup():
-    return read_answer(reads.lookup(service(), body(), ignored()))
+    return read_answer(reads.lookup(service(), body(), ignored(), wait_for_min_position))
 
 
 @contacts_api.post("/contacts.search")
 def search():
-    return read_answer(reads.search(service(), current_app.extensions["contacts_page_json"], body(), ignored()))
+    return read_answer(
+        reads.search(service(), current_app.extensions["contacts_page_json"], body(), ignored(), wait_for_min_position)
+    )
 
 
 @contacts_api.post("/contacts.duplicates")
@@ -192,6 +195,7 @@ def duplicates():
     dismissed = service().dismissed
     if not dismissed.ready:  # else groups people dismissed would be offered again
         return unavailable(f"duplicates are not available yet, retry later: {dismissed.status()}")
+    wait_for_min_position()
     groups, next_cursor = service().finder.duplicates(contact_id, cursor, page_size)
     return paged(groups, next_cursor)
 

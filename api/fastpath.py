@@ -89,8 +89,8 @@ class FastReads:
         self._reads: dict[str, Callable[[Any, list[str], Callable[[], None]], bytes]] = {
             "/contacts.info": lambda payload, ignored, wait: reads.info(service, cache, payload, ignored, wait),
             "/contacts.list": lambda payload, ignored, wait: reads.list_(service, items, payload, ignored, wait),
-            "/contacts.search": lambda payload, ignored, _wait: reads.search(service, items, payload, ignored),
-            "/contacts.lookup": lambda payload, ignored, _wait: reads.lookup(service, payload, ignored),
+            "/contacts.search": lambda payload, ignored, wait: reads.search(service, items, payload, ignored, wait),
+            "/contacts.lookup": lambda payload, ignored, wait: reads.lookup(service, payload, ignored, wait),
         }
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -138,8 +138,9 @@ def list_(service: Service, items: ContactJson, payload: Any, ignored: list[str]
     return _page_json(service.contacts.list(cursor, page_size, decode=items.json))
 
 
-def search(service: Service, items: ContactJson, payload: Any, ignored: list[str]) -> bytes:
+def search(service: Service, items: ContactJson, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
     query, cursor, page_size = model.validate_search(payload, ignored)
+    wait()
     return _page_json(service.finder.search(query, cursor, page_size, decode=items.json))
 
 
@@ -151,5 +152,7 @@ def _page_json(page: Page) -> bytes:
     return b'{"data":[' + b",".join(page.contacts) + b'],"pagination_data":' + contact_json(pagination) + b"}"
 
 
-def lookup(service: Service, payload: Any, ignored: list[str]) -> bytes:
-    return contact_json({"data": service.finder.lookup(model.validate_lookup(payload, ignored))})
+def lookup(service: Service, payload: Any, ignored: list[str], wait: Callable[[], None]) -> bytes:
+    via = model.validate_lookup(payload, ignored)
+    wait()
+    return contact_json({"data": service.finder.lookup(via)})

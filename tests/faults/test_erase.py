@@ -83,6 +83,7 @@ def test_an_erased_contact_is_gone_from_every_topic_and_store_by_complete_by(own
     def post(replica, path, body, status, **headers):
         answer = requests.post(replica.base + path, json=body, headers=headers, timeout=30)
         assert answer.status_code == status, (path, answer.status_code, answer.text[:300])
+        post.position = answer.headers.get("X-Contacts-Position")
         return answer.json() if answer.content else None
 
     # the person: created (with an Idempotency-Key), updated, a second record of them merged in
@@ -107,18 +108,21 @@ def test_an_erased_contact_is_gone_from_every_topic_and_store_by_complete_by(own
 
     erased_at = time.time()
     answer = post(second, "/contacts.erase", {"id": person}, 202)
-    assert answer["erased"] == person
+    assert answer["erased"] == person and post.position
+    # read-your-writes holds on the answering replica; another one waits for the erase's position
+    # token (DESIGN "Writes"), as a client that moves between replicas would send it
+    after_erase = {"X-Contacts-Min-Position": post.position}
     complete_by = datetime.fromisoformat(answer["complete_by"].replace("Z", "+00:00")).timestamp()
     assert erased_at < complete_by < erased_at + ERASE_WITHIN_MS / 1000 + 10, answer
 
     # gone at once, on both replicas: no id of it leads anywhere, the conversation is free
     for replica in replicas:
         for contact_id in (person, twin, auto):
-            gone = post(replica, "/contacts.info", {"id": contact_id}, 404)
+            gone = post(replica, "/contacts.info", {"id": contact_id}, 404, **after_erase)
             assert "merged_into" not in gone, gone
-        post(replica, "/contacts.info", {"conversation_id": conversation}, 404)
-        assert post(replica, "/contacts.lookup", {"via": {"phone": phone}}, 200)["data"] == []
-        assert post(replica, "/contacts.search", {"query": f"Zora{tag}"}, 200)["data"] == []
+        post(replica, "/contacts.info", {"conversation_id": conversation}, 404, **after_erase)
+        assert post(replica, "/contacts.lookup", {"via": {"phone": phone}}, 200, **after_erase)["data"] == []
+        assert post(replica, "/contacts.search", {"query": f"Zora{tag}"}, 200, **after_erase)["data"] == []
     post(first, "/contacts.erase", {"id": person}, 404)  # twice
     post(first, "/contacts.erase", {"id": twin}, 404)
     assert latest(kafka, f"{unique}-idempotency", f"anonymous\x00/contacts.create\x00{key}".encode()) is None  # auth is off
