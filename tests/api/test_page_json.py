@@ -44,3 +44,13 @@ def test_page_items_carry_no_history_default_and_info_does():
     items = reads.ContactJson(CODEC.decode_contact, shape=reads.page_item)
     assert b'"merge_history":[]' in info.json(raw)
     assert b"merge_history" not in items.json(raw)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contact=st.one_of(NEW_CONTACTS, merged_contacts()), timezone=st.one_of(st.none(), st.floats(-14, 14)), shape=st.sampled_from([reads.with_history, reads.page_item]))
+def test_a_decoded_contacts_json_is_the_stdlib_encoders_floats_anywhere_included(contact, timezone, shape):
+    if timezone is not None:  # a float where the schema allows one, on the contact or a merged one
+        target = (contact.get("merge_history") or [contact])[-1]
+        target["timezone"] = timezone
+    decoded = shape(CODEC.decode_contact(CODEC.encode_contact(contact)))
+    assert reads.decoded_contact_json(decoded) == model.compact_json(decoded).encode()
