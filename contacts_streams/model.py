@@ -99,6 +99,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 import time
 import unicodedata
@@ -415,6 +416,27 @@ def json_loads(raw: bytes | str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
+
+
+# 19 digits in a row: an integer orjson may read as a float (it does past 64 bits), or a long
+# fraction; json.loads reads such a text instead.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+# The same test for bytes at memory speed (a page of 1000 contacts: the regex took 4 ms): every
+# ASCII digit made "0", every other byte " ", then a substring search.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_NINETEEN_ZEROS = b"0" * 19
+
+
+def json_loads_exact(text: str | bytes) -> Any:
+    """``json.loads(text)``, the same value or the same error, for JSON of any origin (a stored
+    contact's metadata, an answer of the service): orjson, except for what it would read
+    otherwise (integers past 64 bits) or not at all (then ``json_loads`` hands it to the stdlib)."""
+    if isinstance(text, str):
+        if _LONG_DIGITS.search(text) is not None:
+            return json.loads(text)
+    elif _NINETEEN_ZEROS in text.translate(_DIGITS_AS_ZEROS):
+        return json.loads(text)
+    return json_loads(text)
 
 
 def _metadata_size(value: dict) -> int:

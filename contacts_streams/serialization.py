@@ -238,7 +238,8 @@ class AvroCodec:
         # The same bytes as fastavro for the records it handles (None: fastavro writes them all).
         self._fast_writer = compile_writer(self.parsed)
         # Of records written with the current schema. Measured faster than fastavro's reader for
-        # records of many small records (events: ~2x), not for flat ones (contacts: even).
+        # records of many small records (events: ~2x) and for typical contacts (10.8 against
+        # 16.9 us; even for a contact with three merged ones and nested metadata).
         self._fast_reader = compile_reader(self.parsed) if fast_reader else None
         # fingerprint -> parsed writer schema; None means "the current schema" (no resolution).
         self._writers: dict[bytes, dict | None] = {self.fingerprint: None}
@@ -493,7 +494,7 @@ def _merge_history(value: list) -> list:
 
 _FROM_RECORD: dict[str, Callable[[Any], Any]] = {
     "address": _address,
-    "metadata": json.loads,
+    "metadata": model.json_loads_exact,  # the stdlib's value, mostly by orjson
     "created_at": model.millis_to_iso,
     "updated_at": model.millis_to_iso,
     "merged_at": model.millis_to_iso,
@@ -534,7 +535,13 @@ class ContactCodec:
         if history is None:
             history = sorted((SCHEMA_DIR / "history").glob("contact-v*.avsc"))
         self.avro = AvroCodec(
-            schema, registry_url, subject, registry_client=registry_client, history=history, confirm_every=confirm_every
+            schema,
+            registry_url,
+            subject,
+            registry_client=registry_client,
+            history=history,
+            confirm_every=confirm_every,
+            fast_reader=True,  # every read of a contact (info, a page, an export, the rebuild) decodes it
         )
 
     def add_writer_schema(self, schema: Any) -> str:
@@ -571,7 +578,7 @@ def _check_convertible(record: dict) -> None:
     """Raise what record_to_contact would raise, at a fraction of its cost."""
     metadata = record.get("metadata")
     if metadata is not None:
-        json.loads(metadata)
+        model.json_loads_exact(metadata)
     for name in ("created_at", "updated_at", "merged_at"):
         ms = record.get(name)
         if ms is not None and not _MIN_MS <= ms < _MAX_MS:

@@ -91,6 +91,19 @@ EVERY_KIND = AvroCodec(
 FIELD_NAMES = [f["name"] for f in EVERY_KIND.schema["fields"]]
 
 
+def test_contacts_read_fast():
+    assert ContactCodec(subject=None).avro._fast_reader is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contact=merged_contacts())
+def test_any_contact_reads_as_fastavro_reads_it(contact):
+    codec = ContactCodec(subject=None)
+    data = codec.encode_contact(contact)
+    assert codec.avro._fast_reader(data, 10) == (fastavro_read(codec.avro, data), len(data))
+    assert codec.decode_contact(data) == contact
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=st.fixed_dictionaries({"s": st.text() | ODD}, optional={name: ODD for name in FIELD_NAMES[1:] + ["extra"]}))
 def test_odd_values_are_written_as_fastavro_writes_them_or_refused_alike(record):

@@ -147,3 +147,29 @@ def test_a_cyclic_value_is_left_to_the_stdlib():
     assert model.holds_float(cyclic)
     with pytest.raises(ValueError, match="Circular"):
         serialization._metadata_text(cyclic)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values(st.none() | st.booleans() | INTS | TEXT | st.floats()))
+def test_exact_loads_reads_any_text_as_json_loads_integers_past_64_bits_too(value):
+    """A stored contact's metadata text (any producer's): the stdlib's value, of the same types,
+    an integer past 64 bits included (json_loads would read it as a float)."""
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, separators=(",", ":"))):
+        assert same(model.json_loads_exact(text), json.loads(text))
+        try:
+            raw = text.encode("utf-8")  # an answer of the service, as received
+        except UnicodeEncodeError:
+            continue
+        assert same(model.json_loads_exact(raw), json.loads(raw))
+
+
+@pytest.mark.parametrize("text", ["", "[1,", '{"a":}', "NaNa", '"\\ud800', "1e400", '{"a":1,"a":2}', "-0", "18446744073709551616", "1.0000000000000000001"])
+def test_exact_loads_answers_bad_and_odd_text_as_json_loads(text):
+    for given_text in (text, text.encode("utf-8", "surrogatepass")):
+        try:
+            expected = json.loads(given_text)
+        except Exception as err:  # noqa: BLE001 - the very error is what is compared
+            with pytest.raises(type(err)):
+                model.json_loads_exact(given_text)
+            continue
+        assert same(model.json_loads_exact(given_text), expected)
