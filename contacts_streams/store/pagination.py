@@ -76,11 +76,10 @@ class NamePages:
             keys, ids = keys[:page_size][::-1], ids[:page_size][::-1]
             more_after = self._has_after(keys[-1] if keys else after, inclusive=not keys)
         del it
-        contacts = []
-        for contact_id in ids:
-            raw = self._store._cf[CONTACTS].get(contact_id)
-            if raw is not None:
-                contacts.append(decode(raw))
+        # One multi-get for the page: a get each was a fifth of the service's time serving 1000-contact
+        # pages (py-spy), the multi-get is 1-2%.
+        raws: list[bytes | None] = self._store._cf[CONTACTS].get(ids) if ids else []  # type: ignore[arg-type, assignment]
+        contacts = [decode(raw) for raw in raws if raw is not None]
         return Page(
             contacts=contacts,
             previous_cursor=_encode_cursor(BACKWARD, keys[0]) if keys and more_before else None,
