@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
+from contacts_streams import model
+
 DEFAULT_URL = "http://localhost:8080"
 FIRST_CONTACT_S = 10.0  # how long to retry a service that has never answered
 USER_AGENT = "contacts-cli/0.1"
@@ -93,7 +95,7 @@ class Client:
             self._conn.close()
             self._conn = None
 
-    def _once(self, path: str, data: bytes, headers: dict[str, str]) -> Answer:
+    def _once(self, path: str, data: bytes, headers: dict[str, str], raw_ok: bool = False) -> Answer:
         conn = self._connection()
         try:
             conn.request("POST", self._base + path, body=data, headers=headers)
@@ -104,14 +106,18 @@ class Client:
             raise
         if response.will_close:
             self.close()
+        if raw_ok and response.status == 200:
+            return Answer(response.status, raw, {k.lower(): v for k, v in response.getheaders()})
         try:
-            body = json.loads(raw) if raw else {}
+            body = model.json_loads_exact(raw) if raw else {}
         except ValueError:
             body = {"message": raw[:300].decode("utf-8", "replace")}
         return Answer(response.status, body, {k.lower(): v for k, v in response.getheaders()})
 
-    def post(self, path: str, body: bytes | dict | list, idempotency_key: str | None = None) -> Answer:
-        """The service's answer (any status but 503); raises ServiceError once retrying is over."""
+    def post(self, path: str, body: bytes | dict | list, idempotency_key: str | None = None, raw_ok: bool = False) -> Answer:
+        """The service's answer (any status but 503); raises ServiceError once retrying is over.
+        ``raw_ok``: a 200's body is left as the bytes received (the caller parses it when it
+        wants to); any other status's is parsed as always."""
         data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         # X-Contacts-Origin: the change events of these writes say they came from the command line.
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT, "X-Contacts-Origin": "cli"}
@@ -124,7 +130,7 @@ class Client:
         retries, delay = 0, 0.5
         while True:
             try:
-                answer = self._once(path, data, headers)
+                answer = self._once(path, data, headers, raw_ok)
             except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, dropped
                 why = _describe(err)
                 wait = delay

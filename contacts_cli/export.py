@@ -5,8 +5,9 @@ format. CSV has the columns `id`, the scalar fields, `via.email`, `via.phone` an
 `via.<key>` some contact has, `address.<field>`, then `metadata` and `conversations` as JSON
 text, `created_at` and `updated_at`; `contacts import` reads it back. An empty cell is an absent
 field (a field set to "" exports as an empty cell too). Which `via` keys occur is known only at
-the end, so the contacts go to a temporary NDJSON file beside FILE first and the CSV is written
-from it: one pass over the service, a disk's worth of room for a second copy.
+the end, so each page's rows (every cell but the `via` ones, and each contact's `via`) go to a
+temporary file beside FILE first, made while the service works on the next page, and the CSV
+is written from it: one pass over the service, a disk's worth of room for a second copy.
 
 The file appears when it is complete (written as FILE.part, then renamed). Contacts written
 while the export runs may or may not be in it.
@@ -18,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -54,6 +56,36 @@ def csv_row(contact: dict, columns: list[str]) -> list[str]:
     return row_maker(columns)(contact)
 
 
+# The CSV's columns but the via ones, in its order: a page's rows are made of these before the
+# via keys are known (SCALAR_COLUMNS first, the via columns go after them).
+FIXED_COLUMNS = [*SCALAR_COLUMNS, *ADDRESS_COLUMNS, *LAST_COLUMNS]
+
+
+def spool_page(out, contacts: list[dict], make_fixed) -> None:
+    """One page to the CSV's spool: (the fixed cells, the via) of each contact, pickled."""
+    pickle.dump([(make_fixed(contact), contact.get("via") or {}) for contact in contacts], out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def spooled_rows(spool, via_keys: list[str]):
+    """The CSV rows of the spooled pages, with these via columns."""
+    split = len(SCALAR_COLUMNS)
+    while True:
+        try:
+            page = pickle.load(spool)
+        except EOFError:
+            return
+        for fixed, via in page:
+            yield [*fixed[:split], *(_cell(via.get(key)) for key in via_keys), *fixed[split:]]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if value.__class__ is str:
+        return value
+    return json.dumps(value)  # a numeric timezone
+
+
 def row_maker(columns: list[str]):
     """contact -> its CSV cells for these columns (the columns are worked out once, not per row)."""
     plan = []
@@ -66,35 +98,61 @@ def row_maker(columns: list[str]):
         for as_json, name, key in plan:
             value = contact.get(name)
             if as_json:
-                row.append(json.dumps(value, ensure_ascii=False, separators=(",", ":")) if value else "")
+                row.append(model.exact_json_bytes(value).decode() if value else "")
                 continue
             if key is not None:
                 value = value.get(key) if value else None
-            if value is None:
-                row.append("")
-            elif value.__class__ is str:
-                row.append(value)
-            else:  # a numeric timezone
-                row.append(json.dumps(value))
+            row.append(_cell(value))
         return row
 
     return make
 
 
 def pages(client: Client, page_size: int):
-    """(contacts, total) page by page, to the list's end."""
+    """(the page's answer as received, its total) page by page, to the list's end. Only the
+    answer's small tail is read here, for the next cursor: the next page is asked for at once,
+    and the service works on it while the reading side parses this one."""
     cursor = None
     while True:
         body = {"page_size": page_size} if cursor is None else {"page_size": page_size, "cursor": cursor}
-        answer = client.post("/contacts.list", body)
+        answer = client.post("/contacts.list", body, raw_ok=True)
         if answer.status != 200:
             raise ServiceError(f"contacts.list answered {error_text(answer)}")
-        data = answer.body
-        pagination = data.get("pagination_data") or {}
-        yield data.get("data") or [], pagination.get("total")
+        pagination = _pagination(answer.body)
+        yield answer.body, pagination.get("total")
         cursor = pagination.get("next_cursor")
         if not cursor:
             return
+
+
+# A page's answer ends with its pagination object. A quote inside a JSON string is escaped, so
+# this key (closing quote and colon included) occurs in the text only as a key.
+_PAGINATION_KEY = b'"pagination_data":'
+
+
+def _pagination(raw: bytes) -> dict:
+    at = raw.rfind(_PAGINATION_KEY)
+    end = raw.rfind(b"}")
+    if at >= 0 and end > at:
+        try:
+            tail = model.json_loads_exact(raw[at + len(_PAGINATION_KEY) : end])
+            if isinstance(tail, dict):
+                return tail
+        except ValueError:
+            pass  # not the last key after all: read the whole answer
+    whole = page_of(raw)
+    return whole.get("pagination_data") or {}
+
+
+def page_of(raw: bytes) -> dict:
+    """A page's answer, parsed (a body that is not a JSON object is an error of the service's)."""
+    try:
+        data = model.json_loads_exact(raw)
+    except ValueError as err:
+        raise ServiceError(f"contacts.list answered what is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ServiceError("contacts.list answered JSON that is not an object")
+    return data
 
 
 def prefetched(generator, depth: int = 2):
@@ -146,25 +204,31 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(f"exporting to {args.file.name}", None)
     client = Client(url, service_token(args), retry_for=args.retry_for, say=progress.say)
     part = args.file.with_name(args.file.name + ".part")
-    spool = args.file.with_name(args.file.name + ".part.ndjson") if kind == "csv" else part
+    spool = args.file.with_name(args.file.name + ".part.rows") if kind == "csv" else part
     count = 0
     via_keys: set[str] = set()
+    make_fixed = row_maker(FIXED_COLUMNS)
     try:
-        with open(spool, "w", encoding="utf-8", newline="\n") as out:
-            for contacts, total in prefetched(pages(client, args.page_size)):
-                for contact in contacts:
-                    out.write(json.dumps(contact, ensure_ascii=False, separators=(",", ":")))
-                    out.write("\n")
-                    via_keys.update(contact.get("via") or ())
+        with open(spool, "wb") as out:
+            for raw, total in prefetched(pages(client, args.page_size)):
+                contacts = page_of(raw).get("data") or []
+                if kind == "csv":
+                    spool_page(out, contacts, make_fixed)
+                    for contact in contacts:
+                        via_keys.update(contact.get("via") or ())
+                else:
+                    # json.dumps(contact, ensure_ascii=False, separators=(",", ":")) byte for
+                    # byte, by orjson where that is the same
+                    out.write(b"".join(model.exact_json_bytes(contact) + b"\n" for contact in contacts))
                 count += len(contacts)
                 progress.update(count, total=max(total or 0, count) or None)
         if kind == "csv":
             columns = csv_columns(via_keys)
-            with open(spool, encoding="utf-8") as lines, open(part, "w", encoding="utf-8", newline="") as out:
+            via_order = [column[len("via.") :] for column in columns if column.startswith("via.")]
+            with open(spool, "rb") as rows, open(part, "w", encoding="utf-8", newline="") as out:
                 writer = csv.writer(out, delimiter=args.delimiter)
                 writer.writerow(columns)
-                make = row_maker(columns)
-                writer.writerows(make(json.loads(line)) for line in lines)
+                writer.writerows(spooled_rows(rows, via_order))
             spool.unlink()
         os.replace(part, args.file)
     except ServiceError as err:
