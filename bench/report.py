@@ -136,6 +136,7 @@ SECTIONS = [
     ("list", "/contacts.list, page of 20 at the start, middle and end"),
     ("find", "Finding people: lookup, search along the matches of a common name, duplicate groups"),
     ("import", "/contacts.import, batches of 1k"),
+    ("export", "`contacts export`: every contact to a file, the whole command (#12)"),
     ("auto_create", "Auto-create from a pre-filled messages topic"),
     ("replicas", "Three replicas, one writer: the writer's ceiling and failover after kill -9"),
     ("restart", "Restart and rebuild"),

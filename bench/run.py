@@ -23,6 +23,8 @@ import signal
 import threading
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -68,7 +70,8 @@ class Plan:
     profile: bool = False
 
 
-SECTIONS = ("writes", "info", "list", "find", "restart", "servers", "rebuild", "auto_create", "replicas")
+SECTIONS = ("writes", "info", "list", "export", "find", "restart", "servers", "rebuild", "auto_create", "replicas")
+EXPORT_TARGET = 20_000  # rows/s of `contacts export` at 1M contacts (#12)
 SEARCH_QUERY = "grace"  # a first name of bench.data: about 1 contact in 20 has it
 
 PRESETS = {
@@ -300,6 +303,8 @@ class Bench:
                 self.info(n, port, ids, self.reference, svc)
             if "list" in plan.sections:
                 self.listing(n, port)
+            if "export" in plan.sections:
+                self.export(n, port, svc)
             if "find" in plan.sections:
                 self.find(n, port, ids)
             if "writes" in plan.sections:
@@ -501,6 +506,33 @@ class Bench:
             self.add(f"list.{name}.p99", "list", f"page of 20 {'at the' if name != 'middle' else 'in the'} {name}, p99", n, p99, "ms",
                      "page at the start, p99" if name != "start" else "HTTP round trip p99, one client",
                      _ms(start.percentile(99)) if name != "start" else ceiling["single_p99"], "ms")
+
+    def export(self, n: int, port: int, svc: procs.Proc) -> None:
+        """`contacts export` to CSV and to NDJSON as a person runs it (a subprocess, its start
+        included), against the same walk through 1000-contact pages by the bench's own client."""
+        started = time.monotonic()
+        _cursors, walked = _walk(port, "/contacts.list", {}, 1000, started + self.plan.fill_limit)
+        walk_rate = walked / (time.monotonic() - started)
+        for kind in ("csv", "ndjson"):
+            out = self.work / f"export-n{n}.{kind}"
+            command = [sys.executable, "-m", "contacts_cli", "export", str(out), "--url", f"http://127.0.0.1:{port}"]
+            sampler = self.sample(f"export-{kind}-n{n}", svc)
+            started = time.monotonic()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.plan.fill_limit,
+                                  env={**os.environ, "CONTACTS_RUN_DIR": "/nonexistent"})
+            seconds = time.monotonic() - started
+            found = re.search(r"exported ([\d,]+) contacts", done.stdout)
+            if done.returncode != 0 or found is None:
+                raise RuntimeError(f"contacts export answered {done.returncode}: {done.stdout[-300:]} {done.stderr[-300:]}")
+            count = int(found.group(1).replace(",", ""))
+            self.unsample(sampler, count, "contact")
+            out.unlink(missing_ok=True)
+            rate = count / seconds
+            at_scale = n >= 1_000_000  # at 10k the command's own start is a tenth of it
+            self.add(f"export.{kind}", "export", f"`contacts export` to {kind.upper()}, whole command", n, rate, "rows/s",
+                     "the same walk through 1000-contact pages by the bench's client", walk_rate, "rows/s",
+                     target=f"> {EXPORT_TARGET:,} rows/s (#12)" if at_scale else None, passed=rate > EXPORT_TARGET if at_scale else None,
+                     note=f"{count:,} contacts in {seconds:.1f} s")
 
     def find(self, n: int, port: int, ids: list[bytes]) -> None:
         """Finding people at one client: lookup by e-mail beside /contacts.info by id (the same

@@ -33,6 +33,7 @@ EXPECTED = {
     "info.gunicorn.rps",
     "info.gunicorn.p99",
     "list.start.p50", "list.start.p99", "list.middle.p50", "list.middle.p99", "list.end.p50", "list.end.p99",
+    "export.csv", "export.ndjson",
     "find.lookup.p50", "find.lookup.p99", "find.search.start.p50", "find.search.middle.p50", "find.search.end.p50",
     "find.duplicates.start.p50", "find.duplicates.next.p50",
     *{f"write.{op}.c{c}.p{q}" for op in ("create", "update") for c in (1, 16) for q in (50, 99)},
