@@ -28,22 +28,41 @@ def test_this_process_threads_are_read_from_proc():
     assert groups and user + system > 0
 
 
-def _local_kafka_jvms() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on this TCP port (/proc/net/tcp and tcp6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            if entry.isdigit() and b"kafka.Kafka" in open(f"/proc/{entry}/cmdline", "rb").read():
-                pids.append(int(entry))
+            lines = open(table).read().splitlines()[1:]
         except OSError:
             continue
-    return pids
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _kafka_jvm_on(port: int) -> int | None:
+    """The local broker JVM listening on the port: the session's own broker, not one that
+    another test (or another run on the machine) started meanwhile."""
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or b"kafka.Kafka" not in open(f"/proc/{entry}/cmdline", "rb").read():
+                continue
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{entry}/fd")):
+                return int(entry)
+        except OSError:
+            continue
+    return None
 
 
 @pytest.mark.broker
 def test_a_running_broker_tells_its_requests_by_type(kafka):
-    pids = _local_kafka_jvms()
-    if not pids:
+    pid = _kafka_jvm_on(int(kafka.rsplit(":", 1)[1]))
+    if pid is None:
         pytest.skip("the session's broker is not a local JVM (KAFKA_BROKERS or a container)")
-    counts = broker_profile.requests(pids[0])
+    counts = broker_profile.requests(pid)
     # Every client starts with these; the session's own broker has answered some by now.
     assert counts.get("ApiVersions", (0, 0))[0] > 0 and counts.get("Metadata", (0, 0))[0] > 0
