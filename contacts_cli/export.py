@@ -5,9 +5,10 @@ format. CSV has the columns `id`, the scalar fields, `via.email`, `via.phone` an
 `via.<key>` some contact has, `address.<field>`, then `metadata` and `conversations` as JSON
 text, `created_at` and `updated_at`; `contacts import` reads it back. An empty cell is an absent
 field (a field set to "" exports as an empty cell too). Which `via` keys occur is known only at
-the end, so each page's rows (every cell but the `via` ones, and each contact's `via`) go to a
-temporary file beside FILE first, made while the service works on the next page, and the CSV
-is written from it: one pass over the service, a disk's worth of room for a second copy.
+the end: while every contact's are `email` and `phone` (every CSV has those columns) the rows
+go straight to the file; from the first page with another key on, rows are kept in a temporary
+file beside FILE and the CSV is written whole at the end (``CsvOut``): one pass over the
+service, a disk's worth of room for a second copy then.
 
 The file appears when it is complete (written as FILE.part, then renamed). Contacts written
 while the export runs may or may not be in it.
@@ -76,6 +77,74 @@ def spooled_rows(spool, via_keys: list[str]):
             return
         for fixed, via in page:
             yield [*fixed[:split], *(_cell(via.get(key)) for key in via_keys), *fixed[split:]]
+
+
+class CsvOut:
+    """An export's CSV. While every `via` key is `email` or `phone` (the columns every CSV has),
+    rows go straight to the file as pages arrive: no second pass. From the first page with
+    another key on, pages are spooled (``spool_page``), and ``finish`` writes the file whole:
+    the rows written before, widened by empty cells (no contact before had those keys), then
+    the spooled ones."""
+
+    def __init__(self, file: Path, delimiter: str):
+        self.delimiter = delimiter
+        self.direct_path = file.with_name(file.name + ".part")
+        self.spool_path = file.with_name(file.name + ".part.rows")
+        self.whole_path = file.with_name(file.name + ".part.whole")
+        self._direct = open(self.direct_path, "w", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._direct, delimiter=delimiter)
+        self._writer.writerow(csv_columns(()))
+        self._make = row_maker(csv_columns(()))
+        self._make_fixed = row_maker(FIXED_COLUMNS)
+        self._spool = None
+        self.via_keys: set[str] = set()
+
+    def page(self, contacts: list[dict]) -> None:
+        if self._spool is None:
+            keys = set()
+            for contact in contacts:
+                keys.update(contact.get("via") or ())
+            if keys <= _FIRST_VIA_KEYS:
+                self._writer.writerows(self._make(contact) for contact in contacts)
+                return
+            self._spool = open(self.spool_path, "wb")
+        spool_page(self._spool, contacts, self._make_fixed)
+        for contact in contacts:
+            self.via_keys.update(contact.get("via") or ())
+
+    def finish(self) -> Path:
+        """The complete file (still under a temporary name)."""
+        self._direct.close()
+        if self._spool is None:
+            return self.direct_path
+        self._spool.close()
+        columns = csv_columns(self.via_keys)
+        via_order = [column[len("via.") :] for column in columns if column.startswith("via.")]
+        after = len(SCALAR_COLUMNS) + len(FIRST_VIA)  # where the other via columns go
+        gap = [""] * (len(via_order) - len(FIRST_VIA))
+        with (
+            open(self.direct_path, encoding="utf-8", newline="") as direct,
+            open(self.spool_path, "rb") as spooled,
+            open(self.whole_path, "w", encoding="utf-8", newline="") as out,
+        ):
+            rows = csv.reader(direct, delimiter=self.delimiter)
+            next(rows)  # the header without the other via columns
+            writer = csv.writer(out, delimiter=self.delimiter)
+            writer.writerow(columns)
+            writer.writerows([*row[:after], *gap, *row[after:]] for row in rows)
+            writer.writerows(spooled_rows(spooled, via_order))
+        return self.whole_path
+
+    def close(self) -> None:
+        self._direct.close()
+        if self._spool is not None:
+            self._spool.close()
+
+    def leftovers(self) -> list[Path]:
+        return [self.direct_path, self.spool_path, self.whole_path]
+
+
+_FIRST_VIA_KEYS = frozenset(FIRST_VIA)
 
 
 def _cell(value) -> str:
@@ -204,33 +273,23 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(f"exporting to {args.file.name}", None)
     client = Client(url, service_token(args), retry_for=args.retry_for, say=progress.say)
     part = args.file.with_name(args.file.name + ".part")
-    spool = args.file.with_name(args.file.name + ".part.rows") if kind == "csv" else part
+    out = None
     count = 0
-    via_keys: set[str] = set()
-    make_fixed = row_maker(FIXED_COLUMNS)
     try:
-        with open(spool, "wb") as out:
-            for raw, total in prefetched(pages(client, args.page_size)):
-                contacts = page_of(raw).get("data") or []
-                if kind == "csv":
-                    spool_page(out, contacts, make_fixed)
-                    for contact in contacts:
-                        via_keys.update(contact.get("via") or ())
-                else:
-                    # json.dumps(contact, ensure_ascii=False, separators=(",", ":")) byte for
-                    # byte, by orjson where that is the same
-                    out.write(b"".join(model.exact_json_bytes(contact) + b"\n" for contact in contacts))
-                count += len(contacts)
-                progress.update(count, total=max(total or 0, count) or None)
-        if kind == "csv":
-            columns = csv_columns(via_keys)
-            via_order = [column[len("via.") :] for column in columns if column.startswith("via.")]
-            with open(spool, "rb") as rows, open(part, "w", encoding="utf-8", newline="") as out:
-                writer = csv.writer(out, delimiter=args.delimiter)
-                writer.writerow(columns)
-                writer.writerows(spooled_rows(rows, via_order))
-            spool.unlink()
-        os.replace(part, args.file)
+        csv_out = CsvOut(args.file, args.delimiter) if kind == "csv" else None
+        out = csv_out or open(part, "wb")
+        for raw, total in prefetched(pages(client, args.page_size)):
+            contacts = page_of(raw).get("data") or []
+            if csv_out is not None:
+                csv_out.page(contacts)
+            else:
+                # json.dumps(contact, ensure_ascii=False, separators=(",", ":")) byte for byte,
+                # by orjson where that is the same
+                out.write(b"".join(model.exact_json_bytes(contact) + b"\n" for contact in contacts))
+            count += len(contacts)
+            progress.update(count, total=max(total or 0, count) or None)
+        out.close()
+        os.replace(csv_out.finish() if csv_out is not None else part, args.file)
     except ServiceError as err:
         progress.close()
         print(f"contacts export: {err.message}; nothing written to {args.file}", file=sys.stderr)
@@ -246,7 +305,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         client.close()
-        for leftover in {part, spool}:
+        if out is not None:
+            out.close()
+        for leftover in [part, *(out.leftovers() if isinstance(out, CsvOut) else [])]:
             if leftover.exists():
                 leftover.unlink()
     seconds = time.monotonic() - started

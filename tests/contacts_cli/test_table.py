@@ -256,3 +256,39 @@ def test_an_exported_row_maps_back_to_the_same_contact():
     row = export.csv_row(contact, columns)
     back = row_payload(map_columns(columns), row)
     assert back == {k: v for k, v in contact.items() if k not in ("id", "created_at", "updated_at")}
+
+
+VIA_KEYS = st.sampled_from(["email", "phone", "telegram", "line", "a,b", "zz"])
+EXPORTED = st.fixed_dictionaries(
+    {"id": st.uuids().map(str)},
+    optional={
+        "display_name": st.text(max_size=12),
+        "timezone": st.one_of(st.text(max_size=6), st.integers(-50_000, 50_000), st.floats(-14, 14)),
+        "via": st.dictionaries(VIA_KEYS, st.text(max_size=10), max_size=4),
+        "address": st.fixed_dictionaries({}, optional={"city": st.text(max_size=8), "country": st.text(max_size=3)}),
+        "metadata": st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pages=st.lists(st.lists(EXPORTED, max_size=4), max_size=5), delimiter=st.sampled_from([",", ";"]))
+def test_an_exports_csv_is_every_row_under_the_final_columns_whenever_a_new_via_key_turns_up(tmp_path_factory, pages, delimiter):
+    """Rows written straight to the file before a page brought another via key end up with
+    empty cells in its column, exactly as if every row had been made with the final columns."""
+    file = tmp_path_factory.mktemp("export") / "out.csv"
+    out = export.CsvOut(file, delimiter)
+    for page in pages:
+        out.page(page)
+    whole = out.finish()
+    contacts = [contact for page in pages for contact in page]
+    columns = export.csv_columns({key for contact in contacts for key in contact.get("via") or ()})
+    expected = io.StringIO()
+    writer = csv.writer(expected, delimiter=delimiter)
+    writer.writerow(columns)
+    writer.writerows(export.csv_row(contact, columns) for contact in contacts)
+    assert whole.read_bytes().decode("utf-8") == expected.getvalue()
+    for path in out.leftovers():
+        if path != whole:
+            path.unlink(missing_ok=True)
+    whole.unlink()
