@@ -39,7 +39,9 @@ def test_every_new_conversation_gets_exactly_one_contact(airy, start_service):
         assert contact["display_name"] == model.default_display_name(conversation_id, source)
     created = [cid for cid, op in airy.contact_records() if op == "auto_created"]
     assert sorted(created) == sorted(model.contact_id_for_conversation(c) for c, _ in convs)
-    assert "contacts_auto_created_total 40.0" in _metrics(service)
+    # the writer counts its batch after the commit the store applied: wait for the count, then
+    # for no more than the 40
+    wait_for(lambda: "contacts_auto_created_total 40.0" in _metrics(service), what="40 auto-creations counted")
 
 
 def _metrics(service) -> str:
