@@ -39,10 +39,23 @@ def write_people(path: Path, rows: int) -> None:
             writer.writerow([f"Person {i:07d}", f"person.{i}@example.org", f"+44 20 7946 {i % 10000:04d}", rng.choice(companies), "London", rng.choice(["free", "pro"])])
 
 
-def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def contacts_command() -> list[str]:
+    """The `contacts` command as installed beside this Python (else the module)."""
+    contacts = Path(sys.executable).with_name("contacts")
+    return [str(contacts)] if contacts.exists() else [sys.executable, "-m", "contacts_cli"]
+
+
+def timed(command: list[str], timeout: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """(seconds, the run) of the command as a person runs it, not finding a `make run` of its own."""
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CONTACTS_RUN_DIR": "/nonexistent"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "CONTACTS_RUN_DIR": "/nonexistent"})
     return time.monotonic() - started, done
+
+
+def exported(done: subprocess.CompletedProcess) -> int | None:
+    """How many contacts `contacts export` says it wrote (None: it failed or said nothing)."""
+    found = re.search(r"exported ([\d,]+) contacts", done.stdout)
+    return int(found.group(1).replace(",", "")) if done.returncode == 0 and found is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running, empty service [default: start a broker and one]")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
-    contacts = Path(sys.executable).with_name("contacts")
-    command = [str(contacts)] if contacts.exists() else [sys.executable, "-m", "contacts_cli"]
+    command = contacts_command()
     work = Path(tempfile.mkdtemp(prefix="contacts-bench-cli-"))
     broker = service = None
     try:
@@ -92,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print(done.stdout.strip())
         for kind in ("csv", "ndjson"):
             seconds, done = timed(command + ["export", str(work / f"all.{kind}"), "--url", url])
-            if done.returncode != 0:
+            count = exported(done)
+            if count is None:
                 print(done.stdout, done.stderr, file=sys.stderr)
                 return 1
-            count = int(re.search(r"exported ([\d,]+)", done.stdout).group(1).replace(",", ""))
             figures[f"export.{kind}"] = count / seconds
             print(done.stdout.strip())
         for name, rate in figures.items():
