@@ -1,7 +1,9 @@
-"""What several test folders share: the seed page's sample payloads and a service config of a
-test's own (tests/ is on sys.path through its conftest)."""
+"""What several test folders share: the seed page's sample payloads, a service config of a
+test's own and the sockets listening on a port (tests/ is on sys.path through its conftest)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from contacts_streams.config import Config
 
@@ -61,3 +63,19 @@ def post(client, path: str, body, status: int):
     response = client.post(path, json=body)
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
     return response.get_json() if response.data else None
+
+
+def listening(port: int) -> list[tuple[str, str]]:
+    """(local address in /proc's hex, socket inode) of every TCP socket listening on the port."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:  # no IPv6 on the machine
+            continue
+        for line in lines:
+            fields = line.split()
+            address, local_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
+                found.append((address, fields[9]))
+    return found

@@ -4,6 +4,7 @@ test's real broker)."""
 import os
 
 import pytest
+from support import listening
 
 from bench import broker_profile
 from bench.broker_profile import Snapshot
@@ -28,25 +29,10 @@ def test_this_process_threads_are_read_from_proc():
     assert groups and user + system > 0
 
 
-def _listening_inodes(port: int) -> set[str]:
-    """The socket inodes listening on this TCP port (/proc/net/tcp and tcp6)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = open(table).read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
-                inodes.add(fields[9])
-    return inodes
-
-
 def _kafka_jvm_on(port: int) -> int | None:
     """The local broker JVM listening on the port: the session's own broker, not one that
     another test (or another run on the machine) started meanwhile."""
-    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    sockets = {f"socket:[{inode}]" for _address, inode in listening(port)}
     for entry in os.listdir("/proc"):
         try:
             if not entry.isdigit() or b"kafka.Kafka" not in open(f"/proc/{entry}/cmdline", "rb").read():

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import listening
+
 from contacts_dev import schema_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +35,5 @@ def test_two_first_runs_at_once_build_one_binary(tmp_path):
 
 
 def test_the_registry_listens_on_loopback_only(private_registry):
-    listening = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        address, port = local.rsplit(":", 1)
-        if state == "0A" and int(port, 16) == private_registry.port:  # LISTEN
-            listening.append(address)
-    assert listening == ["0100007F"]  # 127.0.0.1, nothing on 0.0.0.0 or ::
+    addresses = [address for address, _inode in listening(private_registry.port)]
+    assert addresses == ["0100007F"]  # 127.0.0.1, nothing on 0.0.0.0 or ::
