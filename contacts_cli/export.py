@@ -100,17 +100,16 @@ class CsvOut:
         self.via_keys: set[str] = set()
 
     def page(self, contacts: list[dict]) -> None:
+        keys: set[str] = set()
+        for contact in contacts:
+            keys.update(contact.get("via") or ())
         if self._spool is None:
-            keys = set()
-            for contact in contacts:
-                keys.update(contact.get("via") or ())
             if keys <= _FIRST_VIA_KEYS:
                 self._writer.writerows(self._make(contact) for contact in contacts)
                 return
             self._spool = open(self.spool_path, "wb")
         spool_page(self._spool, contacts, self._make_fixed)
-        for contact in contacts:
-            self.via_keys.update(contact.get("via") or ())
+        self.via_keys |= keys
 
     def finish(self) -> Path:
         """The complete file (still under a temporary name)."""
@@ -145,6 +144,29 @@ class CsvOut:
 
 
 _FIRST_VIA_KEYS = frozenset(FIRST_VIA)
+
+
+class NdjsonOut:
+    """An export's NDJSON, written as pages arrive; the same calls as ``CsvOut``."""
+
+    def __init__(self, file: Path):
+        self.path = file.with_name(file.name + ".part")
+        self._out = open(self.path, "wb")
+
+    def page(self, contacts: list[dict]) -> None:
+        # json.dumps(contact, ensure_ascii=False, separators=(",", ":")) byte for byte, by
+        # orjson where that is the same
+        self._out.write(b"".join(model.exact_json_bytes(contact) + b"\n" for contact in contacts))
+
+    def finish(self) -> Path:
+        self._out.close()
+        return self.path
+
+    def close(self) -> None:
+        self._out.close()
+
+    def leftovers(self) -> list[Path]:
+        return [self.path]
 
 
 def _cell(value) -> str:
@@ -272,24 +294,16 @@ def run(args: argparse.Namespace) -> int:
     url = service_url(args)
     progress = Progress(f"exporting to {args.file.name}", None)
     client = Client(url, service_token(args), retry_for=args.retry_for, say=progress.say)
-    part = args.file.with_name(args.file.name + ".part")
-    out = None
+    out: CsvOut | NdjsonOut | None = None
     count = 0
     try:
-        csv_out = CsvOut(args.file, args.delimiter) if kind == "csv" else None
-        out = csv_out or open(part, "wb")
+        out = CsvOut(args.file, args.delimiter) if kind == "csv" else NdjsonOut(args.file)
         for raw, total in prefetched(pages(client, args.page_size)):
             contacts = page_of(raw).get("data") or []
-            if csv_out is not None:
-                csv_out.page(contacts)
-            else:
-                # json.dumps(contact, ensure_ascii=False, separators=(",", ":")) byte for byte,
-                # by orjson where that is the same
-                out.write(b"".join(model.exact_json_bytes(contact) + b"\n" for contact in contacts))
+            out.page(contacts)
             count += len(contacts)
             progress.update(count, total=max(total or 0, count) or None)
-        out.close()
-        os.replace(csv_out.finish() if csv_out is not None else part, args.file)
+        os.replace(out.finish(), args.file)
     except ServiceError as err:
         progress.close()
         print(f"contacts export: {err.message}; nothing written to {args.file}", file=sys.stderr)
@@ -307,9 +321,9 @@ def run(args: argparse.Namespace) -> int:
         client.close()
         if out is not None:
             out.close()
-        for leftover in [part, *(out.leftovers() if isinstance(out, CsvOut) else [])]:
-            if leftover.exists():
-                leftover.unlink()
+            for leftover in out.leftovers():
+                if leftover.exists():
+                    leftover.unlink()
     seconds = time.monotonic() - started
     print(f"{args.file}: exported {count:,} contacts in {seconds:.1f}s ({count / seconds if seconds else 0:,.0f} rows/s) from {url}")
     return 0
