@@ -15,6 +15,8 @@ from api.wire import (
     MIN_POSITION,
     ORIGIN_HEADER,
     POSITION,
+    PREFER,
+    PREFERENCE_APPLIED,
     body,
     config,
     ignored,
@@ -22,6 +24,7 @@ from api.wire import (
     message,
     name_ignored,
     paged,
+    prefers_minimal,
     service,
     unavailable,
 )
@@ -111,10 +114,18 @@ def import_():
     payload: dict = {"contacts": [{"id": model.random_uuid(), "fields": fields} for fields in payloads]}
     if upsert_by:
         payload["upsert_by"] = upsert_by
-    outcome = service().contacts.write(commands.IMPORT, payload, write_context(commands.ORIGIN_IMPORT))
+    # "Prefer: return=minimal" (the contacts command sends it): the counts and ids only. Reading
+    # back and encoding every contact of a batch was a sixth of an import's time in the service.
+    minimal = prefers_minimal(request.headers.get(PREFER))
+    outcome = service().contacts.write(commands.IMPORT, payload, write_context(commands.ORIGIN_IMPORT), with_body=not minimal)
+    counts = {"created": len(payloads) - outcome.updated, "updated": outcome.updated}
+    if minimal:
+        response = written(outcome, {**counts, "ids": list(outcome.ids)})
+        response.headers[PREFERENCE_APPLIED] = "return=minimal"
+        return response
     answer: dict = {"data": outcome.body}
     if isinstance(g.body, dict):  # the object form; the array form keeps the platform's shape
-        answer.update(created=len(payloads) - outcome.updated, updated=outcome.updated)
+        answer.update(counts)
     return written(outcome, answer)
 
 

@@ -19,6 +19,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 POSITION, MIN_POSITION, IDEMPOTENCY_KEY = "X-Contacts-Position", "X-Contacts-Min-Position", "Idempotency-Key"
 # How a write came (the events' origin): the contacts command says "cli"; nothing else is taken.
 ORIGIN_HEADER = "X-Contacts-Origin"
+# RFC 7240: "Prefer: return=minimal" asks for an answer without the written resources.
+PREFER, PREFERENCE_APPLIED = "Prefer", "Preference-Applied"
 RETRY_AFTER_S = 2
 IGNORED_FIELDS_HEADER = "X-Contacts-Ignored-Fields"
 MAX_IGNORED_HEADER_LENGTH = 1024
@@ -108,3 +110,14 @@ def ignored_fields_header(paths: list[str]) -> str:
         out.append(encoded)
         length += len(encoded) + 1
     return ",".join(out)
+
+
+def prefers_minimal(value: str | None) -> bool:
+    """Whether a Prefer header (RFC 7240) holds ``return=minimal``: preferences are separated by
+    commas, a preference's parameters by semicolons, names are case-insensitive and a value may
+    be quoted."""
+    for preference in (value or "").split(","):
+        name, _, rest = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "return" and rest.strip().strip('"').lower() == "minimal":
+            return True
+    return False

@@ -114,10 +114,14 @@ class Client:
             body = {"message": raw[:300].decode("utf-8", "replace")}
         return Answer(response.status, body, {k.lower(): v for k, v in response.getheaders()})
 
-    def post(self, path: str, body: bytes | dict | list, idempotency_key: str | None = None, raw_ok: bool = False) -> Answer:
+    def post(
+        self, path: str, body: bytes | dict | list, idempotency_key: str | None = None, raw_ok: bool = False, minimal: bool = False
+    ) -> Answer:
         """The service's answer (any status but 503); raises ServiceError once retrying is over.
         ``raw_ok``: a 200's body is left as the bytes received (the caller parses it when it
-        wants to); any other status's is parsed as always."""
+        wants to); any other status's is parsed as always. ``minimal``: ask for an answer
+        without the written contacts (``Prefer: return=minimal``; a service that does not know
+        it answers in full)."""
         data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         # X-Contacts-Origin: the change events of these writes say they came from the command line.
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT, "X-Contacts-Origin": "cli"}
@@ -125,6 +129,8 @@ class Client:
             headers["Authorization"] = f"Bearer {self._token}"
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        if minimal:
+            headers["Prefer"] = "return=minimal"
         started = time.monotonic()
         deadline = started + self.retry_for
         retries, delay = 0, 0.5

@@ -59,6 +59,7 @@ class Written:
     body: Any  # the JSON answer (a contact, a list of them, ...), None for an empty one
     position: str  # X-Contacts-Position
     updated: int = 0  # an import: how many elements updated a contact (the others created one)
+    ids: tuple[str, ...] = ()  # the contacts the write made or changed, in the command's order
 
 
 class Contacts:
@@ -104,8 +105,10 @@ class Contacts:
 
     # --- writes ------------------------------------------------------------------------------
 
-    def write(self, type_: str, payload: dict, context: WriteContext | None = None) -> Written:
-        """Send one write to the writer; the answer's body comes from the own store."""
+    def write(self, type_: str, payload: dict, context: WriteContext | None = None, with_body: bool = True) -> Written:
+        """Send one write to the writer; the answer's body comes from the own store.
+        ``with_body=False``: no body (the caller answers from the ids and counts); the store
+        still applied the write first, so a read after the answer sees it."""
         context = context or WriteContext()
         reply = self._client.send(
             type_, payload, deadline=context.deadline, actor=context.actor, origin=context.origin, idempotency=context.idempotency
@@ -121,7 +124,8 @@ class Contacts:
             )
             if not self._dismissed.wait_applied(reply.dismissed, max(0.0, left)):
                 raise Unavailable("the write is committed but this replica's store did not apply it in time")
-        return Written(reply.status, self._body(type_, reply), position, len(reply.updated))
+        body = self._body(type_, reply) if with_body else None
+        return Written(reply.status, body, position, len(reply.updated), tuple(reply.ids))
 
     @staticmethod
     def _raise_error(reply: Reply) -> None:

@@ -75,3 +75,55 @@ def test_an_ambiguous_identity_is_a_409_naming_the_element_and_nothing_is_writte
 )
 def test_upsert_refuses_bad_input_naming_the_field(api, body, field):
     assert post(api, "/contacts.import", body, 400)["field"] == field
+
+
+def test_prefer_return_minimal_answers_counts_and_ids_and_the_contacts_are_readable(api):
+    rows = [
+        {"display_name": "Min Ada", "via": {"email": "min.ada@example.org"}},
+        {"display_name": "Min Alan", "via": {"email": "min.alan@example.org"}},
+        {"title": "Dr", "via": {"email": "MIN.ada@example.org"}},
+    ]
+    body = {"contacts": rows, "upsert_by": "email"}
+    headers = {"Prefer": "return=minimal", "Idempotency-Key": "minimal-import-1"}
+    response = api.post("/contacts.import", json=body, headers=headers)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    answer = response.get_json()
+    assert set(answer) == {"created", "updated", "ids"}
+    assert (answer["created"], answer["updated"]) == (2, 1)
+    ada, alan, again = answer["ids"]
+    assert again == ada and alan != ada
+    assert response.headers["Preference-Applied"] == "return=minimal"
+    assert response.headers["X-Contacts-Position"]
+    # The answer came after this replica's store applied the write: a read sees it at once.
+    info = post(api, "/contacts.info", {"id": ada}, 200)
+    assert info["display_name"] == "Min Ada" and info["title"] == "Dr"
+    assert post(api, "/contacts.info", {"id": alan}, 200)["display_name"] == "Min Alan"
+    # A retry with the same key answers the same contacts, minimal again; nothing new is made.
+    count = total(api)
+    retried = api.post("/contacts.import", json=body, headers=headers)
+    assert retried.status_code == 201 and retried.get_json() == answer
+    assert total(api) == count
+
+
+@pytest.mark.parametrize(
+    "prefer, minimal",
+    [
+        ("return=minimal", True),
+        ("respond-async, RETURN = \"minimal\"; foo=bar", True),
+        ("return=representation", False),
+        ("handling=lenient", False),
+        (None, False),
+    ],
+)
+def test_only_a_prefer_for_a_minimal_return_drops_the_contacts_from_the_answer(api, prefer, minimal):
+    headers = {"Prefer": prefer} if prefer is not None else {}
+    response = api.post("/contacts.import", json=[{"display_name": "Prefer test"}], headers=headers)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    answer = response.get_json()
+    if minimal:
+        assert set(answer) == {"created", "updated", "ids"} and answer["created"] == 1
+        assert response.headers.get("Preference-Applied") == "return=minimal"
+    else:
+        # the array form keeps the platform's shape
+        assert set(answer) == {"data"} and answer["data"][0]["display_name"] == "Prefer test"
+        assert "Preference-Applied" not in response.headers
