@@ -285,9 +285,18 @@ _SCHEMAS: dict[str, dict] = {
                 "minimum": 0,
                 "description": "How many elements created a contact (object form only).",
             },
-            "updated": {"type": "integer", "minimum": 0, "description": "How many elements updated one (object form only)."},
+            "updated": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "How many elements updated one (object form, or `Prefer: return=minimal`).",
+            },
+            "ids": {
+                "type": "array",
+                "items": {"type": "string", "format": "uuid"},
+                "description": "With `Prefer: return=minimal` only (instead of data): for each element, in order, the id of"
+                " the contact it created or updated.",
+            },
         },
-        "required": ["data"],
         "additionalProperties": False,
     },
     "ListResponse": {
@@ -359,6 +368,44 @@ _SCHEMAS: dict[str, dict] = {
 }
 
 
+_POSITION_HEADER = {
+    "description": "An opaque token of what the write produced. Send it back as X-Contacts-Min-Position to read"
+    " it from any replica (the answering one already has).",
+    "schema": {"type": "string"},
+}
+_PREFERENCE_APPLIED_HEADER = {
+    "description": "`return=minimal` when the answer honoured that preference.",
+    "schema": {"type": "string"},
+}
+_PARAMETERS = {
+    "IdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "1 to 255 printable ASCII characters. The first answer to this key (per caller and endpoint) is"
+        " remembered 24 h, across replicas and failovers: a retry gets it again instead of writing twice. The same key"
+        " with another body is a 422.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    },
+    "MinPosition": {
+        "name": "X-Contacts-Min-Position",
+        "in": "header",
+        "required": False,
+        "description": "A write's X-Contacts-Position: the read waits (up to the write timeout, then 503) until this"
+        " replica applied that write. A token the service did not hand out is a 400 naming the header.",
+        "schema": {"type": "string"},
+    },
+    "Prefer": {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": "RFC 7240. `return=minimal`: the answer holds created, updated and ids instead of the contacts"
+        " (Preference-Applied says so); the write is applied on the answering replica all the same.",
+        "schema": {"type": "string"},
+    },
+}
+
+
 def _json_response(description: str, schema: str, headers: bool = False) -> dict:
     response: dict[str, Any] = {"description": description, "content": {_JSON: {"schema": _ref(schema)}}}
     if headers:
@@ -381,6 +428,10 @@ _RESPONSES = {
         "NotFound",
     ),
     "Conflict": _json_response("A conversation in the request already belongs to another contact.", "Conflict"),
+    "IdempotencyMismatch": _json_response(
+        "This Idempotency-Key was used before with another body (field: Idempotency-Key); nothing was written.",
+        "ValidationError",
+    ),
     "TooLarge": _json_response(
         "The request body is larger than the service accepts, or the write would make a contact larger than the"
         " contacts topic's record limit (about 1 MB) or its merge_history longer than"
@@ -407,10 +458,25 @@ def _post(
     body_required: bool = True,
     not_found: bool = False,
     conflict: bool = False,
+    write: bool = False,
+    waits: bool = False,
+    prefer: bool = False,
 ) -> dict:
+    """``write``: a write (Idempotency-Key, X-Contacts-Position, 422); ``waits``: a read of the
+    store that takes X-Contacts-Min-Position; ``prefer``: takes Prefer: return=minimal."""
     status, description, schema = ok
-    ok_response = _json_response(description, schema, headers=True) if schema else {"description": description}
-    ok_response.setdefault("headers", {"X-Contacts-Ignored-Fields": IGNORED_FIELDS_HEADER})
+    ok_response = _json_response(description, schema) if schema else {"description": description}
+    headers: dict[str, Any] = {"X-Contacts-Ignored-Fields": IGNORED_FIELDS_HEADER}
+    ok_response["headers"] = headers
+    parameters = []
+    if write:
+        headers["X-Contacts-Position"] = _POSITION_HEADER
+        parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
+    if waits:
+        parameters.append({"$ref": "#/components/parameters/MinPosition"})
+    if prefer:
+        headers["Preference-Applied"] = _PREFERENCE_APPLIED_HEADER
+        parameters.append({"$ref": "#/components/parameters/Prefer"})
     responses: dict[str, Any] = {str(status): ok_response}
     responses["400"] = {"$ref": "#/components/responses/BadRequest"}
     responses["403"] = {"$ref": "#/components/responses/Forbidden"}
@@ -419,11 +485,15 @@ def _post(
     if conflict:
         responses["409"] = {"$ref": "#/components/responses/Conflict"}
     responses["413"] = {"$ref": "#/components/responses/TooLarge"}
+    if write:
+        responses["422"] = {"$ref": "#/components/responses/IdempotencyMismatch"}
     responses["503"] = {"$ref": "#/components/responses/Unavailable"}
+    operation: dict[str, Any] = {"parameters": parameters} if parameters else {}
     return {
         "post": {
             "operationId": operation_id,
             "summary": summary,
+            **operation,
             "tags": ["contacts"],
             "requestBody": {"required": body_required, "content": {_JSON: {"schema": _ref(request)}}},
             "responses": responses,
@@ -453,13 +523,21 @@ _PATHS = {
         "ContactFields",
         (201, "The new contact, with id and created_at.", "Contact"),
         conflict=True,
+        write=True,
     ),
     "/contacts.import": _post(
         "importContacts",
         "Create contacts in bulk, all or none",
         "ImportRequest",
-        (201, "The contacts, in the order given; the object form adds how many were created and updated.", "ImportResponse"),
+        (
+            201,
+            "The contacts, in the order given; the object form adds how many were created and updated. With"
+            " `Prefer: return=minimal`: created, updated and ids only.",
+            "ImportResponse",
+        ),
         conflict=True,
+        write=True,
+        prefer=True,
     ),
     "/contacts.list": _post(
         "listContacts",
@@ -467,6 +545,7 @@ _PATHS = {
         "ListRequest",
         (200, "A page; cursors are null at the ends.", "ListResponse"),
         body_required=False,
+        waits=True,
     ),
     "/contacts.info": _post(
         "getContact",
@@ -474,6 +553,7 @@ _PATHS = {
         "InfoRequest",
         (200, "The contact with its merge_history.", "ContactWithHistory"),
         not_found=True,
+        waits=True,
     ),
     "/contacts.update": _post(
         "updateContact",
@@ -482,6 +562,7 @@ _PATHS = {
         (202, "Updated (or nothing to change); empty body.", None),
         not_found=True,
         conflict=True,
+        write=True,
     ),
     "/contacts.delete": _post(
         "deleteContact",
@@ -489,6 +570,7 @@ _PATHS = {
         "IdRequest",
         (202, "Deleted; empty body.", None),
         not_found=True,
+        write=True,
     ),
     "/contacts.erase": _post(
         "eraseContact",
@@ -503,6 +585,7 @@ _PATHS = {
             "EraseResponse",
         ),
         not_found=True,
+        write=True,
     ),
     "/contacts.merge": _post(
         "mergeContacts",
@@ -514,6 +597,8 @@ _PATHS = {
             "MergeResponse",
         ),
         not_found=True,
+        write=True,
+        waits=True,
     ),
     "/contacts.unmerge": _post(
         "unmergeContacts",
@@ -528,6 +613,7 @@ _PATHS = {
         ),
         not_found=True,
         conflict=True,
+        write=True,
     ),
     "/contacts.dismiss_duplicates": _post(
         "dismissDuplicates",
@@ -540,18 +626,21 @@ _PATHS = {
             None,
         ),
         not_found=True,
+        write=True,
     ),
     "/contacts.lookup": _post(
         "lookupContacts",
         "The contacts that have every given via value (normalized)",
         "LookupRequest",
         (200, "Matching live contacts (never merged-away or deleted ones), by display name.", "LookupResponse"),
+        waits=True,
     ),
     "/contacts.search": _post(
         "searchContacts",
         "A page of contacts found by name, organization, email or phone digits",
         "SearchRequest",
         (200, "A page; next_cursor is null at the end.", "SearchResponse"),
+        waits=True,
     ),
     "/contacts.duplicates": _post(
         "duplicateContacts",
@@ -560,6 +649,7 @@ _PATHS = {
         (200, "A page of groups with their reasons and conflicting fields.", "DuplicatesResponse"),
         body_required=False,
         not_found=True,
+        waits=True,
     ),
     "/contacts.history": _post(
         "contactHistory",
@@ -603,6 +693,7 @@ OPENAPI: dict = {
     "components": {
         "schemas": _SCHEMAS,
         "responses": _RESPONSES,
+        "parameters": _PARAMETERS,
         "securitySchemes": {
             "bearer": {
                 "type": "http",

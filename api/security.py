@@ -17,9 +17,9 @@ from contacts_streams.config import Config
 CORS_METHODS = ["GET", "POST", "OPTIONS"]
 # What a browser may send: the write and read headers of the API, and X-Requested-With, which
 # the platform's inbox client (lib/typescript/httpclient) sends on every call.
-CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Contacts-Min-Position", "X-Requested-With"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-Contacts-Min-Position", "X-Requested-With"]
 # What a browser script may read of an answer besides the CORS-safelisted headers.
-CORS_EXPOSE = ["X-Contacts-Ignored-Fields", "X-Contacts-Position"]
+CORS_EXPOSE = ["Preference-Applied", "X-Contacts-Ignored-Fields", "X-Contacts-Position"]
 CORS_MAX_AGE_S = 3600
 
 

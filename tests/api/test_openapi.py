@@ -385,6 +385,16 @@ def test_real_responses_fit_the_documented_schemas(api):
     other = api.post("/contacts.create", json={"display_name": "Grace Hopper", "timezone": 2}).get_json()
     imported = api.post("/contacts.import", json=[{"title": "a"}, {"display_name": "b", "via": {"x": "y"}}])
     assert imported.status_code == 201 and len(imported.get_json()["data"]) == 2
+    # The documented headers: a write's position, an import's minimal answer, a reused key's 422.
+    minimal = api.post(
+        "/contacts.import", json={"contacts": [{"title": "m"}]}, headers={"Prefer": "return=minimal", "Idempotency-Key": "openapi-1"}
+    )
+    assert minimal.status_code == 201 and set(minimal.get_json()) == {"created", "updated", "ids"}
+    documented = OPENAPI["paths"]["/contacts.import"]["post"]["responses"]["201"]["headers"]
+    for header in ("X-Contacts-Position", "Preference-Applied"):
+        assert header in documented and minimal.headers.get(header)
+    reused = api.post("/contacts.import", json={"contacts": [{"title": "n"}]}, headers={"Idempotency-Key": "openapi-1"})
+    assert reused.status_code == 422
 
     page = api.post("/contacts.list", json={"page_size": 2})
     assert page.status_code == 200 and page.get_json()["pagination_data"]["next_cursor"]

@@ -158,9 +158,10 @@ def test_cors_exposes_the_api_headers_and_allows_what_the_inbox_sends(service):
     client = with_origins(service, "https://inbox.example.org")
     origin = {"Origin": "https://inbox.example.org"}
     # The platform inbox's client (lib/typescript/httpclient/src/client.ts) sends Content-Type and
-    # X-Requested-With; the API's own request headers are Idempotency-Key and X-Contacts-Min-Position.
+    # X-Requested-With; the API's own request headers are Idempotency-Key, X-Contacts-Min-Position
+    # and Prefer (an import's return=minimal).
     # A preflight is answered with the headers it asks for that the API takes (flask-cors).
-    sent = "authorization,content-type,idempotency-key,x-contacts-min-position,x-requested-with"
+    sent = "authorization,content-type,idempotency-key,prefer,x-contacts-min-position,x-requested-with"
     preflight = client.options(
         "/contacts.update",
         headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": f"{sent},x-other"},
@@ -171,7 +172,7 @@ def test_cors_exposes_the_api_headers_and_allows_what_the_inbox_sends(service):
     answer = client.post("/contacts.create", json={"display_name": "Ada", "displayName": "Ada"}, headers=origin)
     assert answer.headers["X-Contacts-Ignored-Fields"] == "displayName"
     exposed = listed_headers(answer.headers["Access-Control-Expose-Headers"])
-    assert {"x-contacts-ignored-fields", "x-contacts-position"} <= exposed
+    assert {"x-contacts-ignored-fields", "x-contacts-position", "preference-applied"} <= exposed
 
 
 def test_without_allowed_origins_no_cors_headers(service):
