@@ -57,6 +57,10 @@ class Plan:
     write_concurrent: int = 400  # requests per write figure with 16 clients
     list_pages: int = 100  # timed pages at each of start / middle / end (and of each find figure)
     messages_per_conversation: int = 5  # full: 1M messages, 200k conversations
+    # Auto-create at the smaller size: at least this many conversations, so the run lasts long
+    # enough to time from ready (2,000 were all made within 0.2 s of it).
+    auto_create_min_conversations: int = 0
+    command_rows: int = 1000  # `contacts import` of a CSV of this many rows into an empty service (#12: 100,000)
     raw_import_cap: int = 200_000  # records of the raw transactional baseline
     concurrency: int = 16
     http_threads: int = 32
@@ -68,16 +72,18 @@ class Plan:
     profile: bool = False
 
 
-SECTIONS = ("writes", "info", "list", "export", "find", "restart", "servers", "rebuild", "auto_create", "replicas")
+SECTIONS = ("writes", "info", "list", "export", "find", "restart", "servers", "rebuild", "auto_create", "import_command", "replicas")
+COMMAND_IMPORT_TARGET_ROWS = 100_000  # #12 states its target for an import of this many rows
 SEARCH_QUERY = "grace"  # a first name of bench.data: about 1 contact in 20 has it
 
 PRESETS = {
     "tiny": dict(sizes=[200], import_batch=100, info_requests=400, write_single=15, write_concurrent=64,
-                 list_pages=15, time_limit=5.0, fill_limit=60.0, ready_timeout=60.0),
+                 list_pages=15, time_limit=5.0, fill_limit=60.0, ready_timeout=60.0, command_rows=300),
     "small": dict(sizes=[1000, 5000], info_requests=4000, write_single=150, write_concurrent=640,
                   list_pages=150, time_limit=20.0, fill_limit=300.0, ready_timeout=120.0),
     "full": dict(sizes=[10_000, 1_000_000], info_requests=40_000, write_single=1000, write_concurrent=6400,
-                 list_pages=500, time_limit=60.0, fill_limit=3600.0, ready_timeout=900.0),
+                 list_pages=500, time_limit=60.0, fill_limit=3600.0, ready_timeout=900.0,
+                 auto_create_min_conversations=10_000, command_rows=COMMAND_IMPORT_TARGET_ROWS),
 }
 
 
@@ -527,6 +533,37 @@ class Bench:
                      target=f"> {target:,} rows/s (#12)" if at_scale else None, passed=rate > target if at_scale else None,
                      note=f"{count:,} contacts in {seconds:.1f} s")
 
+    def import_command(self) -> None:
+        """`contacts import` of a CSV as a person runs it (a subprocess, its start included) into
+        an empty service of its own, against this run's /contacts.import by the bench's client."""
+        rows = self.plan.command_rows
+        tag = "cli-import"
+        contacts_topic = f"bench.{self.run_id}.{tag}.contacts"
+        self.topics.append(contacts_topic)
+        people = self.work / "people.csv"
+        cli.write_people(people, rows)
+        port = procs.free_port()
+        svc = self.proc(f"service-{tag}", self.reference, "service", self.service_env(tag, port, self.work / f"state-{tag}", contacts_topic)).start()
+        try:
+            svc.wait_ready(self.plan.ready_timeout)
+            sampler = self.sample(f"import-command-r{rows}", svc)
+            seconds, done = cli.timed([*cli.contacts_command(), "import", str(people), "--url", f"http://127.0.0.1:{port}"],
+                                      timeout=self.plan.fill_limit)
+            if done.returncode != 0:
+                raise RuntimeError(f"contacts import answered {done.returncode}: {done.stdout[-300:]} {done.stderr[-300:]}")
+            self.unsample(sampler, rows, "row")
+        finally:
+            svc.stop()
+            people.unlink(missing_ok=True)
+        api = [f for f in self.figures if f.key == "import.rate"]
+        baseline = min(api, key=lambda f: f.size or 0)
+        rate, target = rows / seconds, cli.TARGETS["import"]
+        judged = rows >= COMMAND_IMPORT_TARGET_ROWS
+        self.add("import.command", "import", f"`contacts import` of a {rows:,}-row CSV into an empty service, whole command", None,
+                 rate, "rows/s", f"/contacts.import by the bench's client, batches of {self.plan.import_batch} (this run, {baseline.size:,})",
+                 baseline.value, "contacts/s", target=f"> {target:,} rows/s (#12)" if judged else None,
+                 passed=rate > target if judged else None, note=f"{rows:,} rows in {seconds:.1f} s")
+
     def find(self, n: int, port: int, ids: list[bytes]) -> None:
         """Finding people at one client: lookup by e-mail beside /contacts.info by id (the same
         store reads plus an index seek), search pages of a common name at the start, middle and
@@ -632,10 +669,11 @@ class Bench:
     def auto_create(self, n: int) -> None:
         plan = self.plan
         tag = f"n{n}-ac"
-        conversations = data.airy_conversations(max(1, n // plan.messages_per_conversation), seed=n)
+        conversations = data.airy_conversations(max(1, n // plan.messages_per_conversation, plan.auto_create_min_conversations), seed=n)
+        messages = max(n, len(conversations) * plan.messages_per_conversation)
         messages_topic = self.topic(f"{tag}.messages", 4)
         metadata_topic = self.topic(f"{tag}.metadata", 2)
-        count = raw.produce_all(self.brokers, messages_topic, data.airy_messages(conversations, n, seed=n))
+        count = raw.produce_all(self.brokers, messages_topic, data.airy_messages(conversations, messages, seed=n))
         raw.produce_all(self.brokers, metadata_topic, data.airy_metadata(conversations))
         raw_seconds, read = raw.consume_all(self.brokers, messages_topic, decode=message_codec().decode)
         contacts_topic = f"bench.{self.run_id}.{tag}.contacts"
@@ -798,6 +836,9 @@ class Bench:
         for n in self.plan.sizes:
             log.info("=== %d contacts ===", n)
             self.size(n)
+        if "import_command" in self.plan.sections:
+            log.info("=== contacts import of %d rows ===", self.plan.command_rows)
+            self.import_command()
         if "replicas" in self.plan.sections:
             log.info("=== %d replicas ===", REPLICAS)
             self.replicas()

@@ -42,6 +42,7 @@ EXPECTED = {
     "rebuild.seconds",
     "rebuild.rate",
     "auto_create.rate",
+    "import.command",
 }
 
 
