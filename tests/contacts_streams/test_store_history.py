@@ -15,8 +15,8 @@ DAY_MS = 86_400_000
 _offsets = itertools.count()
 
 
-def event_record(store: Store, contact_id: str, at_ms: int) -> Record:
-    event = events.event_for(contact_id, "updated", None, {"display_name": "x"}, actor="a", origin="http", now_ms=at_ms)
+def event_record(store: Store, contact_id: str, at_ms: int, operation: str = "updated") -> Record:
+    event = events.event_for(contact_id, operation, None, {"display_name": "x"}, actor="a", origin="http", now_ms=at_ms)
     return Record(contact_id_partition(contact_id), next(_offsets), contact_id.encode(), store.event_codec.encode(event), {})
 
 
@@ -49,6 +49,32 @@ def test_events_past_the_retention_go_with_the_next_batch_and_only_those(tmp_pat
             prefix = contact_id.encode() + b"\x00"
             assert len(store.history._keys_of(prefix)) == 2
             assert operations_kept(store, contact_id) == [model.millis_to_iso(fresh)]
+    finally:
+        store.close()
+
+
+def test_a_contact_born_in_a_batch_keeps_its_events_and_an_auto_created_one_drops_its_old_ones(tmp_path):
+    """A created or imported contact's first event has nothing stored before it (fresh ids), so
+    the batch skips its expiry; an auto-created id can come back after a delete, and its events
+    past the retention still go with its next event."""
+    store = Store(tmp_path / "store", ContactCodec(), "DE")
+    try:
+        now = model.now_ms()
+        old = now - 10 * DAY_MS
+        came_back = str(uuid.uuid4())
+        store.history.apply("events", [event_record(store, came_back, old, "auto_created")])
+        store.history.retention_ms = 7 * DAY_MS
+        born = [str(uuid.uuid4()) for _ in range(20)]
+        batch = [event_record(store, c, now - 1, op) for c, op in zip(born, itertools.cycle(("created", "imported")))]
+        batch += [event_record(store, c, now) for c in born[:5]]  # and changed in the same batch
+        batch.append(event_record(store, came_back, now, "auto_created"))
+        store.history.apply("events", batch)
+        for contact_id in born:
+            kept = 2 if contact_id in born[:5] else 1
+            assert len(store.history._keys_of(contact_id.encode() + b"\x00")) == kept
+            assert len(operations_kept(store, contact_id)) == kept
+        assert len(store.history._keys_of(came_back.encode() + b"\x00")) == 1
+        assert operations_kept(store, came_back) == [model.millis_to_iso(now)]
     finally:
         store.close()
 
