@@ -110,6 +110,15 @@ class _Compiler(SchemaCompiler):
                 lines += self.value(schema["values"], item, i + "        ")
                 lines.append(f"{i}        {v}[{key}] = {item}")
             return lines
+        if kind == "enum":
+            # fastavro reads an enum as its symbol; an index past the symbols is left to it.
+            symbols = tuple(schema["symbols"])
+            index = self.var()
+            return [
+                *self.long(index, i),
+                f"{i}if not 0 <= {index} < {len(symbols)}: raise F",
+                f"{i}{v} = {symbols!r}[{index}]",
+            ]
         if kind == "union":
             index = self.var()
             lines = self.long(index, i)

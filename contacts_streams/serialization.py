@@ -588,10 +588,15 @@ def _check_convertible(record: dict) -> None:
 
 
 def message_codec(registry_url: str | None = None, subject: str | None = MESSAGES_SUBJECT, **kwargs: Any) -> AvroCodec:
-    """A codec of Airy's ``co.airy.avro.communication.Message`` (the messages topic)."""
+    """A codec of Airy's ``co.airy.avro.communication.Message`` (the messages topic). The
+    routers decode every message, so it reads with the compiled reader (fastavro's took an
+    eighth of auto-create's time at 1M contacts)."""
+    kwargs.setdefault("fast_reader", True)
     return AvroCodec(SCHEMA_DIR / "message.avsc", registry_url, subject, **kwargs)
 
 
 def metadata_codec(registry_url: str | None = None, subject: str | None = METADATA_SUBJECT, **kwargs: Any) -> AvroCodec:
-    """A codec of Airy's ``co.airy.avro.communication.Metadata`` (the metadata topic)."""
+    """A codec of Airy's ``co.airy.avro.communication.Metadata`` (the metadata topic), read
+    with the compiled reader like the messages."""
+    kwargs.setdefault("fast_reader", True)
     return AvroCodec(SCHEMA_DIR / "metadata.avsc", registry_url, subject, **kwargs)

@@ -12,7 +12,15 @@ from strategies import MILLIS, merged_contacts
 
 from contacts_streams import events, model
 from contacts_streams.avro_writer import compile_writer, zigzag
-from contacts_streams.serialization import AvroCodec, ContactCodec, DecodeError, EncodeError, contact_to_record
+from contacts_streams.serialization import (
+    AvroCodec,
+    ContactCodec,
+    DecodeError,
+    EncodeError,
+    contact_to_record,
+    message_codec,
+    metadata_codec,
+)
 
 CONTACTS = ContactCodec()
 EVENTS = events.EventCodec(subject=None)
@@ -184,3 +192,77 @@ def test_any_bytes_read_as_fastavro_reads_them_or_fail_alike(record, cut, noise)
                 FAST_READING.decode(data)
             continue
         assert FAST_READING.decode(data) == expected
+
+
+# --- the routers' records: messages and metadata (enums) -------------------------------------------
+
+MESSAGES = message_codec(None, subject=None)
+METADATA = metadata_codec(None, subject=None)
+TEXT = st.text(max_size=40)
+MESSAGE = st.fixed_dictionaries(
+    {
+        "id": TEXT,
+        "headers": st.none() | st.dictionaries(TEXT, TEXT, max_size=3),
+        "isFromContact": st.booleans(),
+        "deliveryState": st.sampled_from(["PENDING", "FAILED", "DELIVERED"]),
+        "senderId": TEXT,
+        "sourceRecipientId": st.none() | TEXT,
+        "conversationId": TEXT,
+        "channelId": TEXT,
+        "source": TEXT,
+        "content": st.text(max_size=200),
+        "sentAt": MILLIS,
+        "updatedAt": st.none() | MILLIS,
+    }
+)
+METADATA_RECORD = st.fixed_dictionaries(
+    {
+        "subject": TEXT,
+        "key": TEXT,
+        "value": TEXT,
+        "valueType": st.sampled_from(["text", "array", "object", "number", "bool", "nullValue"]),
+        "timestamp": MILLIS,
+    }
+)
+
+
+def test_messages_and_metadata_read_fast():
+    assert MESSAGES._fast_reader is not None
+    assert METADATA._fast_reader is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), cut=st.integers(0, 12), noise=st.binary(max_size=4))
+def test_any_message_or_metadata_reads_as_fastavro_reads_it(data, cut, noise):
+    for codec, records in ((MESSAGES, MESSAGE), (METADATA, METADATA_RECORD)):
+        record = data.draw(records)
+        whole = codec.encode(record)
+        assert codec._fast_reader(whole, 10) == (fastavro_read(codec, whole), len(whole))
+        assert codec.decode(whole) == record
+        for odd in (whole[: len(whole) - cut], whole + noise, whole[:10] + noise + whole[10:]):
+            try:
+                expected = fastavro_read(codec, odd)
+            except Exception:  # noqa: BLE001 - whatever fastavro cannot read, the codec cannot either
+                with pytest.raises(DecodeError):
+                    codec.decode(odd)
+                continue
+            assert codec.decode(odd) == expected
+
+
+def test_an_enum_index_outside_its_symbols_reads_as_fastavro_reads_it():
+    record = {"subject": "s", "key": "k", "value": "v", "valueType": "text", "timestamp": 1}
+    whole = METADATA.encode(record)
+    # subject, key, value are one-byte strings (length byte + byte): the enum's index follows.
+    at = 10 + 2 * 3
+    assert whole[at] == 0  # "text", index 0
+    # zig-zag bytes for the indexes 6 and 63 (past the six symbols) and -1 (which fastavro
+    # reads as the last symbol, Python's indexing)
+    for byte in (12, 126, 1):
+        odd = whole[:at] + bytes([byte]) + whole[at + 1 :]
+        try:
+            expected = fastavro_read(METADATA, odd)
+        except Exception:  # noqa: BLE001 - fastavro's own error
+            with pytest.raises(DecodeError):
+                METADATA.decode(odd)
+            continue
+        assert METADATA.decode(odd) == expected
