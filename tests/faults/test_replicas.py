@@ -5,11 +5,12 @@
   replicas (one succeeds, the others 404 with merged_into); a conversation claimed through two
   replicas at once (one contact, the other 409); a delete on one and an update on another (it
   stays deleted); every replica's store equals a rebuild from the topic afterwards.
-- kill -9 of the writer under a write storm through the other replicas: writes answer 503 only
-  during the failover (its length is printed), every acknowledged create is on the topic exactly
-  once although the clients retry with their Idempotency-Key, reads on the survivors never fail.
-- A rolling restart of all three under load: reads never fail, writes fail only while the
-  writer moves.
+- kill -9 of the writer under a write storm through the other replicas, FAULT_CYCLES times (the
+  killed one comes back between kills): writes answer 503 only during the failovers (their
+  lengths are printed), every acknowledged create is on the topic exactly once although the
+  clients retry with their Idempotency-Key, reads on the survivors never fail.
+- A rolling restart of all three under load (FAULT_CYCLES rounds): reads never fail, writes fail
+  only while the writer moves.
 - Auto-create with three replicas and a replica leaving in the middle: N conversations, N contacts.
 """
 
@@ -22,7 +23,18 @@ import time
 import uuid
 
 import requests
-from faultkit import Airy, Names, Recorder, create_topics, figures, read_store, store_differences, topic_records, wait_for
+from faultkit import (
+    CYCLES,
+    Airy,
+    Names,
+    Recorder,
+    create_topics,
+    figures,
+    read_store,
+    store_differences,
+    topic_records,
+    wait_for,
+)
 
 from contacts_streams import commands, model
 
@@ -220,28 +232,45 @@ def test_three_replicas_lose_no_update_merge_no_contact_twice_and_keep_deletes(s
 
 
 def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
+    """CYCLES times (one in make test, five in make soak): the load balancer stops sending the
+    writer requests, kill -9 of the writer, writes succeed again on a new one, and the killed
+    replica comes back (a follower now) before the next cycle kills the next writer."""
     replicas = start_replicas(spawn, names, tmp_path, WRITE_TIMEOUT_MS=4000)
     writer = the_writer(replicas)
-    survivors = [r for i, r in enumerate(replicas) if i != writer]
-    _, known, _ = post(survivors[0], "/contacts.create", {"display_name": "always readable"})
+    up = {i for i in range(len(replicas)) if i != writer}  # what the load balancer sends to
+    in_flight = collections.Counter()  # replica index -> requests sent to it and not yet answered
+    lock = threading.Lock()
+    _, known, created = post(replicas[min(up)], "/contacts.create", {"display_name": "always readable"})
+    position = newest([created.get("X-Contacts-Position")])
+    for replica in replicas:  # every replica has it before the reads begin
+        assert post(replica, "/contacts.info", {"id": known["id"]}, headers=position)[0] == 200
     stop = threading.Event()
     recorder = Recorder()
     acked: dict[str, str] = {}  # idempotency key -> contact id
-    lock = threading.Lock()
     failures: list[float] = []
     successes: list[float] = []
     read_failures: list = []
 
+    def send(n: int, path: str, body: dict, **kwargs):
+        with lock:
+            choices = sorted(up)
+            index = choices[n % len(choices)]
+            in_flight[index] += 1
+        try:
+            return post(replicas[index], path, body, **kwargs)
+        finally:
+            with lock:
+                in_flight[index] -= 1
+
     def client(i: int):
-        replica = survivors[i % len(survivors)]
         for n in itertools.count():
             if stop.is_set():
                 return
             key = f"client-{i}-{n}"
             body = {"display_name": f"storm {i} {n}"}
-            while True:  # the same key until it is answered: a retry never makes a second contact
+            for attempt in itertools.count():  # the same key until it is answered: a retry never makes a second contact
                 try:
-                    status, answer, _ = post(replica, "/contacts.create", body, headers={"Idempotency-Key": key}, timeout=15)
+                    status, answer, _ = send(i + attempt, "/contacts.create", body, headers={"Idempotency-Key": key}, timeout=15)
                 except requests.RequestException:
                     status, answer = 0, None
                 now = time.monotonic()
@@ -260,16 +289,17 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
                 time.sleep(0.05)
 
     def reader():
-        while not stop.is_set():
-            for replica in survivors:
-                try:
-                    status, _, _ = post(replica, "/contacts.info", {"id": known["id"]}, timeout=10)
-                except requests.RequestException as err:
-                    status = repr(err)
-                recorder.add("reads")
-                if status != 200:
-                    read_failures.append(status)
-            time.sleep(0.02)
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            try:
+                status, _, _ = send(n, "/contacts.info", {"id": known["id"]}, timeout=10)
+            except requests.RequestException as err:
+                status = repr(err)
+            recorder.add("reads")
+            if status != 200:
+                read_failures.append(status)
+            time.sleep(0.01)
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)] + [
         threading.Thread(target=reader, daemon=True)
@@ -277,40 +307,63 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
     for thread in threads:
         thread.start()
     wait_for(lambda: recorder["acked"] >= 50, 60, "writes before the kill")
-    killed_at = time.monotonic()
-    replicas[writer].kill()
-    acked_at_kill = recorder["acked"]
-    wait_for(
-        lambda: any(t > killed_at for t in successes) and recorder["acked"] > acked_at_kill + 100, 60, "writes after the failover"
-    )
+    first_kill = time.monotonic()
+    windows: list[tuple[float, float]] = []  # (kill, the killed replica ready again)
+    failovers: list[float] = []
+    for cycle in range(CYCLES):
+        writer = the_writer(replicas)
+        with lock:
+            up.discard(writer)
+        # No request is left on it: a kill -9 would cut those off, which no load balancer hides.
+        wait_for(lambda: in_flight[writer] == 0, 30, "requests to the writer to be answered")  # noqa: B023
+        killed_at = time.monotonic()
+        replicas[writer].kill()
+        acked_at_kill = recorder["acked"]
+        wait_for(
+            lambda: any(t > killed_at for t in successes) and recorder["acked"] > acked_at_kill + 100,  # noqa: B023
+            60,
+            f"writes after failover {cycle + 1}",
+        )
+        # The failover: the longest stretch without an acknowledged write from the kill on.
+        with lock:
+            moments = sorted([killed_at] + [t for t in successes if t > killed_at])
+        failovers.append(max(b - a for a, b in zip(moments, moments[1:])))
+        assert the_writer(replicas) != writer
+        if cycle < CYCLES - 1:
+            replicas[writer].start()
+            replicas[writer].wait_ready()
+            with lock:
+                up.add(writer)
+            windows.append((killed_at, time.monotonic()))
+        else:
+            windows.append((killed_at, time.monotonic()))
     stop.set()
     for thread in threads:
         thread.join(30)
-    # The failover: the longest stretch without an acknowledged write from just before the kill.
-    moments = sorted([killed_at] + [t for t in successes if t > killed_at])
-    failover = max(b - a for a, b in zip(moments, moments[1:]))
-    new_writer = the_writer(replicas)
-    assert new_writer != writer
 
     assert not read_failures, f"reads on the survivors failed: {read_failures[:5]}"
-    assert all(t > killed_at - 1 for t in failures), "writes failed before the kill"
-    assert failover < 20, f"no write succeeded for {failover:.1f}s after the kill"
+    assert all(t > first_kill - 1 for t in failures), "writes failed before the first kill"
+    # A replica coming back makes the writer group rebalance: writes may fail then too.
+    outside = [t for t in failures if not any(a - 1 <= t <= b + 10 for a, b in windows)]
+    assert not outside, f"{len(outside)} writes failed outside the failovers"
+    assert max(failovers) < 20, f"no write succeeded for {max(failovers):.1f}s after a kill"
     records = topic_records(names.kafka, names.contacts_topic)
-    created = collections.Counter(key.decode() for _, _, key, _, headers in records if headers.get("operation") == "created")
-    twice = [k for k, n in created.items() if n > 1]
+    created_ids = collections.Counter(key.decode() for _, _, key, _, headers in records if headers.get("operation") == "created")
+    twice = [k for k, n in created_ids.items() if n > 1]
     assert not twice, f"contacts created twice: {twice[:5]}"
-    missing = [k for k, cid in acked.items() if created.get(cid) != 1]
+    missing = [k for k, cid in acked.items() if created_ids.get(cid) != 1]
     assert not missing, f"{len(missing)} acknowledged creates are not on the topic exactly once"
-    extra = set(created) - set(acked.values()) - {known["id"]}
+    extra = set(created_ids) - set(acked.values()) - {known["id"]}
     assert not extra, f"{len(extra)} contacts were created that no client was answered about (a retry made a second one)"
     figures(
         "kill -9 of the writer",
+        kills=CYCLES,
         acked=len(acked),
         answered_503=recorder["503"],
         reads=recorder["reads"],
         read_failures=len(read_failures),
-        failover_seconds=round(failover, 2),
-        created_on_topic=len(created) - 1,
+        failover_seconds=[round(f, 2) for f in failovers],
+        created_on_topic=len(created_ids) - 1,
         duplicates=0,
     )
 
@@ -368,18 +421,19 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     for thread in threads:
         thread.start()
     windows = []
-    for i, replica in enumerate(replicas):
-        time.sleep(1)
-        with up_lock:
-            up.discard(i)  # the load balancer stops sending it requests first
-        time.sleep(0.3)
-        began = time.monotonic()
-        assert replica.stop() == 0
-        replica.start()
-        replica.wait_ready()
-        windows.append((began, time.monotonic()))
-        with up_lock:
-            up.add(i)
+    for _round in range(CYCLES):  # one round in make test, five in make soak
+        for i, replica in enumerate(replicas):
+            time.sleep(1)
+            with up_lock:
+                up.discard(i)  # the load balancer stops sending it requests first
+            time.sleep(0.3)
+            began = time.monotonic()
+            assert replica.stop() == 0
+            replica.start()
+            replica.wait_ready()
+            windows.append((began, time.monotonic()))
+            with up_lock:
+                up.add(i)
     time.sleep(2)
     stop.set()
     for thread in threads:
@@ -389,7 +443,7 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     assert not outside, f"writes failed outside the restarts: {outside[:5]}"
     assert all(s == 503 for _, s in write_failures), write_failures[:5]
     figures(
-        "rolling restart", reads=recorder["reads"], writes=recorder["writes"], write_503s=len(write_failures), read_failures=0
+        "rolling restart", rounds=CYCLES, reads=recorder["reads"], writes=recorder["writes"], write_503s=len(write_failures), read_failures=0
     )
 
 
