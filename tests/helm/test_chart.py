@@ -30,7 +30,7 @@ EXPECTED_ENV = {
     "CONTACT_EVENTS_TOPIC": "application.communication.contact-events",
     "MESSAGES_TOPIC": "application.communication.messages",
     "METADATA_TOPIC": "application.communication.metadata",
-    "CONTACTS_PARTITIONS": "10",
+    "CONTACTS_PARTITIONS": "1",
     "APPLICATION_ID": "contacts-streams",
     "STATE_DIR": "/var/lib/contacts-streams",
     "PORT": "8080",
