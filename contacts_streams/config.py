@@ -88,7 +88,10 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("MESSAGES_TOPIC", "application.communication.messages", "the messages topic auto-create reads"),
         Setting("METADATA_TOPIC", "application.communication.metadata", "the metadata topic auto-create reads"),
-        Setting("CONTACTS_PARTITIONS", "10", "partitions of the contacts topic when this service creates it"),
+        # One writer writes these topics: see contacts_partitions below for why one is the default.
+        Setting(
+            "CONTACTS_PARTITIONS", "1", "partitions of the contacts, events and join-state topics when this service creates them"
+        ),
         Setting("APPLICATION_ID", "contacts-streams", "consumer group id and transactional id prefix"),
         Setting("INSTANCE_ID", "", "this instance's stable name in transactional ids [default: the host name]"),
         Setting("STATE_DIR", "state", "folder of the RocksDB store"),
