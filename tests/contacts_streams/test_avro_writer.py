@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import MILLIS, merged_contacts
 
-from contacts_streams import events, model
+from contacts_streams import events
 from contacts_streams.avro_writer import compile_writer, zigzag
 from contacts_streams.serialization import (
     AvroCodec,
