@@ -64,6 +64,47 @@ def post(replica, path, body, headers=None, timeout=30.0):
     return answer.status_code, (answer.json() if answer.content else None), answer.headers
 
 
+class Balancer:
+    """What a load balancer in front of the replicas does: each request goes to one of the
+    replicas it has up (the n-th of them, round), and it knows how many are still on each."""
+
+    def __init__(self, replicas, up):
+        self.replicas = replicas
+        self._up = set(up)
+        self._in_flight = collections.Counter()  # replica index -> requests sent, not yet answered
+        self._lock = threading.Lock()
+
+    def _index(self, n: int) -> int:  # under the lock
+        choices = sorted(self._up)
+        return choices[n % len(choices)]
+
+    def pick(self, n: int):
+        with self._lock:
+            return self.replicas[self._index(n)]
+
+    def take_out(self, index: int) -> None:
+        with self._lock:
+            self._up.discard(index)
+
+    def put_back(self, index: int) -> None:
+        with self._lock:
+            self._up.add(index)
+
+    def idle(self, index: int) -> bool:
+        with self._lock:
+            return self._in_flight[index] == 0
+
+    def post(self, n: int, path: str, body: dict, **kwargs):
+        with self._lock:
+            index = self._index(n)
+            self._in_flight[index] += 1
+        try:
+            return post(self.replicas[index], path, body, **kwargs)
+        finally:
+            with self._lock:
+                self._in_flight[index] -= 1
+
+
 def newest(tokens) -> dict:
     headers = {}
     merged = commands.merge_positions(*(commands.decode_position(t) for t in tokens if t))
@@ -237,10 +278,9 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
     replica comes back (a follower now) before the next cycle kills the next writer."""
     replicas = start_replicas(spawn, names, tmp_path, WRITE_TIMEOUT_MS=4000)
     writer = the_writer(replicas)
-    up = {i for i in range(len(replicas)) if i != writer}  # what the load balancer sends to
-    in_flight = collections.Counter()  # replica index -> requests sent to it and not yet answered
+    balancer = Balancer(replicas, up=(i for i in range(len(replicas)) if i != writer))
     lock = threading.Lock()
-    _, known, created = post(replicas[min(up)], "/contacts.create", {"display_name": "always readable"})
+    _, known, created = balancer.post(0, "/contacts.create", {"display_name": "always readable"})
     position = newest([created.get("X-Contacts-Position")])
     for replica in replicas:  # every replica has it before the reads begin
         assert post(replica, "/contacts.info", {"id": known["id"]}, headers=position)[0] == 200
@@ -251,17 +291,6 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
     successes: list[float] = []
     read_failures: list = []
 
-    def send(n: int, path: str, body: dict, **kwargs):
-        with lock:
-            choices = sorted(up)
-            index = choices[n % len(choices)]
-            in_flight[index] += 1
-        try:
-            return post(replicas[index], path, body, **kwargs)
-        finally:
-            with lock:
-                in_flight[index] -= 1
-
     def client(i: int):
         for n in itertools.count():
             if stop.is_set():
@@ -270,7 +299,9 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
             body = {"display_name": f"storm {i} {n}"}
             for attempt in itertools.count():  # the same key until it is answered: a retry never makes a second contact
                 try:
-                    status, answer, _ = send(i + attempt, "/contacts.create", body, headers={"Idempotency-Key": key}, timeout=15)
+                    status, answer, _ = balancer.post(
+                        i + attempt, "/contacts.create", body, headers={"Idempotency-Key": key}, timeout=15
+                    )
                 except requests.RequestException:
                     status, answer = 0, None
                 now = time.monotonic()
@@ -293,7 +324,7 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
             if stop.is_set():
                 return
             try:
-                status, _, _ = send(n, "/contacts.info", {"id": known["id"]}, timeout=10)
+                status, _, _ = balancer.post(n, "/contacts.info", {"id": known["id"]}, timeout=10)
             except requests.RequestException as err:
                 status = repr(err)
             recorder.add("reads")
@@ -312,10 +343,9 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
     failovers: list[float] = []
     for cycle in range(CYCLES):
         writer = the_writer(replicas)
-        with lock:
-            up.discard(writer)
+        balancer.take_out(writer)
         # No request is left on it: a kill -9 would cut those off, which no load balancer hides.
-        wait_for(lambda: in_flight[writer] == 0, 30, "requests to the writer to be answered")  # noqa: B023
+        wait_for(lambda: balancer.idle(writer), 30, "requests to the writer to be answered")  # noqa: B023
         killed_at = time.monotonic()
         replicas[writer].kill()
         acked_at_kill = recorder["acked"]
@@ -332,11 +362,8 @@ def test_kill_9_of_the_writer_under_a_write_storm(spawn, names, tmp_path):
         if cycle < CYCLES - 1:
             replicas[writer].start()
             replicas[writer].wait_ready()
-            with lock:
-                up.add(writer)
-            windows.append((killed_at, time.monotonic()))
-        else:
-            windows.append((killed_at, time.monotonic()))
+            balancer.put_back(writer)
+        windows.append((killed_at, time.monotonic()))
     stop.set()
     for thread in threads:
         thread.join(30)
@@ -376,23 +403,17 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     position = newest([created.get("X-Contacts-Position")])
     for replica in replicas:
         assert post(replica, "/contacts.info", {"id": known["id"]}, headers=position)[0] == 200
-    up = set(range(3))
-    up_lock = threading.Lock()
+    balancer = Balancer(replicas, up=range(3))
     stop = threading.Event()
     recorder = Recorder()
     read_failures: list = []
     write_failures: list = []
 
-    def pick(n: int):
-        with up_lock:
-            choices = sorted(up)
-        return replicas[choices[n % len(choices)]]
-
     def writer_client(i: int):
         for n in itertools.count():
             if stop.is_set():
                 return
-            replica = pick(i + n)
+            replica = balancer.pick(i + n)
             try:
                 status, _, _ = post(replica, "/contacts.update", {"id": known["id"], "via": {f"c{i}": str(n)}}, timeout=15)
             except requests.RequestException as err:
@@ -406,7 +427,7 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
         for n in itertools.count():
             if stop.is_set():
                 return
-            replica = pick(i + n)
+            replica = balancer.pick(i + n)
             try:
                 status, _, _ = post(replica, "/contacts.info", {"id": known["id"]}, timeout=10)
             except requests.RequestException as err:
@@ -424,16 +445,14 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     for _round in range(CYCLES):  # one round in make test, five in make soak
         for i, replica in enumerate(replicas):
             time.sleep(1)
-            with up_lock:
-                up.discard(i)  # the load balancer stops sending it requests first
+            balancer.take_out(i)  # the load balancer stops sending it requests first
             time.sleep(0.3)
             began = time.monotonic()
             assert replica.stop() == 0
             replica.start()
             replica.wait_ready()
             windows.append((began, time.monotonic()))
-            with up_lock:
-                up.add(i)
+            balancer.put_back(i)
     time.sleep(2)
     stop.set()
     for thread in threads:
@@ -443,7 +462,12 @@ def test_a_rolling_restart_keeps_reads_answering(spawn, names, tmp_path):
     assert not outside, f"writes failed outside the restarts: {outside[:5]}"
     assert all(s == 503 for _, s in write_failures), write_failures[:5]
     figures(
-        "rolling restart", rounds=CYCLES, reads=recorder["reads"], writes=recorder["writes"], write_503s=len(write_failures), read_failures=0
+        "rolling restart",
+        rounds=CYCLES,
+        reads=recorder["reads"],
+        writes=recorder["writes"],
+        write_503s=len(write_failures),
+        read_failures=0,
     )
 
 
