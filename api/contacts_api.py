@@ -190,7 +190,9 @@ def history():
 
 @contacts_api.post("/contacts.lookup")
 def lookup():
-    return read_answer(reads.lookup(service(), body(), ignored(), wait_for_min_position))
+    return read_answer(
+        reads.lookup(service(), current_app.extensions["contacts_page_json"], body(), ignored(), wait_for_min_position)
+    )
 
 
 @contacts_api.post("/contacts.search")

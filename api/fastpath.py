@@ -90,7 +90,7 @@ class FastReads:
             "/contacts.info": lambda payload, ignored, wait: reads.info(service, cache, payload, ignored, wait),
             "/contacts.list": lambda payload, ignored, wait: reads.list_(service, items, payload, ignored, wait),
             "/contacts.search": lambda payload, ignored, wait: reads.search(service, items, payload, ignored, wait),
-            "/contacts.lookup": lambda payload, ignored, wait: reads.lookup(service, payload, ignored, wait),
+            "/contacts.lookup": lambda payload, ignored, wait: reads.lookup(service, items, payload, ignored, wait),
         }
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -18,12 +18,13 @@ class Finder:
     def __init__(self, store: Store):
         self._store = store
 
-    def lookup(self, via: dict[str, str]) -> list[dict]:
-        """Live contacts that have every given via key/value, normalized."""
+    def lookup(self, via: dict[str, str], decode: Callable[[bytes], Any] | None = None) -> list[Any]:
+        """Live contacts that have every given via key/value, normalized. `decode`: what to make
+        of each found contact's stored bytes (default: the contact dict)."""
         wanted = sorted({identities.normalize(key, value, self._store.phone_region) for key, value in via.items()})
         if any(not kind or not value for kind, value in wanted):
             return []  # a blank value is no identity: nothing is indexed under it
-        return self._store.lookup(wanted)
+        return self._store.lookup(wanted, decode=decode)
 
     def search(self, query: str, cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None) -> Page:
         """`decode`: what to make of each found contact's stored bytes (default: the contact dict)."""

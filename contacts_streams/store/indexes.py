@@ -126,8 +126,11 @@ class Indexes:
         del it
         return found
 
-    def lookup(self, identities: list[tuple[str, str]], limit: int = MAX_LOOKUP) -> list[dict]:
-        """The live contacts that have every one of these normalized identities."""
+    def lookup(
+        self, identities: list[tuple[str, str]], limit: int = MAX_LOOKUP, decode: Callable[[bytes], Any] | None = None
+    ) -> list[Any]:
+        """The live contacts that have every one of these normalized identities, by name.
+        `decode`: what to make of each one's stored bytes (default: the contact dict)."""
         if not identities:
             return []
         candidates: set[str] | None = None
@@ -136,8 +139,11 @@ class Indexes:
             candidates = held if candidates is None else candidates & held
             if not candidates:
                 return []
-        found = [c for c in (self._store.get(contact_id) for contact_id in sorted(candidates or ())) if c is not None]
-        return sorted(found, key=model.sort_key)
+        get_bytes, decode_contact = self._store.get_bytes, self._store.codec.decode_contact
+        found = [(contact_id, raw) for contact_id in sorted(candidates or ()) if (raw := get_bytes(contact_id)) is not None]
+        if len(found) > 1:  # the order is by name, which only the decoded contact tells
+            found.sort(key=lambda pair: model.sort_key(decode_contact(pair[1])))
+        return [(decode or decode_contact)(raw) for _contact_id, raw in found]
 
     def search(
         self, terms: list[tuple[str, str]], cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None

@@ -71,9 +71,11 @@ class Store(Storage):
         """Ids of the live contacts that have this normalized identity (at most ``limit``)."""
         return self._indexes.holders(kind, value, limit)
 
-    def lookup(self, identities: list[tuple[str, str]], limit: int = MAX_LOOKUP) -> list[dict]:
+    def lookup(
+        self, identities: list[tuple[str, str]], limit: int = MAX_LOOKUP, decode: Callable[[bytes], Any] | None = None
+    ) -> list[Any]:
         """The live contacts that have every one of these normalized identities."""
-        return self._indexes.lookup(identities, limit)
+        return self._indexes.lookup(identities, limit, decode)
 
     def search(
         self, terms: list[tuple[str, str]], cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None

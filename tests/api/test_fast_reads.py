@@ -419,6 +419,35 @@ def test_an_updated_contact_is_never_served_from_an_old_cache_entry(world):
     assert after["title"] == new_title and before.get("title") != new_title
 
 
+def test_a_lookup_answers_its_contacts_in_name_order_as_encoding_them_whole_would(world):
+    """The lookup builds its body from the page cache's JSON of each contact: the bytes must be
+    those of encoding {"data": [the contacts by name]} whole, floats and non-ASCII included,
+    cached or not, and after an update the new contact, never the cached old one."""
+    config, service = world["config"], world["service"]
+    client = create_app(config, service).test_client()
+    phone = f"+49 30 {uuid.uuid4().int % 10**7:07d}"
+    ids = []
+    for name, metadata in (("Zoë Ångström", {"ratio": 0.1, "n": 3}), ("adam", {"big": 1e300}), (None, {"neg": -2.5e-7})):
+        fields = {"via": {"phone": phone}, "metadata": metadata, **({"display_name": name} if name else {})}
+        response = client.post("/contacts.create", json=fields)
+        assert response.status_code == 201, response.get_data()
+        ids.append(response.get_json()["id"])
+
+    def expected() -> bytes:
+        contacts = sorted((service.store.get(contact_id) for contact_id in ids), key=model.sort_key)
+        return reads.contact_json({"data": contacts})
+
+    for app in (client, create_app(config, service, fast_reads=False).test_client()):
+        for _ in range(2):  # the second from the cache
+            answer = app.post("/contacts.lookup", json={"via": {"phone": phone}})
+            assert answer.status_code == 200 and answer.get_data() == expected()
+    assert [c["id"] for c in json.loads(expected())["data"]][-1] == ids[2]  # the unnamed last
+    assert client.post("/contacts.update", json={"id": ids[1], "display_name": "Ådam"}).status_code == 202
+    answer = client.post("/contacts.lookup", json={"via": {"phone": phone}})
+    assert answer.get_data() == expected() and b"\\u00c5dam" not in answer.get_data()
+    assert "Ådam" in answer.get_data(as_text=True)
+
+
 # --- the cache, pure logic ------------------------------------------------------------------
 
 
