@@ -140,10 +140,12 @@ class Indexes:
             if not candidates:
                 return []
         get_bytes, decode_contact = self._store.get_bytes, self._store.codec.decode_contact
-        found = [(contact_id, raw) for contact_id in sorted(candidates or ()) if (raw := get_bytes(contact_id)) is not None]
+        found = [raw for contact_id in sorted(candidates or ()) if (raw := get_bytes(contact_id)) is not None]
+        if decode is None:
+            return sorted(map(decode_contact, found), key=model.sort_key)
         if len(found) > 1:  # the order is by name, which only the decoded contact tells
-            found.sort(key=lambda pair: model.sort_key(decode_contact(pair[1])))
-        return [(decode or decode_contact)(raw) for _contact_id, raw in found]
+            found.sort(key=lambda raw: model.sort_key(decode_contact(raw)))
+        return [decode(raw) for raw in found]
 
     def search(
         self, terms: list[tuple[str, str]], cursor: str | None, page_size: int, decode: Callable[[bytes], Any] | None = None
